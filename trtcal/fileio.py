@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable
@@ -75,6 +76,12 @@ def check_output(path: str | os.PathLike, *, force: bool = False, inputs: Iterab
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, force: bool = False,
                  inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
@@ -82,21 +89,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, force: bool = Fa
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
-    except OSError as exc:
-        try:
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
-        raise TrtcalError(f"{out}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if isinstance(exc, OSError):
+            raise TrtcalError(f"{out}: cannot write: {exc.strerror or exc}") from None
         raise
     return out

@@ -1,0 +1,3 @@
+from trtcal.cli.main import main
+
+raise SystemExit(main())

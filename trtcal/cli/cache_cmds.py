@@ -1,0 +1,308 @@
+"""``trtcal cache ...``: inspect, diff, lint, edit, restamp and convert calibration caches."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import Counter
+
+from trtcal import cache as trtcache
+from trtcal import cache_checks, cache_edit, cache_io, fileio
+from trtcal.cache import CalibrationCache, format_version
+from trtcal.cli.common import add_json, add_output, fmt_float, json_float, print_json
+from trtcal.errors import TrtcalError
+
+# --------------------------------------------------------------------------- inspect
+
+
+def header_summary(cache: CalibrationCache) -> str:
+    if cache.is_legacy_header:
+        return f"legacy header {cache.header!r} (TensorRT 3/4 era)"
+    return f"TensorRT {format_version(cache.version)} (header {cache.version_number}), {cache.algorithm}"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    cache = cache_io.read_any(args.file, args.source_format)
+    findings = cache_checks.check_cache(cache)
+    if args.json:
+        print_json({
+            "file": str(args.file),
+            "header": cache.header_line if not cache.is_legacy_header else cache.header,
+            "trt_version": None if cache.version is None else format_version(cache.version),
+            "header_number": cache.version_number,
+            "algorithm": cache.algorithm,
+            "count": len(cache),
+            "entries": [{"name": e.name, "scale": json_float(e.scale), "amax": json_float(e.amax), "hex": e.hex}
+                        for e in cache.entries],
+            "suspicious": dict(Counter(f.code for f in findings)),
+            "findings": [f.to_dict() for f in findings],
+        })
+        return 0
+    print(f"{args.file}: {header_summary(cache)}, {len(cache)} tensors")
+    if not args.summary and len(cache):
+        flag = {f.tensor: f.code for f in findings if f.tensor is not None}
+        print(f"{'amax':>13}  {'scale':>13}  {'hex':>8}  tensor")
+        for e in cache.entries:
+            note = f"   <- {flag[e.name]}" if e.name in flag else ""
+            print(f"{fmt_float(e.amax):>13}  {fmt_float(e.scale):>13}  {e.hex:>8}  {e.name}{note}")
+    counts = Counter(f.code for f in findings)
+    if counts:
+        print("suspicious: " + ", ".join(f"{code} {n}" for code, n in sorted(counts.items())))
+        for f in findings:
+            if f.tensor is None:
+                print(f"  {f.severity}: {f.message}")
+    else:
+        print("suspicious: none")
+    return 0
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def _agree(a: float, b: float, rtol: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return False
+    if a == b:
+        return True
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+def _ratio(a: float, b: float) -> float:
+    if a == b:
+        return 1.0
+    if a == 0:
+        return math.inf
+    with_nan = math.isnan(a) or math.isnan(b)
+    return math.nan if with_nan else b / a
+
+
+def diff_caches(a: CalibrationCache, b: CalibrationCache, rtol: float) -> dict:
+    """Per-tensor comparison of two caches (by name; the last entry of a duplicated name)."""
+    amax_a, amax_b = a.amaxes(), b.amaxes()
+    rows = []
+    for name, va in amax_a.items():
+        if name in amax_b:
+            vb = amax_b[name]
+            rows.append({"tensor": name, "amax_a": va, "amax_b": vb, "ratio": _ratio(va, vb),
+                         "agree": _agree(va, vb, rtol)})
+
+    def badness(row):
+        r = row["ratio"]
+        return math.inf if not math.isfinite(r) or r <= 0 else abs(math.log(r))
+
+    rows.sort(key=badness, reverse=True)
+    return {
+        "rtol": rtol,
+        "header_a": a.header_line if not a.is_legacy_header else a.header,
+        "header_b": b.header_line if not b.is_legacy_header else b.header,
+        "common": len(rows),
+        "differ": sum(not r["agree"] for r in rows),
+        "only_a": [n for n in amax_a if n not in amax_b],
+        "only_b": [n for n in amax_b if n not in amax_a],
+        "rows": rows,
+    }
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    if not (args.rtol >= 0 and math.isfinite(args.rtol)):
+        raise TrtcalError(f"--rtol {args.rtol}: must be a finite number >= 0")
+    a = cache_io.read_any(args.a)
+    b = cache_io.read_any(args.b)
+    d = diff_caches(a, b, args.rtol)
+    same = d["differ"] == 0 and not d["only_a"] and not d["only_b"]
+    if args.json:
+        d["rows"] = [{**r, "amax_a": json_float(r["amax_a"]), "amax_b": json_float(r["amax_b"]),
+                      "ratio": json_float(r["ratio"])} for r in d["rows"]]
+        print_json({"a": str(args.a), "b": str(args.b), "same": same, **d})
+        return 0 if same else 1
+    print(f"A: {args.a}: {header_summary(a)}, {len(a)} tensors")
+    print(f"B: {args.b}: {header_summary(b)}, {len(b)} tensors")
+    if d["header_a"] != d["header_b"]:
+        print(f"headers differ: {d['header_a']!r} vs {d['header_b']!r}")
+    shown = [r for r in d["rows"] if args.all or not r["agree"]]
+    if shown:
+        print(f"{'amax A':>13}  {'amax B':>13}  {'B/A':>9}  tensor")
+        for r in shown:
+            mark = "" if r["agree"] else "   <- differs"
+            print(f"{fmt_float(r['amax_a']):>13}  {fmt_float(r['amax_b']):>13}  {fmt_float(r['ratio']):>9}  {r['tensor']}{mark}")
+    for side, key in (("A", "only_a"), ("B", "only_b")):
+        for name in d[key]:
+            print(f"only in {side}: {name}")
+    print(f"{d['common']} common tensors, {d['differ']} differ beyond rtol {args.rtol:g}, "
+          f"{len(d['only_a'])} only in A, {len(d['only_b'])} only in B: {'same' if same else 'DIFFERENT'}")
+    return 0 if same else 1
+
+
+# --------------------------------------------------------------------------- lint
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    cache = cache_io.read_any(args.file)
+    findings = cache_checks.check_cache(cache)
+    if args.trt_version is not None:
+        findings += cache_checks.check_header_for(cache, trtcache.parse_version(args.trt_version), args.algorithm)
+    if args.model is not None:
+        from trtcal.model import load_model, model_tensors
+
+        tensors = model_tensors(load_model(args.model))
+        others = tensors.all_names() - set(tensors.activations)
+        findings += cache_checks.check_against_model(cache, tensors.activations, others)
+    bad = cache_checks.failing(findings)
+    if args.json:
+        print_json({"file": str(args.file), "ok": not bad, "counts": dict(Counter(f.code for f in findings)),
+                    "findings": [f.to_dict() for f in findings]})
+        return 1 if bad else 0
+    infos = [f for f in findings if f not in bad]
+    for f in bad:
+        print(f"{f.severity}: {f.tensor + ': ' if f.tensor else ''}{f.message}")
+    if infos and args.verbose:
+        for f in infos:
+            print(f"info: {f.tensor + ': ' if f.tensor else ''}{f.message}")
+    elif infos:
+        print(f"info: {len(infos)} names not in the model are TensorRT-internal (expected; --verbose lists them)")
+    counts = Counter(f.code for f in bad)
+    summary = ", ".join(f"{code} {n}" for code, n in sorted(counts.items())) or "no findings"
+    print(f"{args.file}: {len(cache)} tensors: {summary}")
+    return 1 if bad else 0
+
+
+# --------------------------------------------------------------------------- edit
+
+
+class _OrderedOp(argparse.Action):
+    """Collect --set/--scale/--drop into one list, in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        ops = getattr(namespace, "ops", None) or []
+        ops.append((self.dest, values))
+        namespace.ops = ops
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    ops = [cache_edit.parse_op(kind, text) for kind, text in (args.ops or [])]
+    if not ops:
+        raise TrtcalError("cache edit: nothing to do; give --set, --scale or --drop")
+    fileio.check_output(args.output, force=args.force, inputs=[args.file])
+    cache = cache_io.read_any(args.file, "trt")
+    edited, changes = cache_edit.edit(cache, ops, allow_new=args.allow_new)
+    edited.write(args.output, force=args.force, inputs=[args.file])
+    if args.json:
+        print_json({"output": str(args.output), "changes": [
+            {"tensor": c.tensor, "op": c.op, "old_amax": json_float(c.old_amax), "new_amax": json_float(c.new_amax)}
+            for c in changes]})
+        return 0
+    for c in changes:
+        print(f"{c.op:>5}  {fmt_float(c.old_amax):>13} -> {fmt_float(c.new_amax):<13}  {c.tensor}")
+    print(f"wrote {args.output}: {len(changes)} changes, {len(edited)} tensors")
+    return 0
+
+
+# --------------------------------------------------------------------------- restamp
+
+
+def cmd_restamp(args: argparse.Namespace) -> int:
+    version = trtcache.parse_version(args.trt_version)
+    fileio.check_output(args.output, force=args.force, inputs=[args.file])
+    cache = cache_io.read_any(args.file, "trt")
+    new = cache.restamped(version, args.algorithm)
+    new.write(args.output, force=args.force, inputs=[args.file])
+    old = cache.header if cache.header is not None else cache.header_line
+    print(f"wrote {args.output}: header {old!r} -> {new.header_line!r}, {len(new)} tensors unchanged")
+    if cache.algorithm and args.algorithm and args.algorithm != cache.algorithm:
+        print(f"note: the ranges were computed by {cache.algorithm}; the header now claims {args.algorithm}")
+    return 0
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    version = trtcache.parse_version(args.trt_version)
+    fileio.check_output(args.output, force=args.force, inputs=[args.file])
+    data = fileio.read_bytes(args.file, what="calibration cache")
+    src = cache_io.detect_format(data, str(args.file)) if args.source_format == "auto" else args.source_format
+    out = cache_io.convert(data, args.to, source=str(args.file), fmt=src, version=version, algorithm=args.algorithm)
+    fileio.atomic_write(args.output, out, force=args.force, inputs=[args.file])
+    print(f"wrote {args.output}: {src} -> {args.to}")
+    return 0
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def register(sub) -> None:
+    group = sub.add_parser("cache", help="inspect, diff, lint, edit, restamp and convert calibration caches",
+                           description="Work with TensorRT calibration caches (and ONNX Runtime's TensorRT-EP tables).")
+    cmds = group.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
+    cmds.required = True
+
+    p = cmds.add_parser("inspect", help="table of every tensor's range and a summary of suspicious entries",
+                        description="Show the header, every tensor's scale, amax and hex, and flag zero, inf, "
+                                    "NaN, denormal, negative, huge and duplicate entries.")
+    p.add_argument("file", help="calibration cache (any format trtcal reads)")
+    p.add_argument("--from", dest="source_format", default="auto", choices=("auto",) + cache_io.FORMATS,
+                   help="input format (default: detected)")
+    p.add_argument("--summary", action="store_true", help="only the header and the suspicious entries")
+    add_json(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = cmds.add_parser("diff", help="compare two caches tensor by tensor (exit 1 when they differ)",
+                        description="Per-tensor amax ratio B/A, tensors only in one cache. Exit status 0 when "
+                                    "every common tensor agrees within --rtol and no tensor is missing, else 1.")
+    p.add_argument("a", help="first cache")
+    p.add_argument("b", help="second cache")
+    p.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance on amax (default 1e-6)")
+    p.add_argument("--all", action="store_true", help="list agreeing tensors too")
+    add_json(p)
+    p.set_defaults(func=cmd_diff)
+
+    p = cmds.add_parser("lint", help="find problems in a cache, against a model and a TensorRT release",
+                        description="Everything inspect flags, plus (with --model) names the model lacks and "
+                                    "model tensors without a range, and (with --trt-version) a header that release "
+                                    "would ignore. Exit status 1 on any error or warning.")
+    p.add_argument("file", help="calibration cache")
+    p.add_argument("--model", help="ONNX model the cache is meant for")
+    p.add_argument("--trt-version", help="TensorRT release that will read the cache, e.g. 10.9.0")
+    p.add_argument("--algorithm", choices=trtcache.KNOWN_ALGORITHMS,
+                   help="calibrator that will read the cache (with --trt-version)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list informational findings")
+    add_json(p)
+    p.set_defaults(func=cmd_lint)
+
+    p = cmds.add_parser("edit", help="set, scale or drop ranges (by name or glob) into a new cache",
+                        description="Apply --set/--scale/--drop in the order given and write a new cache. "
+                                    "Patterns are globs on tensor names (an exact name always matches itself); "
+                                    "a pattern matching nothing is an error.")
+    p.add_argument("file", help="input cache (never modified)")
+    p.add_argument("--set", dest="set", action=_OrderedOp, metavar="NAME=AMAX", help="set a tensor's amax")
+    p.add_argument("--scale", dest="scale", action=_OrderedOp, metavar="PATTERN=FACTOR",
+                   help="multiply the amax of matching tensors")
+    p.add_argument("--drop", dest="drop", action=_OrderedOp, metavar="PATTERN", help="remove matching tensors")
+    p.add_argument("--allow-new", action="store_true", help="let --set add a tensor the cache lacks")
+    add_output(p)
+    add_json(p)
+    p.set_defaults(func=cmd_edit, ops=None)
+
+    p = cmds.add_parser("restamp", help="rewrite the header for another TensorRT release",
+                        description="TensorRT ignores a cache stamped for another release or calibrator. Rewrite "
+                                    "the header (the ranges are kept bit for bit).")
+    p.add_argument("file", help="input cache (never modified)")
+    p.add_argument("--trt-version", required=True, help="target TensorRT release, e.g. 10.9.0 or 8.6.1")
+    p.add_argument("--algorithm", choices=trtcache.KNOWN_ALGORITHMS, help="calibrator name (default: keep)")
+    add_output(p)
+    p.set_defaults(func=cmd_restamp)
+
+    p = cmds.add_parser("convert", help="convert between TensorRT caches, JSON and ONNX Runtime tables",
+                        description="Formats: trt (TensorRT cache), json (trtcal's JSON), ort-table "
+                                    "(ONNX Runtime calibration.cache), ort-json (calibration.json), "
+                                    "ort-flatbuffers (calibration.flatbuffers, read by the TensorRT EP).")
+    p.add_argument("file", help="input file (never modified)")
+    p.add_argument("--to", required=True, choices=cache_io.FORMATS, help="output format")
+    p.add_argument("--from", dest="source_format", default="auto", choices=("auto",) + cache_io.FORMATS,
+                   help="input format (default: detected)")
+    p.add_argument("--trt-version", default=format_version(trtcache.DEFAULT_TRT_VERSION),
+                   help="header version when the input has none (default %(default)s)")
+    p.add_argument("--algorithm", default="EntropyCalibration2", choices=trtcache.KNOWN_ALGORITHMS,
+                   help="header algorithm when the input has none (default %(default)s)")
+    add_output(p)
+    p.set_defaults(func=cmd_convert)

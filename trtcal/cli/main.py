@@ -1,0 +1,43 @@
+"""``trtcal``: the command line entry point."""
+
+from __future__ import annotations
+
+import sys
+
+from trtcal import __version__
+from trtcal.cli import cache_cmds, demo
+from trtcal.cli.common import Parser
+from trtcal.errors import TrtcalError
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="trtcal",
+        description="INT8 calibration for TensorRT: calibrate, inspect, fix and convert calibration caches.",
+    )
+    parser.add_argument("--version", action="version", version=f"trtcal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    demo.register(sub)
+    cache_cmds.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TrtcalError as exc:
+        message = str(exc).replace("\r", " ").replace("\n", " ")
+        sys.stderr.write(f"trtcal: error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("trtcal: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
