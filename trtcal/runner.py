@@ -1,0 +1,132 @@
+"""Running an FP32 ONNX model in ONNX Runtime with every tensor to calibrate exposed.
+
+The adapter between ONNX Runtime and the pure core: it decides which tensors can be calibrated
+(float graph inputs and node outputs, by their ONNX names, which TensorRT uses too), refuses
+models it cannot calibrate, adds the tensors as graph outputs and runs batches. Exposed tensors
+are graph outputs, so ONNX Runtime's optimisations can neither rename nor fuse them away.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtcal.errors import TrtcalError
+from trtcal.model import load_model, model_tensors
+
+#: Operators that mean the model is already quantized: calibrating it again is a mistake.
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                 "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
+                 "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool",
+                 "QLinearConcat", "QLinearSoftmax", "QGemm", "QAttention", "MatMulIntegerToFloat"}
+CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, numpy dtype and shape (ints for fixed dimensions, str/None for dynamic)."""
+
+    name: str
+    dtype: type
+    shape: tuple
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.shape[0] if self.shape and isinstance(self.shape[0], int) and self.shape[0] > 0 else None
+
+
+@dataclass
+class Plan:
+    """What a calibration run will and will not calibrate."""
+
+    calibrated: list[str] = field(default_factory=list)  # float tensors, in graph order (inputs first)
+    skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it is not calibrated
+    notes: list[str] = field(default_factory=list)
+
+
+def check_calibratable(model, source: str) -> list[str]:
+    """Refuse quantized models; return notes about what cannot be calibrated (subgraphs)."""
+    ops = {node.op_type for node in model.graph.node}
+    quantized = sorted(ops & QUANTIZED_OPS)
+    if quantized:
+        raise TrtcalError(f"{source}: the model is already quantized ({', '.join(quantized)} present); "
+                          "calibrate the FP32 model it was made from")
+    notes = []
+    for node in model.graph.node:
+        if node.op_type in CONTROL_FLOW_OPS:
+            notes.append(f"{node.op_type} node {node.name or node.output[0]!r}: tensors inside its subgraphs "
+                         "are not calibrated (only its outputs are)")
+    return notes
+
+
+def plan_tensors(model, source: str) -> Plan:
+    """Which tensors of ``model`` get a range."""
+    plan = Plan(notes=check_calibratable(model, source))
+    tensors = model_tensors(model)
+    plan.calibrated = list(tensors.activations) + list(tensors.untyped)  # untyped: decided at run time
+    for name in tensors.non_float:
+        plan.skipped[name] = "not a float tensor"
+    return plan
+
+
+class Runner:
+    """An ONNX Runtime CPU session over ``model`` that returns every planned tensor per batch."""
+
+    def __init__(self, model_path: str | os.PathLike, *, threads: int | None = None):
+        import onnx
+        import onnxruntime as ort
+
+        self.source = str(model_path)
+        model = load_model(model_path, load_weights=True)
+        self.plan = plan_tensors(model, self.source)
+        graph_inputs = {vi.name for vi in model.graph.input}
+        initializers = {t.name for t in model.graph.initializer}
+        self.input_names = [vi.name for vi in model.graph.input if vi.name not in initializers]
+        existing = {o.name for o in model.graph.output}
+        for name in self.plan.calibrated:
+            if name not in graph_inputs and name not in existing:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for models it cannot run
+            raise TrtcalError(f"{self.source}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
+        self.inputs = [
+            InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
+                      tuple(d if isinstance(d, int) else (d or None) for d in i.shape))
+            for i in self.session.get_inputs() if i.name in self.input_names
+        ]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._wanted = set(self.plan.calibrated)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+        """Run one batch; yield ``(tensor name, array)`` for every float tensor to calibrate."""
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as exc:
+            raise TrtcalError(f"{self.source}: ONNX Runtime failed on a batch: {str(exc).splitlines()[0][:200]}") from None
+        for name in self.input_names:
+            if name in self._wanted:
+                yield name, feeds[name]
+        for name, value in zip(self.output_names, outputs):
+            if name not in self._wanted:
+                continue
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                self._wanted.discard(name)
+                self.plan.calibrated.remove(name)
+                self.plan.skipped[name] = "not a float tensor"
+                continue
+            yield name, value
