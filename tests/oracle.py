@@ -1,0 +1,61 @@
+"""Literal, slow reference implementation of TensorRT's entropy calibration (REFERENCE.md s.1).
+
+Plain Python loops and floats, written from the GTC 2017 pseudocode, one candidate at a time;
+the fast vectorised ``trtcal.thresholds.entropy2`` must choose the same candidate.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def kl_for_candidate(hist: list[int], i: int, levels: int) -> float:
+    """KL(P||Q) for keeping the first ``i`` bins, literally as the pseudocode states it."""
+    # reference distribution P: first i bins, all outliers added to the last kept bin
+    p = [float(hist[k]) for k in range(i)]
+    outliers = 0
+    for k in range(i, len(hist)):
+        outliers += hist[k]
+    p[i - 1] += outliers
+    # candidate distribution Q: bins 0..i-1 (without outliers) quantised into `levels` levels,
+    # bin k in level floor(k*levels/i); each level's total spread over its non-empty bins
+    level_total = [0] * levels
+    level_nonempty = [0] * levels
+    for k in range(i):
+        j = (k * levels) // i
+        level_total[j] += hist[k]
+        if hist[k] != 0:
+            level_nonempty[j] += 1
+    q = [0.0] * i
+    for k in range(i):
+        if hist[k] != 0:
+            j = (k * levels) // i
+            q[k] = level_total[j] / level_nonempty[j]
+    sum_p = sum(p)
+    sum_q = sum(q)
+    if sum_q == 0:
+        return math.inf
+    kl = 0.0
+    for k in range(i):
+        pk = p[k] / sum_p
+        if pk > 0:
+            qk = q[k] / sum_q
+            if qk == 0:
+                return math.inf
+            kl += pk * math.log(pk / qk)
+    return kl
+
+
+def entropy_oracle(hist: list[int], levels: int = 128) -> tuple[int, list[float]]:
+    """(chosen number of bins i, KL per candidate) over candidates min(levels, n)..n inclusive."""
+    n = len(hist)
+    best_i, best_kl = None, math.inf
+    kls = []
+    for i in range(min(levels, n), n + 1):
+        kl = kl_for_candidate(hist, i, levels)
+        kls.append(kl)
+        if kl < best_kl:  # strict: the first minimum wins
+            best_i, best_kl = i, kl
+    if best_i is None:
+        best_i = n
+    return best_i, kls
