@@ -118,7 +118,7 @@ class Histogram:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Histogram):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__ if s != "counts") \
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__ if s not in ("counts", "name")) \
             and np.array_equal(self.counts, other.counts)
 
     __hash__ = None  # mutable
