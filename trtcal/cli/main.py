@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from trtcal import __version__
-from trtcal.cli import cache_cmds, demo
+from trtcal.cli import cache_cmds, calibrate_cmds, demo
 from trtcal.cli.common import Parser
 from trtcal.errors import TrtcalError
 
@@ -19,6 +19,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     demo.register(sub)
+    calibrate_cmds.register(sub)
     cache_cmds.register(sub)
     return parser
 

@@ -1,0 +1,174 @@
+"""The CPU calibration pipeline: data -> ONNX Runtime -> histograms -> thresholds -> cache.
+
+One streaming pass: each batch runs through the FP32 model with every tensor exposed, updates
+one histogram per tensor, and is dropped, so memory is bounded by the histograms. Histogram
+updates run in a worker thread while ONNX Runtime computes the next batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trtcal import thresholds as thr
+from trtcal.cache import DEFAULT_TRT_VERSION, CalibrationCache, Version, format_version
+from trtcal.data import open_data, random_data
+from trtcal.data.checks import BatchChecks
+from trtcal.data.sources import check_batch
+from trtcal.errors import TrtcalError
+from trtcal.histogram import Histogram
+from trtcal.progress import Progress
+
+#: The header name each algorithm's cache carries. TensorRT has no MSE or ACIQ calibrator; their
+#: caches carry EntropyCalibration2, the calibrator trtexec --calib uses to read a cache.
+TRT_ALGORITHM = {
+    "entropy2": "EntropyCalibration2",
+    "minmax": "MinMaxCalibration",
+    "percentile": "LegacyCalibration",
+}
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` found: the cache, the statistics and per-tensor diagnostics."""
+
+    cache: CalibrationCache
+    histograms: dict[str, Histogram]
+    thresholds: dict[str, object]  # tensor -> ThresholdResult
+    metadata: dict
+    skipped: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def save_stats(self, path: str | os.PathLike, *, force: bool = False) -> Path:
+        from trtcal.stats import save_stats
+
+        return save_stats(path, self.histograms, self.metadata, force=force)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def trt_algorithm_name(algorithm: str) -> str:
+    return TRT_ALGORITHM.get(algorithm, "EntropyCalibration2")
+
+
+def ranges_to_cache(results: dict, *, algorithm: str, version: Version = DEFAULT_TRT_VERSION) -> CalibrationCache:
+    """A TensorRT cache from per-tensor threshold results (``result.amax``)."""
+    return CalibrationCache.from_amaxes({name: r.amax for name, r in results.items()},
+                                        version=version, algorithm=trt_algorithm_name(algorithm))
+
+
+def compute_thresholds(histograms: dict[str, Histogram], algorithm: str, **options) -> dict:
+    """Per-tensor :class:`~trtcal.thresholds.ThresholdResult` in the histograms' order."""
+    return thr.compute_all(algorithm, histograms, **options)
+
+
+def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *, algorithm: str = "entropy2",
+              batch_size: int | None = None, max_batches: int | None = None,
+              trt_version: Version = DEFAULT_TRT_VERSION, preprocess=None, random: bool = False,
+              progress: bool | None = None, threads: int | None = None, growth: str = "power2",
+              bins: int = 2048, **options) -> CalibrationResult:
+    """Calibrate ``model`` (an FP32 ONNX file) on ``data``; see :mod:`trtcal.data` for sources.
+
+    ``algorithm`` is one of :data:`trtcal.thresholds.METHODS`; ``options`` go to it (e.g.
+    ``percentile=99.99``). ``random=True`` uses random inputs (smoke tests only; the result is
+    marked as fake).
+    """
+    from trtcal.runner import Runner
+
+    if algorithm not in thr.METHODS:
+        raise TrtcalError(f"--algorithm {algorithm!r}: choose from {', '.join(thr.METHODS)}")
+    if max_batches is not None and max_batches < 1:
+        raise TrtcalError(f"--max-batches {max_batches}: must be at least 1")
+    if data is None and not random:
+        raise TrtcalError("no calibration data: give --data PATH (or --random for a smoke test with fake data)")
+    runner = Runner(model, threads=threads)
+    if random:
+        source = random_data(runner.inputs, batch_size=batch_size, num_batches=max_batches or 8)
+    else:
+        source = open_data(data, runner.inputs, batch_size=batch_size, preprocess=preprocess)
+    total = source.num_batches if max_batches is None else min(max_batches, source.num_batches or max_batches)
+
+    histograms: dict[str, Histogram] = {}
+    checks = BatchChecks()
+    work: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            if failure:
+                continue
+            try:
+                for name, array in item:
+                    h = histograms.get(name)
+                    if h is None:
+                        h = histograms[name] = Histogram(bins=bins, growth=growth, name=name)
+                    h.update(array)
+            except BaseException as exc:  # surfaced in the main thread
+                failure.append(exc)
+
+    thread = threading.Thread(target=worker, name="trtcal-histograms", daemon=True)
+    thread.start()
+    shapes: dict[str, tuple] = {}
+    batches = 0
+    try:
+        with Progress(total, "calibrating", enabled=progress) as bar:
+            for index, batch in enumerate(source):
+                if max_batches is not None and index >= max_batches:
+                    break
+                batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
+                checks.observe(index, batch)
+                for name, a in batch.items():
+                    shapes.setdefault(name, a.shape)
+                work.put(list(runner.run(batch)))
+                batches += 1
+                bar.update()
+                if failure:
+                    break
+    finally:
+        work.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    if batches == 0:
+        raise TrtcalError(f"{source.description}: produced no batches")
+
+    histograms = {n: histograms[n] for n in runner.plan.calibrated if n in histograms}  # graph order
+    results = compute_thresholds(histograms, algorithm, **options)
+    cache = ranges_to_cache(results, algorithm=algorithm, version=trt_version)
+    warnings = checks.finish()
+    for name, r in results.items():
+        warnings.extend(f"tensor {name!r}: {w}" for w in r.warnings)
+    for name, h in histograms.items():
+        bad = h.nan + h.posinf + h.neginf
+        if bad:
+            warnings.append(f"tensor {name!r}: {bad} NaN/Inf values ({h.nan} NaN, {h.posinf} +Inf, {h.neginf} -Inf) "
+                            "were left out of its range")
+    metadata = {
+        "model": str(model),
+        "model_sha256": file_sha256(model),
+        "data": source.description,
+        "fake_data": source.fake,
+        "batches": batches,
+        "samples": checks.samples,
+        "input_shapes": {k: list(v) for k, v in shapes.items()},
+        "algorithm": algorithm,
+        "options": {k: v for k, v in options.items()},
+        "trt_version": format_version(trt_version),
+        "growth": growth,
+        "bins": bins,
+    }
+    return CalibrationResult(cache, histograms, results, metadata, dict(runner.plan.skipped),
+                             list(runner.plan.notes) + warnings)

@@ -1,0 +1,150 @@
+"""``trtcal calibrate`` and ``trtcal thresholds``: ranges from data, or from saved statistics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trtcal import cache as trtcache
+from trtcal import fileio
+from trtcal.cache import format_version
+from trtcal.cli.common import add_json, fmt_float, json_float, print_json
+from trtcal.errors import TrtcalError
+
+
+def add_algorithm_args(p: argparse.ArgumentParser) -> None:
+    from trtcal import thresholds as thr
+
+    p.add_argument("--algorithm", default="entropy2", choices=list(thr.METHODS),
+                   help="threshold algorithm (default %(default)s: TensorRT's EntropyCalibration2)")
+    p.add_argument("--bits", type=int, default=None, help="quantization bit width, 2..16 (default 8)")
+    p.add_argument("--percentile", type=float, default=None,
+                   help="for --algorithm percentile: the percentage of |x| kept, e.g. 99.99 (default)")
+    p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
+                   help="for --algorithm aciq: the assumed distribution (default gaussian)")
+    p.add_argument("--trt-version", default=format_version(trtcache.DEFAULT_TRT_VERSION),
+                   help="TensorRT release the cache is stamped for (default %(default)s)")
+
+
+def algorithm_options(args: argparse.Namespace) -> dict:
+    options = {}
+    if args.bits is not None:
+        options["bits"] = args.bits
+    if args.percentile is not None:
+        if args.algorithm != "percentile":
+            raise TrtcalError("--percentile applies to --algorithm percentile only")
+        if not 0 < args.percentile <= 100:
+            raise TrtcalError(f"--percentile {args.percentile:g}: must be in (0, 100]")
+        options["q"] = args.percentile / 100
+    if args.distribution is not None:
+        if args.algorithm != "aciq":
+            raise TrtcalError("--distribution applies to --algorithm aciq only")
+        options["distribution"] = args.distribution
+    return options
+
+
+def _print_result(cache, results, histograms, out_path, stats_path, skipped, warnings, as_json, meta) -> None:
+    if as_json:
+        print_json({
+            "cache": None if out_path is None else str(out_path), "stats": None if stats_path is None else str(stats_path),
+            "header": cache.header_line, "metadata": meta,
+            "tensors": [{"name": n, "amax": json_float(r.amax), "min": json_float(histograms[n].min),
+                         "max": json_float(histograms[n].max), "one_sided": histograms[n].one_sided,
+                         "nan": histograms[n].nan, "inf": histograms[n].posinf + histograms[n].neginf}
+                        for n, r in results.items()],
+            "skipped": skipped, "warnings": warnings,
+        })
+        return
+    print(f"{'amax':>11}  {'min':>11}  {'max':>11}  {'max/amax':>8}  tensor")
+    onesided = 0
+    for name, r in results.items():
+        h = histograms[name]
+        used = abs(h.abs_max / r.amax) if r.amax else 0.0
+        flag = ""
+        if h.one_sided and h.max > 0:
+            onesided += 1
+            flag = "  [one-sided: half of int8's codes unused]"
+        print(f"{fmt_float(r.amax):>11}  {fmt_float(h.min if h.count else None):>11}  "
+              f"{fmt_float(h.max if h.count else None):>11}  {used:>8.2f}  {name}{flag}")
+    if skipped:
+        print(f"skipped {len(skipped)} tensors: " + ", ".join(f"{n} ({why})" for n, why in list(skipped.items())[:8])
+              + (" ..." if len(skipped) > 8 else ""))
+    print(f"{len(results)} tensors calibrated, {onesided} one-sided (ReLU-like)")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if out_path is not None:
+        print(f"wrote {out_path} ({cache.header_line})" + (f" and {stats_path}" if stats_path else ""))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from trtcal.calibrate import calibrate
+    from trtcal.data.images import Preprocess
+
+    version = trtcache.parse_version(args.trt_version)
+    options = algorithm_options(args)
+    out = Path(args.output) if args.output else Path("calib_caches") / f"{Path(args.model).stem}.cache"
+    if not args.output:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    fileio.check_output(out, force=args.force, inputs=[args.model])
+    if args.stats:
+        fileio.check_output(args.stats, force=args.force, inputs=[args.model])
+    preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
+    result = calibrate(args.model, args.data, algorithm=args.algorithm, batch_size=args.batch_size,
+                       max_batches=args.max_batches, trt_version=version, preprocess=preprocess,
+                       random=args.random, progress=False if args.quiet else None, **options)
+    result.cache.write(out, force=args.force, inputs=[args.model])
+    if args.stats:
+        result.save_stats(args.stats, force=args.force)
+    _print_result(result.cache, result.thresholds, result.histograms, out, args.stats, result.skipped,
+                  result.warnings, args.json, result.metadata)
+    return 0
+
+
+def cmd_thresholds(args: argparse.Namespace) -> int:
+    from trtcal.calibrate import compute_thresholds, ranges_to_cache
+    from trtcal.stats import load_stats
+
+    version = trtcache.parse_version(args.trt_version)
+    options = algorithm_options(args)
+    if args.output:
+        fileio.check_output(args.output, force=args.force, inputs=[args.stats])
+    histograms, meta = load_stats(args.stats)
+    results = compute_thresholds(histograms, args.algorithm, **options)
+    cache = ranges_to_cache(results, algorithm=args.algorithm, version=version)
+    if args.output:
+        cache.write(args.output, force=args.force, inputs=[args.stats])
+    _print_result(cache, results, histograms, args.output, None, {}, [], args.json, meta)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="calibrate an ONNX model on the CPU and write a TensorRT cache",
+                       description="Run the FP32 model in ONNX Runtime over the calibration data with every "
+                                   "tensor exposed, stream each tensor into a histogram, compute thresholds, "
+                                   "and write a TensorRT calibration cache (default calib_caches/<model>.cache).")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("--data", help="calibration data: .npy, .npz, a folder of them, a folder of images "
+                                  "(with --preprocess), or script.py:function")
+    p.add_argument("--random", action="store_true", help="use random inputs (smoke test; the result is fake)")
+    p.add_argument("--preprocess", help="for image folders: e.g. resize=256,crop=224,scale=1/255,"
+                                        "mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,order=RGB")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else 32)")
+    p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    add_algorithm_args(p)
+    p.add_argument("-o", "--output", help="cache to write (default calib_caches/<model stem>.cache)")
+    p.add_argument("--stats", help="also save the statistics (.npz) for `trtcal thresholds`")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_json(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("thresholds", help="recompute ranges from saved statistics (no inference)",
+                       description="Compute thresholds with any algorithm from a statistics file written by "
+                                   "`trtcal calibrate --stats`, so sweeping algorithms costs no inference.")
+    p.add_argument("--stats", required=True, help="statistics file (.npz) from trtcal calibrate --stats")
+    add_algorithm_args(p)
+    p.add_argument("-o", "--output", help="cache to write")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    add_json(p)
+    p.set_defaults(func=cmd_thresholds)
