@@ -11,6 +11,7 @@ from trtcal import cache_checks, cache_edit, cache_io, fileio
 from trtcal.cache import CalibrationCache, format_version
 from trtcal.cli.common import add_json, add_output, fmt_float, json_float, print_json
 from trtcal.errors import TrtcalError
+from trtcal.provenance import read_sidecar, sidecar_path
 
 # --------------------------------------------------------------------------- inspect
 
@@ -21,9 +22,19 @@ def header_summary(cache: CalibrationCache) -> str:
     return f"TensorRT {format_version(cache.version)} (header {cache.version_number}), {cache.algorithm}"
 
 
+def provenance_findings(path) -> list[cache_checks.Finding]:
+    """Findings from the ``.trtcal.json`` sidecar trtcal writes beside its caches."""
+    meta = read_sidecar(path)
+    if meta and meta.get("fake_data"):
+        return [cache_checks.Finding("fake-data", cache_checks.ERROR,
+                                     f"calibrated on random data ({meta.get('data', '?')}): the ranges are meaningless "
+                                     f"(see {sidecar_path(path).name})")]
+    return []
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     cache = cache_io.read_any(args.file, args.source_format)
-    findings = cache_checks.check_cache(cache)
+    findings = cache_checks.check_cache(cache) + provenance_findings(args.file)
     if args.json:
         print_json({
             "file": str(args.file),
@@ -138,7 +149,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_lint(args: argparse.Namespace) -> int:
     cache = cache_io.read_any(args.file)
-    findings = cache_checks.check_cache(cache)
+    findings = cache_checks.check_cache(cache) + provenance_findings(args.file)
     if args.trt_version is not None:
         findings += cache_checks.check_header_for(cache, trtcache.parse_version(args.trt_version), args.algorithm)
     if args.model is not None:

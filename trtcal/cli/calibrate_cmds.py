@@ -11,6 +11,7 @@ from trtcal import fileio
 from trtcal.cache import format_version
 from trtcal.cli.common import add_json, fmt_float, json_float, print_json
 from trtcal.errors import TrtcalError
+from trtcal.provenance import sidecar_path, write_sidecar
 
 
 def add_algorithm_args(p: argparse.ArgumentParser) -> None:
@@ -87,6 +88,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.output:
         out.parent.mkdir(parents=True, exist_ok=True)
     fileio.check_output(out, force=args.force, inputs=[args.model])
+    fileio.check_output(sidecar_path(out), force=args.force, inputs=[args.model])
     if args.stats:
         fileio.check_output(args.stats, force=args.force, inputs=[args.model])
     preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
@@ -94,6 +96,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                        max_batches=args.max_batches, trt_version=version, preprocess=preprocess,
                        random=args.random, progress=False if args.quiet else None, **options)
     result.cache.write(out, force=args.force, inputs=[args.model])
+    write_sidecar(out, result.metadata, force=args.force)
     if args.stats:
         result.save_stats(args.stats, force=args.force)
     _print_result(result.cache, result.thresholds, result.histograms, out, args.stats, result.skipped,

@@ -1,0 +1,178 @@
+"""The CPU calibration pipeline, end to end, against numpy and the literal entropy oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+from onnx import TensorProto, helper
+from oracle import entropy_oracle
+
+from trtcal import cache as trtcache
+from trtcal.calibrate import calibrate
+from trtcal.errors import TrtcalError
+
+W = np.array([1.0, -2.0, 3.0, -0.5], np.float32)
+
+
+@pytest.fixture
+def model(tmp_path):
+    """x -> m = x * W -> r = Relu(m) -> l = Log(m) (NaN where m < 0) -> y = r + 1."""
+    nodes = [
+        helper.make_node("Mul", ["x", "w"], ["m"]),
+        helper.make_node("Relu", ["m"], ["r"]),
+        helper.make_node("Log", ["m"], ["l"]),
+        helper.make_node("Add", ["r", "one"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("l", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4], W.tolist()),
+         helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return tmp_path / "x.npy", x
+
+
+def reference_tensors(x):
+    m = x * W
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log = np.log(m)
+    return {"x": x, "m": m, "r": np.maximum(m, 0), "l": log, "y": np.maximum(m, 0) + 1}
+
+
+def test_minmax_matches_numpy(model, data):
+    path, x = data
+    result = calibrate(model, path, algorithm="minmax", batch_size=64, progress=False)
+    ref = reference_tensors(x)
+    assert result.cache.names() == ["x", "m", "r", "l", "y"]  # graph order, inputs first
+    for name, t in ref.items():
+        finite = t[np.isfinite(t)]
+        want = trtcache.scale_bits_from_amax(float(np.abs(finite).max()))
+        assert result.cache.entry(name).bits == want, name
+    assert result.cache.header_line == "TRT-101303-MinMaxCalibration"
+    h = result.histograms["l"]  # Log of negative values: NaN, counted, never in the range
+    assert h.nan == int(np.isnan(ref["l"]).sum()) > 0
+    assert any("'l'" in w and "NaN" in w for w in result.warnings)
+    assert result.histograms["r"].one_sided and not result.histograms["m"].one_sided
+    assert result.metadata["batches"] == 10 and result.metadata["samples"] == 600
+
+
+def test_entropy2_single_batch_matches_oracle(model, data):
+    path, x = data
+    result = calibrate(model, path, algorithm="entropy2", batch_size=600, progress=False)
+    a = np.abs(x.astype(np.float64)).ravel()
+    top = a.max()
+    counts, _ = np.histogram(a, bins=2048, range=(0, top))
+    i, _ = entropy_oracle(counts.tolist())
+    want = (i + 0.5) * top / 2048
+    assert result.thresholds["x"].amax == pytest.approx(want, rel=2 / 2048)
+
+
+def test_thresholds_from_saved_stats_equal_a_fresh_run(model, data, tmp_path):
+    path, _ = data
+    stats = tmp_path / "s.npz"
+    rc, out, err = run_cli("calibrate", model, "--data", path, "--batch-size", "50", "--stats", stats,
+                           "-o", tmp_path / "e.cache", "-q")
+    assert rc == 0, err
+    for algo, extra in (("minmax", []), ("percentile", ["--percentile", "99.9"]), ("mse", []), ("aciq", [])):
+        rc, _, err = run_cli("thresholds", "--stats", stats, "--algorithm", algo, *extra, "-o", tmp_path / f"{algo}.cache")
+        assert rc == 0, err
+        fresh = calibrate(model, path, algorithm=algo, batch_size=50, progress=False,
+                          **({"q": 0.999} if algo == "percentile" else {}))
+        assert (tmp_path / f"{algo}.cache").read_text() == fresh.cache.to_text(), algo
+    rc, _, _ = run_cli("thresholds", "--stats", stats, "-o", tmp_path / "again.cache")
+    assert (tmp_path / "again.cache").read_text() == (tmp_path / "e.cache").read_text()
+
+
+def test_batch_order_matters_only_through_range_growth(model, tmp_path):
+    """TensorRT's power-of-two growth: a small first batch then a large one re-bins the counts."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(100, 4)) * 0.1, rng.normal(size=(100, 4))]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    grown = calibrate(model, tmp_path / "x.npy", algorithm="minmax", batch_size=100, progress=False)
+    h = grown.histograms["x"]
+    assert h.range_max >= np.abs(x).max() and h.counts.sum() == x.size
+    # the range is the first batch's max doubled until it covers the second batch's max
+    first = float(np.abs(x[:100]).max())
+    k = int(np.ceil(np.log2(np.abs(x).max() / first)))
+    assert h.range_max == pytest.approx(first * 2**k, rel=1e-6)
+
+
+def test_cli_calibrate_default_output_and_json(model, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli("calibrate", model, "--data", data[0], "--json")
+    assert rc == 0, err
+    import json
+
+    doc = json.loads(out)
+    assert doc["cache"] == "calib_caches/m.cache" and (tmp_path / "calib_caches" / "m.cache").exists()
+    assert {t["name"] for t in doc["tensors"] if t["one_sided"]} == {"r", "y"}
+    rc, _, err = run_cli("calibrate", model, "--data", data[0])
+    assert rc == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "what"), [
+    ([], "no calibration data"),
+    (["--data", "missing.npy"], "no such data"),
+    (["--data", "EMPTY"], "empty data folder"),
+    (["--data", "X", "--algorithm", "bogus"], "invalid choice"),
+    (["--data", "X", "--batch-size", "0"], "--batch-size 0"),
+    (["--data", "X", "--max-batches", "0"], "--max-batches 0"),
+    (["--data", "X", "--percentile", "99"], "--percentile applies"),
+    (["--data", "X", "--algorithm", "percentile", "--percentile", "120"], "must be in"),
+    (["--data", "X", "--bits", "1"], "bits"),
+    (["--data", "X", "--trt-version", "banana"], "TensorRT version"),
+    (["--data", "WRONG"], "axis 1 must be 4"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(model, data, tmp_path, args, what):
+    (tmp_path / "EMPTY").mkdir()
+    np.save(tmp_path / "wrong.npy", np.zeros((8, 5), np.float32))
+    subst = {"X": str(data[0]), "EMPTY": str(tmp_path / "EMPTY"), "WRONG": str(tmp_path / "wrong.npy"),
+             "missing.npy": str(tmp_path / "missing.npy")}
+    out = tmp_path / "out.cache"
+    rc, _, err = run_cli("calibrate", model, *[subst.get(a, a) for a in args], "-o", out, "-q")
+    assert rc == 2
+    assert what in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_quantized_model_is_refused(tmp_path, data):
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    z = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    graph = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                               helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [s, z])
+    path = tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(TrtcalError, match="already quantized"):
+        calibrate(path, data[0], progress=False)
+
+
+def test_random_data_needs_the_flag_and_is_marked(model):
+    result = calibrate(model, None, random=True, max_batches=3, batch_size=8, progress=False)
+    assert result.metadata["fake_data"] is True and result.metadata["batches"] == 3
+
+
+def test_random_cache_is_flagged_by_its_sidecar(model, tmp_path):
+    out = tmp_path / "fake.cache"
+    rc, _, err = run_cli("calibrate", model, "--random", "--max-batches", "2", "-o", out, "-q")
+    assert rc == 0, err
+    import json
+
+    side = json.loads((tmp_path / "fake.cache.trtcal.json").read_text())
+    assert side["fake_data"] is True and len(side["model_sha256"]) == 64
+    rc, out_text, _ = run_cli("cache", "lint", out)
+    assert rc == 1 and "calibrated on random data" in out_text
+    rc, out_text, _ = run_cli("cache", "inspect", out)
+    assert rc == 0 and "fake-data 1" in out_text
