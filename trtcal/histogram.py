@@ -208,7 +208,7 @@ class Histogram:
                 zeros += c.size - int(np.count_nonzero(c))
                 c64 = c.astype(np.float64)
                 s += float(c64.sum())
-                ss += float(np.dot(c64, c64))
+                ss += float(np.einsum("i,i->", c64, c64))  # no BLAS: no thread pool
                 np.abs(c64, out=c64)
                 sa += float(c64.sum())
         if n and max(-mn, mx) > self.range_max:
