@@ -259,12 +259,9 @@ def test_cli_inspect_on_mutants_exit_0_or_one_line_exit_2(case):
         assert os.listdir(tmp) == ["mutant.cache"]
 
 
-# --------------------------------------------------------------------------- bugs (xfail)
+# --------------------------------------------------------------------------- once bugs, now regressions
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in a CRLF cache a bare LF is not treated as a mixed line "
-                   "ending: it is accepted as part of a tensor name ('a\\nb'), although a bare CR in an LF "
-                   "file is an error and tensor names with line breaks are rejected everywhere else")
 def test_bare_lf_inside_crlf_cache_is_an_error():
     with pytest.raises(TrtcalError, match=r"^x\.cache:2: "):
         parse("TRT-8601-EntropyCalibration2\r\na\nb: 3c000000\r\n", "x.cache")

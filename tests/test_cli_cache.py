@@ -255,8 +255,6 @@ def test_diff_headers_differ_but_ranges_agree(tmp_path):
     assert "headers differ" in out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: diff of a cache with itself exits 1 when an entry is NaN: "
-                   "_agree() treats identical NaN bit patterns as different")
 def test_diff_identical_nan_entries_agree(tmp_path):
     a = write(tmp_path / "a.cache", "TRT-8601-EntropyCalibration2\nt: 7fc00000\n")
     rc, out, _ = run_cli("cache", "diff", a, a)
@@ -750,13 +748,9 @@ def test_help_exits_0(argv):
     assert out.startswith("usage: trtcal")
 
 
-# --------------------------------------------------------------------------- bugs (xfail)
+# --------------------------------------------------------------------------- once bugs, now regressions
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a header whose number decodes to major version 0 "
-                   "(TRT-900-..., e.g. a digit lost from TRT-100900) parses, then inspect fails with "
-                   "'TensorRT version 0.9.0: ...' without naming the file (CalibrationCache.version_number "
-                   "raises from encode_version)")
 def test_inspect_header_version_zero_names_the_file(tmp_path):
     path = write(tmp_path / "v0.cache", "TRT-900-EntropyCalibration2\na: 3c000000\n")
     rc, out, err = run_cli("cache", "inspect", path)
@@ -764,26 +758,18 @@ def test_inspect_header_version_zero_names_the_file(tmp_path):
     assert rc == 0 or str(path) in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: one CRLF line in an LF cache is reported as 'malformed "
-                   "header ... the header is missing' at line 1, not as a stray carriage return at its line")
 def test_mixed_line_endings_reported_at_their_line(tmp_path):
     path = write(tmp_path / "mixed.cache", f"{HDR}\na: 3c000000\nb: 3c000000\r\nc: 3c000000\n")
     rc, out, err = run_cli("cache", "inspect", path)
     assert_one_line_error(rc, out, err, f"{path}:3:")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: format detection takes any non-UTF-8 content for "
-                   "ort-flatbuffers, so a TensorRT cache with one stray byte gets 'not an ONNX Runtime "
-                   "calibration flatbuffer (offset -1 out of bounds)' instead of 'FILE:3: not UTF-8 text'")
 def test_non_utf8_trt_cache_error_names_the_line(tmp_path):
     path = write(tmp_path / "latin1.cache", f"{HDR}\na: 3c000000\n".encode() + b"caf\xe9: 3c000000\n")
     rc, out, err = run_cli("cache", "inspect", path)
     assert_one_line_error(rc, out, err, f"{path}:3:")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: inspect --json of a trtcal JSON cache with \"header\": null "
-                   "exits 2 ('cache has no TensorRT version/algorithm; restamp it first', without the file "
-                   "name) while plain inspect shows it")
 def test_inspect_json_of_headerless_trtcal_json(tmp_path):
     path = write(tmp_path / "nohdr.json", json.dumps({
         "format": "trtcal-cache", "format_version": 1, "header": None, "trt_version": None,
@@ -811,8 +797,7 @@ JSON_TRACEBACKS = {
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=f"BUG: traceback on a bad JSON input: {why}"))
-    for k, (_, why) in JSON_TRACEBACKS.items()
+    pytest.param(k, id=k) for k in JSON_TRACEBACKS
 ])
 def test_bad_json_inputs_give_one_line_errors(tmp_path, case):
     path = write(tmp_path / "bad.json", JSON_TRACEBACKS[case][0])

@@ -95,7 +95,7 @@ def parse_version(text: str) -> Version:
 
 
 def make_header(version: Version, algorithm: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_]+", algorithm or ""):
+    if not isinstance(algorithm, str) or not re.fullmatch(r"[A-Za-z0-9_]+", algorithm):
         raise TrtcalError(f"algorithm name {algorithm!r}: expected letters, digits and '_' (e.g. EntropyCalibration2)")
     return f"TRT-{encode_version(version)}-{algorithm}"
 
@@ -184,6 +184,15 @@ class CalibrationCache:
         return make_header(self.version, self.algorithm)
 
     @property
+    def header_text(self) -> str | None:
+        """The header line, or None when the cache has neither a header nor a version/algorithm."""
+        if self.header is not None:
+            return self.header
+        if self.version is None or self.algorithm is None:
+            return None
+        return make_header(self.version, self.algorithm)
+
+    @property
     def version_number(self) -> int | None:
         return None if self.version is None else encode_version(self.version)
 
@@ -268,7 +277,7 @@ class CalibrationCache:
         return {
             "format": "trtcal-cache",
             "format_version": 1,
-            "header": self.header_line if (self.header is not None or self.version is not None) else None,
+            "header": self.header_text,
             "trt_version": None if self.version is None else format_version(self.version),
             "algorithm": self.algorithm,
             "entries": [
@@ -290,9 +299,16 @@ class CalibrationCache:
                 raise TrtcalError(f"{source}: \"header\" must be a one-line string")
             cache = parse(header + "\n", source=source)
         else:
-            version = data.get("trt_version")
-            cache = CalibrationCache(version=None if version is None else parse_version(version),
-                                     algorithm=data.get("algorithm"), header=None)
+            version, algorithm = data.get("trt_version"), data.get("algorithm")
+            try:
+                if algorithm is not None:
+                    make_header((10, 0, 0), algorithm)  # validates the name
+                if version is not None and not isinstance(version, str):
+                    raise TrtcalError("\"trt_version\" must be a string such as \"10.9.0\"")
+                cache = CalibrationCache(version=None if version is None else parse_version(version),
+                                         algorithm=algorithm, header=None)
+            except TrtcalError as exc:
+                raise TrtcalError(f"{source}: {exc}") from None
         entries = data.get("entries")
         if not isinstance(entries, list):
             raise TrtcalError(f"{source}: \"entries\" must be a list")
@@ -322,7 +338,7 @@ def _entry_from_json(item: Any, where: str) -> CacheEntry:
         if key in item:
             try:
                 value = float(item[key])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise TrtcalError(f"{where}: \"{key}\" {item[key]!r} is not a number") from None
             return CacheEntry(name, to_bits(value))
     raise TrtcalError(f"{where}: needs \"hex\", \"scale\" or \"amax\"")
@@ -357,13 +373,15 @@ def parse(text: str, source: str = "<string>") -> CalibrationCache:
     """Parse the text of a TensorRT calibration cache."""
     if text == "":
         raise TrtcalError(f"{source}: empty file, expected a TensorRT calibration cache")
-    newline = "\r\n" if "\r\n" in text else "\n"
+    first_lf = text.find("\n")
+    newline = "\r\n" if first_lf > 0 and text[first_lf - 1] == "\r" else "\n"
     final_newline = text.endswith(newline)
     body = text[: -len(newline)] if final_newline else text
     lines = body.split(newline)
     for i, line in enumerate(lines, 1):
-        if "\r" in line:
-            raise TrtcalError(f"{source}:{i}: stray carriage return (mixed line endings)")
+        if "\r" in line or "\n" in line:
+            kind = "stray carriage return" if "\r" in line else "bare line feed in a CRLF file"
+            raise TrtcalError(f"{source}:{i}: {kind} (mixed line endings)")
 
     header = lines[0]
     version: Version | None
@@ -372,6 +390,11 @@ def parse(text: str, source: str = "<string>") -> CalibrationCache:
     if m:
         version = decode_version(int(m.group(1)))
         algorithm = m.group(2)
+        try:
+            encode_version(version)
+        except TrtcalError:
+            raise TrtcalError(f"{source}:1: malformed header {_show(header)}: {m.group(1)} is no TensorRT "
+                              "version number (e.g. 8601 for 8.6.1, 100900 for 10.9.0)") from None
     elif header.isdigit() and len(header) <= 3:
         version, algorithm = None, None  # TensorRT 3/4 era: the header is just a number
     else:

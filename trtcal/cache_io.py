@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from trtcal import cache as trtcache
 from trtcal import fileio, ort_tables
@@ -34,11 +35,11 @@ def detect_format(data: bytes, source: str = "<bytes>") -> str:
         raise TrtcalError(f"{source}: empty file, expected a calibration cache")
     head = data.lstrip()[:1]
     if head == b"{":
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return "ort-json"  # let the parser report the position
-        return "json" if isinstance(obj, dict) and obj.get("format") == "trtcal-cache" else "ort-json"
+        # trtcal's JSON names its format near the top; anything else in braces is ONNX Runtime's
+        return "json" if re.search(rb'"format"\s*:\s*"trtcal-cache"', data[:4096]) else "ort-json"
+    first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if first_line.startswith(b"TRT-") or first_line.isdigit():
+        return "trt"  # even with a bad byte further on: the TensorRT parser names the line
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -81,11 +82,7 @@ def load(data: bytes, fmt: str = "auto", source: str = "<bytes>", *,
         return trtcache.parse(fileio.decode_text(data, source, what="calibration cache"), source)
     if fmt == "json":
         text = fileio.decode_text(data, source, what="JSON file")
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TrtcalError(f"{source}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-        return CalibrationCache.from_dict(obj, source)
+        return CalibrationCache.from_dict(ort_tables.load_json(text, source), source)
     amaxes = ort_tables.amaxes_from_ranges(_ranges(data, fmt, source))
     return CalibrationCache.from_amaxes(amaxes, version=version, algorithm=algorithm)
 

@@ -67,16 +67,16 @@ def _number(value, where: str) -> float:
         while isinstance(value, list) and len(value) == 1:
             value = value[0]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TrtcalError(f"{where}: {value!r} is not a number")
-    return float(value)
+        raise TrtcalError(f"{where}: {str(value)[:40]!r} is not a number")
+    try:
+        return float(value)
+    except OverflowError:
+        raise TrtcalError(f"{where}: {str(value)[:20]}... is beyond any float") from None
 
 
 def parse_ort_json(text: str, source: str = "<string>") -> dict[str, tuple[float, float]]:
     """Parse ``calibration.json`` into ``{name: (min, max)}``."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TrtcalError(f"{source}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    data = load_json(text, source)
     if not isinstance(data, dict):
         raise TrtcalError(f"{source}: expected a JSON object of tensor name -> [min, max]")
     out: dict[str, tuple[float, float]] = {}
@@ -97,6 +97,18 @@ def format_ort_json(ranges: Mapping[str, tuple[float, float]]) -> str:
     for name in ranges:
         _check_name(name)
     return json.dumps({name: [float(lo), float(hi)] for name, (lo, hi) in ranges.items()})
+
+
+def load_json(text: str, source: str):
+    """``json.loads`` with one-line errors for everything a hostile file can trigger."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrtcalError(f"{source}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise TrtcalError(f"{source}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise TrtcalError(f"{source}: not usable JSON: {str(exc)[:80]}") from None
 
 
 def amaxes_from_ranges(ranges: Mapping[str, tuple[float, float]]) -> dict[str, float]:

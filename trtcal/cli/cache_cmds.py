@@ -19,6 +19,8 @@ from trtcal.provenance import read_sidecar, sidecar_path
 def header_summary(cache: CalibrationCache) -> str:
     if cache.is_legacy_header:
         return f"legacy header {cache.header!r} (TensorRT 3/4 era)"
+    if cache.header_text is None:
+        return "no header (TensorRT version and algorithm unknown)"
     return f"TensorRT {format_version(cache.version)} (header {cache.version_number}), {cache.algorithm}"
 
 
@@ -38,7 +40,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print_json({
             "file": str(args.file),
-            "header": cache.header_line if not cache.is_legacy_header else cache.header,
+            "header": cache.header_text,
             "trt_version": None if cache.version is None else format_version(cache.version),
             "header_number": cache.version_number,
             "algorithm": cache.algorithm,
@@ -94,8 +96,9 @@ def diff_caches(a: CalibrationCache, b: CalibrationCache, rtol: float) -> dict:
     for name, va in amax_a.items():
         if name in amax_b:
             vb = amax_b[name]
-            rows.append({"tensor": name, "amax_a": va, "amax_b": vb, "ratio": _ratio(va, vb),
-                         "agree": _agree(va, vb, rtol)})
+            same_bits = a.entry(name).bits == b.entry(name).bits  # identical entries agree, NaN included
+            rows.append({"tensor": name, "amax_a": va, "amax_b": vb, "ratio": 1.0 if same_bits else _ratio(va, vb),
+                         "agree": same_bits or _agree(va, vb, rtol)})
 
     def badness(row):
         r = row["ratio"]
@@ -104,8 +107,8 @@ def diff_caches(a: CalibrationCache, b: CalibrationCache, rtol: float) -> dict:
     rows.sort(key=badness, reverse=True)
     return {
         "rtol": rtol,
-        "header_a": a.header_line if not a.is_legacy_header else a.header,
-        "header_b": b.header_line if not b.is_legacy_header else b.header,
+        "header_a": a.header_text,
+        "header_b": b.header_text,
         "common": len(rows),
         "differ": sum(not r["agree"] for r in rows),
         "only_a": [n for n in amax_a if n not in amax_b],
