@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from oracle import entropy_oracle
 
 from trtcal import cache as trtcache
-from trtcal.calibrate import calibrate
+from trtcal import calibrate
 from trtcal.errors import TrtcalError
 
 W = np.array([1.0, -2.0, 3.0, -0.5], np.float32)

@@ -6,8 +6,9 @@ TensorRT adapters import their heavy dependencies only when used.
 
 from __future__ import annotations
 
-from trtcal.errors import TrtcalError
-
 __version__ = "0.1.0"
 
-__all__ = ["TrtcalError", "__version__"]
+from trtcal.errors import TrtcalError  # noqa: E402
+from trtcal.pipeline import CalibrationResult, calibrate  # noqa: E402
+
+__all__ = ["CalibrationResult", "TrtcalError", "__version__", "calibrate"]

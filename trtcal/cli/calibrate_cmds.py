@@ -79,8 +79,8 @@ def _print_result(cache, results, histograms, out_path, stats_path, skipped, war
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from trtcal.calibrate import calibrate
     from trtcal.data.images import Preprocess
+    from trtcal.pipeline import calibrate
 
     version = trtcache.parse_version(args.trt_version)
     options = algorithm_options(args)
@@ -105,7 +105,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:
-    from trtcal.calibrate import compute_thresholds, ranges_to_cache
+    from trtcal.pipeline import compute_thresholds, ranges_to_cache
     from trtcal.stats import load_stats
 
     version = trtcache.parse_version(args.trt_version)
