@@ -723,8 +723,8 @@ def test_output_folder_missing_or_a_directory(tmp_path):
 # --------------------------------------------------------------------------- demo and help
 
 
-def test_demo_writes_a_clean_cache(tmp_path):
-    rc, out, err = run_cli("demo", "--output-dir", tmp_path)
+def test_demo_cache_tour_writes_a_clean_cache(tmp_path):
+    rc, out, err = run_cli("demo", "--caches", "--output-dir", tmp_path)
     assert rc == 0, err
     fixed = tmp_path / "tiny_cnn.cache"
     assert os.listdir(tmp_path) == ["tiny_cnn.cache"]

@@ -11,6 +11,7 @@ from trtcal import fileio
 from trtcal.cache import format_version
 from trtcal.cli.common import add_json, fmt_float, json_float, print_json
 from trtcal.errors import TrtcalError
+from trtcal.findings import CLIP_FRACTION, find
 from trtcal.provenance import sidecar_path, write_sidecar
 
 
@@ -46,6 +47,7 @@ def algorithm_options(args: argparse.Namespace) -> dict:
 
 
 def _print_result(cache, results, histograms, out_path, stats_path, skipped, warnings, as_json, meta) -> None:
+    findings = find(histograms, results)
     if as_json:
         print_json({
             "cache": None if out_path is None else str(out_path), "stats": None if stats_path is None else str(stats_path),
@@ -54,28 +56,53 @@ def _print_result(cache, results, histograms, out_path, stats_path, skipped, war
                          "max": json_float(histograms[n].max), "one_sided": histograms[n].one_sided,
                          "nan": histograms[n].nan, "inf": histograms[n].posinf + histograms[n].neginf}
                         for n, r in results.items()],
+            "findings": [f.to_dict() for f in findings],
             "skipped": skipped, "warnings": warnings,
         })
         return
-    print(f"{'amax':>11}  {'min':>11}  {'max':>11}  {'max/amax':>8}  tensor")
-    onesided = 0
-    for name, r in results.items():
-        h = histograms[name]
-        used = abs(h.abs_max / r.amax) if r.amax else 0.0
-        flag = ""
-        if h.one_sided and h.max > 0:
-            onesided += 1
-            flag = "  [one-sided: half of int8's codes unused]"
-        print(f"{fmt_float(r.amax):>11}  {fmt_float(h.min if h.count else None):>11}  "
-              f"{fmt_float(h.max if h.count else None):>11}  {used:>8.2f}  {name}{flag}")
+    print_table(results, histograms, findings)
     if skipped:
         print(f"skipped {len(skipped)} tensors: " + ", ".join(f"{n} ({why})" for n, why in list(skipped.items())[:8])
               + (" ..." if len(skipped) > 8 else ""))
-    print(f"{len(results)} tensors calibrated, {onesided} one-sided (ReLU-like)")
+    print_findings(results, findings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if out_path is not None:
         print(f"wrote {out_path} ({cache.header_line})" + (f" and {stats_path}" if stats_path else ""))
+
+
+def print_table(results, histograms, findings) -> None:
+    """One line per tensor: amax, signed min/max, max/amax, clipped share, one-sided flag."""
+    clipped = {f.tensor: f.value for f in findings if f.kind == "clipped"}
+    onesided = {f.tensor for f in findings if f.kind == "one-sided"}
+    print(f"{'amax':>11}  {'min':>11}  {'max':>11}  {'max/amax':>8}  {'clipped':>7}  tensor")
+    for name, r in results.items():
+        h = histograms[name]
+        used = abs(h.abs_max / r.amax) if r.amax else 0.0
+        clip = f"{100 * clipped[name]:.1f}%" if name in clipped else ""
+        flag = "  [one-sided]" if name in onesided else ""
+        print(f"{fmt_float(r.amax):>11}  {fmt_float(h.min if h.count else None):>11}  "
+              f"{fmt_float(h.max if h.count else None):>11}  {used:>8.2f}  {clip:>7}  {name}{flag}")
+
+
+def print_findings(results, findings, limit: int = 6) -> None:
+    """A summary of the findings: one line per kind, naming the tensors (worst first)."""
+    by_kind: dict[str, list] = {}
+    for f in findings:
+        by_kind.setdefault(f.kind, []).append(f)
+    print(f"{len(results)} tensors calibrated" + (", findings:" if findings else ", no findings"))
+    titles = {"one-sided": "one-sided (ReLU-like: symmetric int8 leaves codes -128..-1 unused)",
+              "clipped": f"clipped (more than {100 * CLIP_FRACTION:g}% of values above amax)",
+              "degenerate": "no usable range", "nan-inf": "NaN/Inf in activations (left out of the range)"}
+    for kind, title in titles.items():
+        found = by_kind.get(kind, [])
+        if kind in ("clipped", "nan-inf"):
+            found = sorted(found, key=lambda f: -(f.value or 0))
+        if not found:
+            continue
+        names = [f"{f.tensor} {100 * f.value:.1f}%" if kind == "clipped" else f.tensor for f in found[:limit]]
+        more = f", ... ({len(found) - limit} more)" if len(found) > limit else ""
+        print(f"  {title}: {len(found)} tensor{'s' if len(found) > 1 else ''}: {', '.join(names)}{more}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -1,0 +1,75 @@
+"""What a calibration found, per tensor: one-sided tensors, heavy clipping, degenerate ranges, NaN/Inf.
+
+Pure: from histograms and threshold results to a list of :class:`Finding`, the same list that
+``trtcal calibrate``, ``trtcal thresholds`` and ``trtcal demo`` print and put in ``--json``.
+
+The clipped fraction is read from the |x| histogram: the values in bins wholly above the
+threshold, plus the part of the bin that holds the threshold that lies above it (values assumed
+uniform within a bin), over all finite values. It is exact to within one bin's count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from trtcal.histogram import Histogram
+
+#: A tensor is reported as clipped when more than this fraction of its values lie above the threshold.
+CLIP_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing worth knowing about one tensor's range."""
+
+    tensor: str
+    kind: str  # "one-sided", "clipped", "degenerate", "nan-inf"
+    message: str
+    value: float | None = None  # the measured quantity (clipped fraction, bad-value count)
+
+    def to_dict(self) -> dict:
+        return {"tensor": self.tensor, "kind": self.kind, "message": self.message, "value": self.value}
+
+
+def clipped_fraction(hist: Histogram, amax: float) -> float:
+    """Fraction of the finite values with |x| > ``amax``, read from the histogram (see module doc)."""
+    if hist.count == 0 or hist.width <= 0 or not math.isfinite(amax):
+        return 0.0
+    if amax <= 0:
+        return (hist.count - hist.zeros) / hist.count
+    counts = hist.counts
+    position = amax / hist.width  # in bins
+    whole = int(math.floor(position))
+    if whole >= counts.size:
+        return 0.0
+    above = float(np.sum(counts[whole + 1:], dtype=np.float64))
+    above += float(counts[whole]) * (1.0 - (position - whole))
+    return min(1.0, above / hist.count)
+
+
+def find(histograms: dict[str, Histogram], results: dict, *, clip_fraction: float = CLIP_FRACTION) -> list[Finding]:
+    """Findings for every tensor that has a result, in the results' order."""
+    findings: list[Finding] = []
+    for name, r in results.items():
+        h = histograms.get(name)
+        if h is None:
+            continue
+        bad = h.nan + h.posinf + h.neginf
+        if bad:
+            findings.append(Finding(name, "nan-inf", f"{bad} NaN/Inf values ({h.nan} NaN, {h.posinf} +Inf, "
+                                    f"{h.neginf} -Inf) left out of the range", float(bad)))
+        if h.count == 0 or h.abs_max == 0 or not (r.amax > 0 and math.isfinite(r.amax)):
+            what = "no finite values" if h.count == 0 else "only zeros" if h.abs_max == 0 else f"amax {r.amax!r}"
+            findings.append(Finding(name, "degenerate", f"{what}: the range carries no information"))
+            continue
+        if h.one_sided and h.max > 0:
+            findings.append(Finding(name, "one-sided", "min >= 0 (ReLU-like): symmetric int8 leaves codes "
+                                    "-128..-1 unused, 7 bits of resolution"))
+        frac = clipped_fraction(h, r.amax)
+        if frac > clip_fraction:
+            findings.append(Finding(name, "clipped", f"{100 * frac:.1f}% of values above amax {r.amax:.6g} "
+                                    f"(max |x| {h.abs_max:.6g}) are clipped", frac))
+    return findings
