@@ -176,3 +176,19 @@ def test_random_cache_is_flagged_by_its_sidecar(model, tmp_path):
     assert rc == 1 and "calibrated on random data" in out_text
     rc, out_text, _ = run_cli("cache", "inspect", out)
     assert rc == 0 and "fake-data 1" in out_text
+
+
+def test_dynamic_dimensions_are_reported_with_the_shapes_used(model, data, tmp_path):
+    path, _ = data  # 600 samples into a model whose batch axis is "N"
+    result = calibrate(model, path, algorithm="minmax", batch_size=64, progress=False)
+    assert result.metadata["inputs"] == {"x": {"model": ["N", 4], "dynamic_axes": [0],
+                                               "used": [{"shape": [64, 4], "batches": 9},
+                                                        {"shape": [24, 4], "batches": 1}]}}
+    stats = tmp_path / "s.npz"
+    rc, out, err = run_cli("calibrate", model, "--data", path, "--batch-size", "64", "-o", tmp_path / "c.cache",
+                           "--stats", stats, "-q")
+    assert rc == 0, err
+    assert "input 'x' [N, 4]: dynamic axes [0], calibrated with [64, 4] x9, [24, 4] x1" in out
+    rc, out, err = run_cli("thresholds", "--stats", stats)  # the statistics remember the shapes
+    assert rc == 0, err
+    assert "calibrated with [64, 4] x9, [24, 4] x1" in out

@@ -121,7 +121,6 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
 
     thread = threading.Thread(target=worker, name="trtcal-histograms", daemon=True)
     thread.start()
-    shapes: dict[str, tuple] = {}
     batches = 0
     try:
         with Progress(total, "calibrating", enabled=progress) as bar:
@@ -130,8 +129,6 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
                     break
                 batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
                 checks.observe(index, batch)
-                for name, a in batch.items():
-                    shapes.setdefault(name, a.shape)
                 work.put(list(runner.run(batch)))
                 batches += 1
                 bar.update()
@@ -163,7 +160,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         "fake_data": source.fake,
         "batches": batches,
         "samples": checks.samples,
-        "input_shapes": {k: list(v) for k, v in shapes.items()},
+        "inputs": checks.shape_report(runner.inputs),
         "algorithm": algorithm,
         "options": {k: v for k, v in options.items()},
         "trt_version": format_version(trt_version),

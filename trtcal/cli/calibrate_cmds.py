@@ -60,6 +60,7 @@ def _print_result(cache, results, histograms, out_path, stats_path, skipped, war
             "skipped": skipped, "warnings": warnings,
         })
         return
+    print_inputs(meta.get("inputs") or {})
     print_table(results, histograms, findings)
     if skipped:
         print(f"skipped {len(skipped)} tensors: " + ", ".join(f"{n} ({why})" for n, why in list(skipped.items())[:8])
@@ -69,6 +70,16 @@ def _print_result(cache, results, histograms, out_path, stats_path, skipped, war
         print(f"warning: {w}", file=sys.stderr)
     if out_path is not None:
         print(f"wrote {out_path} ({cache.header_line})" + (f" and {stats_path}" if stats_path else ""))
+
+
+def print_inputs(inputs: dict) -> None:
+    """The shapes fed to inputs with dynamic dimensions (a TensorRT profile must cover them)."""
+    for name, info in inputs.items():
+        if not info.get("dynamic_axes"):
+            continue
+        model = "[" + ", ".join(str(d) for d in info["model"]) + "]"
+        used = ", ".join("[" + ", ".join(map(str, u["shape"])) + f"] x{u['batches']}" for u in info["used"])
+        print(f"input {name!r} {model}: dynamic axes {info['dynamic_axes']}, calibrated with {used}")
 
 
 def print_table(results, histograms, findings) -> None:

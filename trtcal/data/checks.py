@@ -2,7 +2,8 @@
 
 They catch the mistakes that silently ruin a calibration: a constant batch, the same batch fed
 twice (a list-aliasing bug), raw 0..255 pixels fed to a model that expects normalised input,
-NaN/Inf in the data, and too few samples. Each warning names the batch and the input.
+NaN/Inf in the data, and too few samples. Each warning names the batch and the input. They also
+count the shapes fed per input, so dynamic dimensions can be reported with the values used.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class BatchChecks:
         self.samples = 0
         self.batches = 0
         self._raw_pixels_warned: set[str] = set()
+        self.shapes: dict[str, dict[tuple, int]] = {}  # input -> shape -> number of batches
+
 
     def observe(self, index: int, batch: dict[str, np.ndarray]) -> None:
         self.batches += 1
@@ -30,6 +33,8 @@ class BatchChecks:
         digest = hashlib.blake2b(digest_size=16)
         for name in sorted(batch):
             a = batch[name]
+            used = self.shapes.setdefault(name, {})
+            used[a.shape] = used.get(a.shape, 0) + 1
             digest.update(name.encode())
             digest.update(str(a.shape).encode())
             digest.update(a.tobytes())
@@ -61,6 +66,23 @@ class BatchChecks:
             self._raw_pixels_warned.add(name)
             self.warnings.append(f"batch {index}: input {name!r} holds whole numbers in 0..{hi:g}: raw pixels? "
                                  "most models expect normalised input (see --preprocess)")
+
+    def shape_report(self, inputs) -> dict[str, dict]:
+        """Per input: the model's shape (dynamic dimensions by name) and the shapes fed, with batch counts.
+
+        ``inputs``: specs with ``name`` and ``shape`` (ints for fixed dimensions, a name or None
+        for dynamic ones). A TensorRT build needs an optimisation profile that covers these shapes.
+        """
+        report = {}
+        for spec in inputs:
+            used = self.shapes.get(spec.name, {})
+            dynamic = [axis for axis, d in enumerate(spec.shape) if not (isinstance(d, int) and d > 0)]
+            report[spec.name] = {
+                "model": [d if isinstance(d, int) and d > 0 else (d or "?") for d in spec.shape],
+                "dynamic_axes": dynamic,
+                "used": [{"shape": list(shape), "batches": n} for shape, n in used.items()],
+            }
+        return report
 
     def finish(self) -> list[str]:
         if self.samples < MIN_SAMPLES:
