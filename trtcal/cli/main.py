@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from trtcal import __version__
-from trtcal.cli import cache_cmds, calibrate_cmds, demo
+from trtcal.cli import cache_cmds, calibrate_cmds, demo, eval_cmds
 from trtcal.cli.common import Parser
 from trtcal.errors import TrtcalError
 
@@ -21,6 +21,7 @@ def build_parser() -> Parser:
     demo.register(sub)
     calibrate_cmds.register(sub)
     cache_cmds.register(sub)
+    eval_cmds.register(sub)
     return parser
 
 

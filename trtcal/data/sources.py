@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +59,11 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise TrtcalError(f"{path}: not a valid .npz file ({exc})") from None
 
 
-def _as_batch(path: Path, inputs: Sequence, arrays: dict[str, np.ndarray] | np.ndarray) -> Batch:
+def _as_batch(path: Path, inputs: Sequence, arrays: dict[str, np.ndarray] | np.ndarray,
+              ignore: Collection[str] = ()) -> Batch:
     names = [i.name for i in inputs]
+    if isinstance(arrays, dict) and ignore:
+        arrays = {k: a for k, a in arrays.items() if k not in ignore or k in names}
     if isinstance(arrays, np.ndarray):
         if len(names) != 1:
             raise TrtcalError(f"{path}: one array, but the model has {len(names)} inputs ({', '.join(names)}); "
@@ -124,8 +127,12 @@ def _split(arrays: Batch, batch_size: int, source: str) -> tuple[int, Callable[[
 
 
 def open_data(spec: str | os.PathLike, inputs: Sequence, *, batch_size: int | None = None,
-              preprocess=None) -> DataSource:
-    """Open a data source for a model with ``inputs`` (a list of :class:`~trtcal.runner.InputSpec`)."""
+              preprocess=None, ignore: Collection[str] = ()) -> DataSource:
+    """Open a data source for a model with ``inputs`` (a list of :class:`~trtcal.runner.InputSpec`).
+
+    ``ignore``: names of arrays in ``.npz`` files that are not model inputs and are left out (for
+    example the labels stored beside the images).
+    """
     text = str(spec)
     if batch_size is not None and batch_size < 1:
         raise TrtcalError(f"--batch-size {batch_size}: must be at least 1")
@@ -136,13 +143,13 @@ def open_data(spec: str | os.PathLike, inputs: Sequence, *, batch_size: int | No
         raise TrtcalError(f"{path}: no such data file or folder")
     bs = batch_size or _default_batch(inputs)
     if path.is_dir():
-        return _folder_source(path, inputs, bs, preprocess)
+        return _folder_source(path, inputs, bs, preprocess, ignore)
     if path.suffix == ".npy":
         batch = _as_batch(path, inputs, _load_npy(path))
         count, gen = _split(batch, bs, str(path))
         return DataSource(f"{path} ({count} batches of {bs})", gen, count)
     if path.suffix == ".npz":
-        batch = _as_batch(path, inputs, _load_npz(path))
+        batch = _as_batch(path, inputs, _load_npz(path), ignore)
         count, gen = _split(batch, bs, str(path))
         return DataSource(f"{path} ({count} batches of {bs})", gen, count)
     raise TrtcalError(f"{path}: unknown data file type; expected .npy, .npz, a folder, or script.py:function")
@@ -153,7 +160,8 @@ def _default_batch(inputs: Sequence) -> int:
     return fixed.pop() if len(fixed) == 1 else DEFAULT_BATCH_SIZE
 
 
-def _folder_source(path: Path, inputs: Sequence, batch_size: int, preprocess) -> DataSource:
+def _folder_source(path: Path, inputs: Sequence, batch_size: int, preprocess,
+                   ignore: Collection[str] = ()) -> DataSource:
     from trtcal.data import images
 
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -168,7 +176,7 @@ def _folder_source(path: Path, inputs: Sequence, batch_size: int, preprocess) ->
 
     def gen() -> Iterator[Batch]:
         for p in arrays:
-            yield _as_batch(p, inputs, _load_npy(p) if p.suffix == ".npy" else _load_npz(p))
+            yield _as_batch(p, inputs, _load_npy(p) if p.suffix == ".npy" else _load_npz(p), ignore)
 
     return DataSource(f"{path}/ ({len(arrays)} batch files)", gen, len(arrays))
 
@@ -218,3 +226,37 @@ def random_data(inputs: Sequence, *, batch_size: int | None = None, num_batches:
             yield batch
 
     return DataSource(f"random data ({num_batches} batches of {bs}, seed {seed})", gen, num_batches, fake=True)
+
+
+def load_labels(spec: str | os.PathLike) -> np.ndarray:
+    """Integer class labels from ``FILE.npy``, ``FILE.txt`` (one per line) or ``FILE.npz[:KEY]``
+    (``KEY`` defaults to ``labels``), as a 1-D int64 array."""
+    text = str(spec)
+    key = "labels"
+    if ".npz:" in text and not Path(text).exists():
+        text, _, key = text.rpartition(":")
+    path = Path(text)
+    if not path.is_file():
+        raise TrtcalError(f"{path}: no such labels file")
+    if path.suffix == ".npy":
+        labels = _load_npy(path)
+    elif path.suffix == ".npz":
+        arrays = _load_npz(path)
+        if key not in arrays:
+            raise TrtcalError(f"{path}: no array {key!r} (it has {', '.join(arrays) or 'none'}); name it as {path}:KEY")
+        labels = arrays[key]
+    else:
+        lines = [(i + 1, line.strip()) for i, line in enumerate(path.read_text(errors="replace").splitlines())]
+        values = []
+        for number, line in lines:
+            if not line:
+                continue
+            try:
+                values.append(int(line))
+            except ValueError:
+                raise TrtcalError(f"{path}:{number}: not an integer class label: {line[:40]!r}") from None
+        labels = np.array(values, dtype=np.int64)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise TrtcalError(f"{path}: labels must be a 1-D integer array, not {labels.dtype} of shape {labels.shape}")
+    return labels.astype(np.int64)

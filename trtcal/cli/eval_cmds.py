@@ -1,0 +1,91 @@
+"""``trtcal eval``: an INT8 model against its FP32 original, per output and per tensor."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from trtcal.cli.common import add_json, json_float, print_json
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}%"
+
+
+def _db(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else ("inf" if math.isinf(x) and x > 0 else f"{x:.2f}")
+
+
+def _clean(obj):
+    if isinstance(obj, float):
+        return json_float(obj)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trtcal.data.images import Preprocess
+    from trtcal.evaluate import evaluate
+
+    preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
+    if args.plot:  # fail before the work, never after it
+        from trtcal import fileio
+        from trtcal.report.plots import _pyplot
+
+        fileio.check_output(args.plot, force=args.force, inputs=[args.reference, args.test])
+        _pyplot()
+    result = evaluate(args.reference, args.test, args.data, labels=args.labels, batch_size=args.batch_size,
+                      max_batches=args.max_batches, per_tensor=not args.no_per_tensor, preprocess=preprocess,
+                      progress=False if args.quiet else None)
+    if args.plot:
+        from trtcal.report.plots import plot_sqnr
+
+        plot_sqnr(result, args.plot, force=args.force)
+    if args.json:
+        print_json(_clean(result.to_dict()))
+        return 0
+    meta = result.metadata
+    print(f"{meta['test']} vs {meta['reference']} on {meta['samples']} samples ({meta['data']})")
+    print(f"{'output':<24} {'SQNR dB':>8} {'cosine':>8} {'min cos':>8} {'top-1 agree':>11} "
+          f"{'top-1 ref':>9} {'top-1 test':>10}")
+    for c in result.outputs:
+        d = c.to_dict()
+        print(f"{c.name:<24} {_db(c.sqnr_db):>8} {c.cosine_mean:>8.4f} {d['cosine_min']:>8.4f} "
+              f"{_pct(d.get('top1_agreement')):>11} {_pct(d.get('top1_reference')):>9} {_pct(d.get('top1_test')):>10}")
+    if result.tensors:
+        shown = result.tensors if args.all else result.tensors[:args.top]
+        print(f"\nper-tensor SQNR (dB), worst first ({len(shown)} of {len(result.tensors)}; "
+              "'as quantized' = what its consumers see after Q/DQ):")
+        print(f"{'SQNR':>8} {'as quantized':>12}  tensor")
+        for c in shown:
+            q = result.quantized.get(c.name)
+            print(f"{_db(c.sqnr_db):>8} {_db(q.sqnr_db) if q else '':>12}  {c.name}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="compare an INT8 (Q/DQ) model with its FP32 original on real data",
+                       description="Run both models in ONNX Runtime on the CPU over the same data and report, per "
+                                   "output, SQNR, cosine similarity, top-1 agreement and (with --labels) top-1 "
+                                   "accuracy; and the SQNR of every tensor the two models share, worst first.")
+    p.add_argument("reference", help="the FP32 ONNX model")
+    p.add_argument("test", help="the INT8 model to judge (Q/DQ ONNX), or any model with the same outputs")
+    p.add_argument("--data", required=True, help="evaluation data (as for trtcal calibrate)")
+    p.add_argument("--labels", help="class labels, one per sample: FILE.npy, FILE.txt or FILE.npz[:KEY] "
+                                    "(KEY defaults to labels; a labels array in the --data .npz is ignored as input)")
+    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else 32)")
+    p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    p.add_argument("--no-per-tensor", action="store_true", help="compare the outputs only (faster)")
+    p.add_argument("--top", type=int, default=15, help="per-tensor rows to print (default %(default)s)")
+    p.add_argument("--all", action="store_true", help="print every tensor")
+    p.add_argument("--plot", help="write a PNG of per-tensor SQNR (needs the plot extra)")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_json(p)
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,195 @@
+"""Evaluate an INT8 model against its FP32 original in ONNX Runtime on the CPU.
+
+The adapter around :mod:`trtcal.metrics`: both models run over the same batches; each graph
+output is compared (SQNR, cosine, top-1 agreement, top-1 accuracy with labels) and, with
+``per_tensor``, every float tensor the two models share by name, worst first by the lower of
+the two SQNRs below (a per-layer SQNR
+analysis). For a tensor that the INT8 model quantizes (QuantizeLinear -> DequantizeLinear), the
+value its consumers see (the DequantizeLinear output) is compared too, so a tensor's own
+quantization error shows apart from the error it inherits.
+
+The outputs come from a plain session of the INT8 model, run as ONNX Runtime runs it in
+deployment (integer kernels where it fuses Q/DQ); the per-tensor values come from a second
+session with the tensors exposed, where exposed tensors stop those fusions (Q/DQ simulated in
+float). Memory is a few sums per tensor, not the data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtcal.errors import TrtcalError
+from trtcal.metrics import Comparison
+from trtcal.progress import Progress
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured."""
+
+    outputs: list[Comparison]  # graph outputs, in the model's order
+    tensors: list[Comparison] = field(default_factory=list)  # shared tensors, worst SQNR first
+    quantized: dict[str, Comparison] = field(default_factory=dict)  # tensor -> its dequantized view
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"outputs": [c.to_dict() for c in self.outputs],
+                "tensors": [dict(c.to_dict(), **({"sqnr_quantized_db": self.quantized[c.name].sqnr_db}
+                                                 if c.name in self.quantized else {}))
+                            for c in self.tensors],
+                "metadata": self.metadata}
+
+
+class _Session:
+    """An ONNX Runtime CPU session over an ONNX file, optionally with extra tensors as outputs."""
+
+    def __init__(self, path, model, expose: list[str], threads: int | None):
+        import onnx
+        import onnxruntime as ort
+
+        self.source = str(path)
+        if expose:
+            model = onnx.ModelProto.FromString(model.SerializeToString())
+            existing = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+            for name in expose:
+                if name not in existing:
+                    model.graph.output.append(onnx.ValueInfoProto(name=name))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise TrtcalError(f"{self.source}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(self.output_names, feeds)
+        except Exception as exc:
+            raise TrtcalError(f"{self.source}: ONNX Runtime failed on a batch: {str(exc).splitlines()[0][:200]}") from None
+        return dict(zip(self.output_names, values))
+
+
+def dequantized_views(model) -> dict[str, str]:
+    """Tensor -> the output of a DequantizeLinear fed by QuantizeLinear(tensor) (the first one)."""
+    producers = {}
+    for node in model.graph.node:
+        for out in node.output:
+            producers[out] = node
+    views: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(node.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            views.setdefault(q.input[0], node.output[0])
+    return views
+
+
+def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | os.PathLike, *,
+             labels=None, batch_size: int | None = None, max_batches: int | None = None,
+             per_tensor: bool = True, preprocess=None, progress: bool | None = None,
+             threads: int | None = None) -> Evaluation:
+    """Compare ``test`` (e.g. a Q/DQ INT8 model) with ``reference`` (its FP32 original) on ``data``.
+
+    ``labels``: a 1-D integer array (or a path for :func:`trtcal.data.sources.load_labels`), one
+    per sample in data order, for top-1 accuracy of classifier outputs.
+    """
+    from trtcal.data.sources import check_batch, load_labels, open_data
+    from trtcal.model import load_model, model_tensors
+    from trtcal.runner import _ORT_DTYPES, InputSpec
+
+    ref_model = load_model(reference, load_weights=True)
+    test_model = load_model(test, load_weights=True)
+    ref_outputs = [o.name for o in ref_model.graph.output]
+    test_outputs = {o.name for o in test_model.graph.output}
+    missing = [n for n in ref_outputs if n not in test_outputs]
+    if missing:
+        raise TrtcalError(f"{test}: has no output {', '.join(map(repr, missing))} (outputs of {reference}); "
+                          "compare a model with its own quantized version")
+    label_source = None
+    if labels is not None and not isinstance(labels, np.ndarray):
+        label_source = str(labels)
+        labels = load_labels(labels)
+
+    shared: list[str] = []
+    views: dict[str, str] = {}
+    if per_tensor:
+        ref_float = model_tensors(ref_model).activations
+        test_float = set(model_tensors(test_model).activations)
+        inputs = {i.name for i in ref_model.graph.input}
+        shared = [n for n in ref_float if n in test_float and n not in inputs and n not in ref_outputs]
+        views = {n: v for n, v in dequantized_views(test_model).items() if n in set(shared) | inputs}
+    ref_session = _Session(reference, ref_model, shared + [n for n in views if n not in shared], threads)
+    plain = _Session(test, test_model, [], threads)
+    exposed = _Session(test, test_model, shared + list(views.values()), threads) if (shared or views) else None
+
+    specs = [InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
+                       tuple(d if isinstance(d, int) else (d or None) for d in i.shape))
+             for i in ref_session.session.get_inputs()]
+    # an array named "labels" beside the inputs in a .npz is not an input (pass it as labels= to use it)
+    source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
+    total = source.num_batches if max_batches is None else min(max_batches, source.num_batches or max_batches)
+
+    outputs = {n: Comparison(n) for n in ref_outputs}
+    inputs_viewed = [n for n in views if n not in shared]  # quantized graph inputs: exact until Q/DQ
+    tensors = {n: Comparison(n) for n in inputs_viewed + shared}
+    quantized = {n: Comparison(n) for n in views}
+    seen = 0
+    batches = 0
+    with Progress(total, "evaluating", enabled=progress) as bar:
+        for index, batch in enumerate(source):
+            if max_batches is not None and index >= max_batches:
+                break
+            batch = check_batch(batch, specs, f"{source.description}: batch {index}")
+            n = next(iter(batch.values())).shape[0]
+            batch_labels = None
+            if labels is not None:
+                if seen + n > labels.shape[0]:
+                    raise TrtcalError(f"{label_source or 'labels'}: {labels.shape[0]} labels, but the data has more "
+                                      f"samples (batch {index} ends at sample {seen + n})")
+                batch_labels = labels[seen:seen + n]
+            ref = ref_session.run(batch)
+            got = plain.run(batch)
+            for name, c in outputs.items():
+                _update(c, ref[name], got[name], batch_labels)
+            if exposed is not None:
+                got = exposed.run(batch)
+                for name, c in tensors.items():
+                    _update(c, ref[name] if name in ref else batch[name],
+                            got[name] if name in got else batch[name], None)
+                for name, c in quantized.items():
+                    _update(c, ref[name] if name in ref else batch[name], got[views[name]], None)
+            seen += n
+            batches += 1
+            bar.update()
+    if batches == 0:
+        raise TrtcalError(f"{source.description}: produced no batches")
+    stopped_early = max_batches is not None and batches == max_batches
+    if labels is not None and seen != labels.shape[0] and not stopped_early:
+        raise TrtcalError(f"{label_source or 'labels'}: {labels.shape[0]} labels for {seen} samples")
+    def worst(c: Comparison) -> tuple:
+        own = _key(c.sqnr_db)
+        return (min(own, _key(quantized[c.name].sqnr_db)) if c.name in quantized else own, c.name)
+
+    ordered = sorted(tensors.values(), key=worst)
+    meta = {"reference": str(reference), "test": str(test), "data": source.description, "batches": batches,
+            "samples": seen, "labels": label_source, "per_tensor": per_tensor}
+    return Evaluation([outputs[n] for n in ref_outputs], ordered, quantized, meta)
+
+
+def _update(c: Comparison, ref, got, labels) -> None:
+    try:
+        c.update(ref, got, labels)
+    except ValueError as exc:
+        raise TrtcalError(str(exc)) from None
+
+
+def _key(sqnr: float) -> float:
+    return math.inf if math.isnan(sqnr) else sqnr

@@ -1,0 +1,115 @@
+"""Streaming comparison of a reference tensor (FP32) with a test tensor (INT8), batch by batch.
+
+Pure numpy. Each :class:`Comparison` keeps a few sums, so memory does not grow with the data:
+
+- SQNR in dB: ``10 log10(sum(ref^2) / sum((ref - test)^2))`` over every value seen (inf when
+  the two agree exactly; -inf when the reference is all zeros and the test is not).
+- cosine similarity per sample (axis 0 is the batch), averaged, and the worst sample's.
+- max |ref - test|.
+- for classifier outputs (rank 2, more than one class): top-1 agreement of the two argmaxes, and
+  top-1 accuracy of each against labels when labels are given.
+
+Sums are accumulated in float64. Non-finite values are counted and left out of the sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)`` with the edge cases defined (see module doc)."""
+    if noise == 0:
+        return math.inf if signal > 0 else math.nan
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+@dataclass
+class Comparison:
+    """Running agreement between reference and test values of one tensor."""
+
+    name: str
+    signal: float = 0.0  # sum ref^2
+    noise: float = 0.0  # sum (ref - test)^2
+    count: int = 0
+    nonfinite: int = 0
+    max_abs_error: float = 0.0
+    cosine_sum: float = 0.0
+    cosine_min: float = math.inf
+    samples: int = 0
+    classifier: bool | None = None
+    agree: int = 0
+    correct_ref: int = 0
+    correct_test: int = 0
+    labelled: int = 0
+    shape: tuple = field(default_factory=tuple)
+
+    def update(self, ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None = None) -> None:
+        ref = np.asarray(ref)
+        test = np.asarray(test)
+        if ref.shape != test.shape:
+            raise ValueError(f"tensor {self.name!r}: shapes differ: {ref.shape} vs {test.shape}")
+        self.shape = ref.shape
+        r = ref.astype(np.float64, copy=False)
+        t = test.astype(np.float64, copy=False)
+        finite = np.isfinite(r) & np.isfinite(t)
+        if not finite.all():
+            self.nonfinite += int(finite.size - np.count_nonzero(finite))
+            r = np.where(finite, r, 0.0)
+            t = np.where(finite, t, 0.0)
+        err = r - t
+        self.signal += float(np.einsum("i,i->", r.ravel(), r.ravel()))
+        self.noise += float(np.einsum("i,i->", err.ravel(), err.ravel()))
+        self.count += int(np.count_nonzero(finite))
+        if err.size:
+            self.max_abs_error = max(self.max_abs_error, float(np.abs(err).max()))
+        if r.ndim >= 1 and r.shape[0] > 0:
+            rs = r.reshape(r.shape[0], -1)
+            ts = t.reshape(t.shape[0], -1)
+            nr, nt = np.linalg.norm(rs, axis=1), np.linalg.norm(ts, axis=1)
+            dots = np.einsum("ij,ij->i", rs, ts)
+            both = nr * nt
+            # a zero vector against a zero vector agrees perfectly; against anything else not at all
+            cos = np.where(both > 0, dots / np.where(both > 0, both, 1.0), np.where((nr == 0) & (nt == 0), 1.0, 0.0))
+            cos = np.clip(cos, -1.0, 1.0)  # rounding can reach 1 + 2e-16
+            self.cosine_sum += float(cos.sum())
+            self.cosine_min = min(self.cosine_min, float(cos.min()))
+            self.samples += rs.shape[0]
+        if self.classifier is None:
+            self.classifier = r.ndim == 2 and r.shape[1] > 1
+        if self.classifier:
+            top_r = np.argmax(np.where(np.isfinite(ref), ref, -np.inf), axis=1)
+            top_t = np.argmax(np.where(np.isfinite(test), test, -np.inf), axis=1)
+            self.agree += int(np.count_nonzero(top_r == top_t))
+            if labels is not None:
+                labels = np.asarray(labels).reshape(-1)
+                if labels.shape[0] != r.shape[0]:
+                    raise ValueError(f"tensor {self.name!r}: {labels.shape[0]} labels for {r.shape[0]} samples")
+                self.correct_ref += int(np.count_nonzero(top_r == labels))
+                self.correct_test += int(np.count_nonzero(top_t == labels))
+                self.labelled += labels.shape[0]
+
+    @property
+    def sqnr_db(self) -> float:
+        return sqnr_db(self.signal, self.noise)
+
+    @property
+    def cosine_mean(self) -> float:
+        return self.cosine_sum / self.samples if self.samples else math.nan
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "sqnr_db": self.sqnr_db, "cosine_mean": self.cosine_mean,
+               "cosine_min": self.cosine_min if self.samples else math.nan,
+               "max_abs_error": self.max_abs_error, "values": self.count, "nonfinite": self.nonfinite}
+        if self.classifier:
+            out["top1_agreement"] = self.agree / self.samples if self.samples else math.nan
+            if self.labelled:
+                out["top1_reference"] = self.correct_ref / self.labelled
+                out["top1_test"] = self.correct_test / self.labelled
+                out["labelled"] = self.labelled
+        return out

@@ -1,0 +1,1 @@
+"""Pictures and reports; matplotlib is imported inside the functions (the ``plot`` extra)."""
