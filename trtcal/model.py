@@ -87,3 +87,13 @@ def model_tensors(model) -> ModelTensors:
                 continue
             place(name, elem)
     return out
+
+
+def producers(model) -> dict[str, str]:
+    """Tensor name -> op type of the node that makes it ("input" for graph inputs)."""
+    out = {vi.name: "input" for vi in model.graph.input}
+    for node in model.graph.node:
+        for name in node.output:
+            if name:
+                out[name] = node.op_type
+    return out

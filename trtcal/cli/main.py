@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from trtcal import __version__
-from trtcal.cli import cache_cmds, calibrate_cmds, demo, eval_cmds
+from trtcal.cli import cache_cmds, calibrate_cmds, demo, eval_cmds, onesided_cmds
 from trtcal.cli.common import Parser
 from trtcal.errors import TrtcalError
 
@@ -22,6 +22,7 @@ def build_parser() -> Parser:
     calibrate_cmds.register(sub)
     cache_cmds.register(sub)
     eval_cmds.register(sub)
+    onesided_cmds.register(sub)
     return parser
 
 

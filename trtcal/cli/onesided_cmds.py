@@ -1,0 +1,64 @@
+"""``trtcal onesided``: the tensors that symmetric int8 gives only 7 bits, and what that costs."""
+
+from __future__ import annotations
+
+import argparse
+
+from trtcal.cli.calibrate_cmds import add_algorithm_args, algorithm_options
+from trtcal.cli.common import add_json, json_float, print_json
+from trtcal.errors import TrtcalError
+
+
+def cmd_onesided(args: argparse.Namespace) -> int:
+    from trtcal.model import load_model, producers
+    from trtcal.onesided import analyse
+    from trtcal.pipeline import compute_thresholds
+    from trtcal.stats import load_stats
+
+    model = load_model(args.model)
+    histograms, _ = load_stats(args.stats)
+    made = producers(model)
+    unknown = [n for n in histograms if n not in made]
+    if unknown:
+        raise TrtcalError(f"{args.stats}: {len(unknown)} of its {len(histograms)} tensors are not in {args.model} "
+                          f"(first: {unknown[0]!r}); statistics of another model?")
+    if args.cache:
+        from trtcal.cache_io import read_any
+
+        cache = read_any(args.cache)
+        amaxes = {n: cache.amax(n) for n in cache.names()}
+        source = f"ranges from {args.cache}"
+    else:
+        results = compute_thresholds(histograms, args.algorithm, **algorithm_options(args))
+        amaxes = {n: r.amax for n, r in results.items()}
+        source = f"{args.algorithm} thresholds"
+    rows = analyse(histograms, amaxes, made)
+    if args.json:
+        print_json({"source": source, "tensors": len(histograms),
+                    "one_sided": [{k: json_float(v) if isinstance(v, float) else v for k, v in r.to_dict().items()}
+                                  for r in rows]})
+        return 0
+    print(f"{len(rows)} of {len(histograms)} tensors are one-sided (min >= 0), {source}:")
+    if rows:
+        print(f"{'producer':<10} {'amax':>10} {'codes':>7} {'int8 dB':>8} {'uint8 dB':>8} {'gain':>6}  tensor")
+        for r in rows:
+            print(f"{r.producer:<10} {r.amax:>10.5g} {r.codes_symmetric:>3}/256 {r.sqnr_symmetric_db:>8.2f} "
+                  f"{r.sqnr_unsigned_db:>8.2f} {r.gain_db:>6.2f}  {r.tensor}")
+        print("codes: the int8 codes its values can reach under TensorRT's symmetric int8 (128 of 256 at most); "
+              "int8/uint8 dB: SQNR of its values at the same amax, symmetric vs unsigned with zero point 0 "
+              "(ONNX Runtime accepts uint8 Q/DQ; TensorRT does not)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("onesided", help="one-sided (ReLU-like) tensors: codes wasted and SQNR lost to symmetric int8",
+                       description="List every tensor whose values are all >= 0 (ReLU, Clip, Sigmoid, MaxPool "
+                                   "of them...), the int8 codes it can use under symmetric quantization, and the "
+                                   "SQNR of its values under symmetric int8 vs unsigned 8 bits at the same "
+                                   "threshold, estimated from the saved histograms.")
+    p.add_argument("model", help="the FP32 ONNX model the statistics came from (names the producers)")
+    p.add_argument("--stats", required=True, help="statistics (.npz) from trtcal calibrate --stats")
+    p.add_argument("--cache", help="take the thresholds from this cache instead of computing them")
+    add_algorithm_args(p)
+    add_json(p)
+    p.set_defaults(func=cmd_onesided)
