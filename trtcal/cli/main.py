@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from trtcal import __version__
-from trtcal.cli import cache_cmds, calibrate_cmds, demo, eval_cmds, onesided_cmds
+from trtcal.cli import cache_cmds, calibrate_cmds, crosscheck_cmds, demo, eval_cmds, onesided_cmds
 from trtcal.cli.common import Parser
 from trtcal.errors import TrtcalError
 
@@ -23,6 +23,7 @@ def build_parser() -> Parser:
     cache_cmds.register(sub)
     eval_cmds.register(sub)
     onesided_cmds.register(sub)
+    crosscheck_cmds.register(sub)
     return parser
 
 

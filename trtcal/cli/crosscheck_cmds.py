@@ -1,0 +1,66 @@
+"""``trtcal crosscheck``: recompute a TensorRT cache in numpy on the same batches and explain differences."""
+
+from __future__ import annotations
+
+import argparse
+
+from trtcal.cli.common import add_json, fmt_float, json_float, print_json
+from trtcal.errors import TrtcalError
+
+
+def cmd_crosscheck(args: argparse.Namespace) -> int:
+    from trtcal.cache_io import read_any
+    from trtcal.crosscheck import METHOD_OF, explain
+    from trtcal.data.images import Preprocess
+    from trtcal.model import load_model, model_tensors
+    from trtcal.pipeline import calibrate
+
+    if args.rtol < 0:
+        raise TrtcalError(f"--rtol {args.rtol:g}: must be >= 0")
+    cache = read_any(args.cache)
+    if cache.algorithm not in METHOD_OF:
+        raise TrtcalError(f"{args.cache}: algorithm {cache.algorithm!r} in its header is not one of TensorRT's "
+                          f"({', '.join(METHOD_OF)}); cannot tell how to recompute it")
+    method, options = METHOD_OF[cache.algorithm]
+    preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
+    result = calibrate(args.model, args.data, algorithm=method, batch_size=args.batch_size,
+                       max_batches=args.max_batches, preprocess=preprocess, progress=False if args.quiet else None,
+                       **options)
+    names = model_tensors(load_model(args.model)).all_names()
+    rows = explain(cache, result.histograms, result.thresholds, names, rtol=args.rtol, skipped=result.skipped)
+    differ = [r for r in rows if r.status != "agree"]
+    if args.json:
+        print_json({"cache": str(args.cache), "algorithm": cache.algorithm, "method": method,
+                    "data": result.metadata["data"], "batches": result.metadata["batches"],
+                    "agree": len(rows) - len(differ), "differ": len(differ),
+                    "tensors": [{k: json_float(v) if isinstance(v, float) else v for k, v in r.to_dict().items()}
+                                for r in rows]})
+    else:
+        print(f"{args.cache} ({cache.header_line}) vs trtcal {method} on {result.metadata['data']}")
+        print(f"{'TensorRT':>11}  {'trtcal':>11}  {'ratio':>7}  {'status':<11}  tensor")
+        for r in rows:
+            ratio = f"{r.ratio:.4f}" if r.ratio is not None else "-"
+            print(f"{fmt_float(r.trt_amax):>11}  {fmt_float(r.trtcal_amax):>11}  {ratio:>7}  {r.status:<11}  {r.tensor}"
+                  + (f"\n{'':>46}{r.reason}" if r.reason else ""))
+        print(f"{len(rows) - len(differ)} of {len(rows)} tensors agree within rtol {args.rtol:g}"
+              + (f"; {len(differ)} differ" if differ else ""))
+    return 1 if differ else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("crosscheck", help="recompute a TensorRT cache in numpy and explain every difference",
+                       description="Run the FP32 model over the same batches TensorRT calibrated on (same batch size "
+                                   "and order, TensorRT's power-of-two range growth), recompute every tensor's range "
+                                   "with the cache's algorithm, and report per tensor TensorRT's amax, trtcal's, the "
+                                   "ratio and the likely reason for a difference. Exit 0 when all agree, 1 otherwise.")
+    p.add_argument("model", help="the FP32 ONNX model the cache was calibrated for")
+    p.add_argument("--cache", required=True, help="the TensorRT calibration cache (or an ONNX Runtime table)")
+    p.add_argument("--data", required=True, help="the calibration data TensorRT used (as for trtcal calibrate)")
+    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    p.add_argument("--batch-size", type=int, help="TensorRT's calibration batch size (it moves entropy ranges)")
+    p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    p.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance on amax (default %(default)g; "
+                   "bit-identical scales always agree)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_json(p)
+    p.set_defaults(func=cmd_crosscheck)
