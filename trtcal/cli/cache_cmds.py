@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections import Counter
 
 from trtcal import cache as trtcache
@@ -193,20 +194,40 @@ class _OrderedOp(argparse.Action):
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from trtcal import overrides as ovr
+    from trtcal.provenance import write_sidecar
+
     ops = [cache_edit.parse_op(kind, text) for kind, text in (args.ops or [])]
-    if not ops:
-        raise TrtcalError("cache edit: nothing to do; give --set, --scale or --drop")
+    if not ops and not args.overrides:
+        raise TrtcalError("cache edit: nothing to do; give --set, --scale, --drop or --overrides")
     fileio.check_output(args.output, force=args.force, inputs=[args.file])
+    entries = ovr.read(args.overrides) if args.overrides else []
+    if entries:
+        fileio.check_output(sidecar_path(args.output), force=args.force, inputs=[args.file])
     cache = cache_io.read_any(args.file, "trt")
     edited, changes = cache_edit.edit(cache, ops, allow_new=args.allow_new)
+    applied, warnings = {}, []
+    if entries:
+        before = edited
+        edited, applied, warnings = ovr.apply_to_cache(edited, entries, allow_new=args.allow_new)
+        changes += [cache_edit.Change(name, "override", before.amax(name) if name in before else None,
+                                      edited.amax(name)) for name in applied]
     edited.write(args.output, force=args.force, inputs=[args.file])
+    if entries:  # the reasons travel beside the cache (a TensorRT cache has no room for them)
+        meta = dict(read_sidecar(args.file) or {})
+        meta.pop("trtcal_version", None)
+        meta["overrides"] = {"file": str(args.overrides), "applied": [a.to_dict() for a in applied.values()]}
+        write_sidecar(args.output, meta, force=args.force)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.json:
         print_json({"output": str(args.output), "changes": [
             {"tensor": c.tensor, "op": c.op, "old_amax": json_float(c.old_amax), "new_amax": json_float(c.new_amax)}
-            for c in changes]})
+            for c in changes], "overrides": [a.to_dict() for a in applied.values()], "warnings": warnings})
         return 0
     for c in changes:
-        print(f"{c.op:>5}  {fmt_float(c.old_amax):>13} -> {fmt_float(c.new_amax):<13}  {c.tensor}")
+        why = f"  ({applied[c.tensor].override.reason})" if c.op == "override" else ""
+        print(f"{c.op:>8}  {fmt_float(c.old_amax):>13} -> {fmt_float(c.new_amax):<13}  {c.tensor}{why}")
     print(f"wrote {args.output}: {len(changes)} changes, {len(edited)} tensors")
     return 0
 
@@ -292,7 +313,10 @@ def register(sub) -> None:
     p.add_argument("--scale", dest="scale", action=_OrderedOp, metavar="PATTERN=FACTOR",
                    help="multiply the amax of matching tensors")
     p.add_argument("--drop", dest="drop", action=_OrderedOp, metavar="PATTERN", help="remove matching tensors")
-    p.add_argument("--allow-new", action="store_true", help="let --set add a tensor the cache lacks")
+    p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (YAML or JSON, see docs/overrides.md), "
+                   "applied after --set/--scale/--drop; their reasons go to OUT's .trtcal.json")
+    p.add_argument("--allow-new", action="store_true", help="let --set (and exact-name overrides) add a tensor the "
+                   "cache lacks")
     add_output(p)
     add_json(p)
     p.set_defaults(func=cmd_edit, ops=None)
