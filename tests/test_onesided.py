@@ -85,3 +85,30 @@ def test_cli_on_the_demo_statistics(tmp_path):
     assert "6 of 11 tensors are one-sided" in out and "ranges from" in out
     rc, out, err = run_cli("onesided", EXAMPLES / "tiny_cnn.onnx", "--stats", stats)
     assert rc == 2 and "statistics of another model" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- the one-sided threshold
+
+
+def test_onesided_threshold_beats_entropy2_on_relu_outputs_measured_directly():
+    from oracle import entropy_oracle
+
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.normal(size=200000), 0).astype(np.float32)  # half exact zeros
+    h = Histogram().update(x)
+    e2 = thresholds.entropy2(h)
+    r = thresholds.onesided(h)
+    assert r.diagnostics["one_sided"] and r.amax == r.diagnostics["candidates"][r.diagnostics["chosen"]]
+    assert direct_sqnr(x, r.amax, 127) >= direct_sqnr(x, e2.amax, 127) - 0.01
+    assert direct_sqnr(x, r.amax, 127) > direct_sqnr(x, e2.amax, 127) + 3  # the zero spike cost entropy2 dearly
+    # the zero-free KL search is the literal oracle's on the histogram without the exact zeros
+    counts = h.counts.copy()
+    counts[0] -= h.zeros
+    i, _ = entropy_oracle(counts.tolist())
+    assert r.diagnostics["candidates"]["kl-nonzero"] == pytest.approx((i + 0.5) * h.width, rel=1e-12)
+
+
+def test_onesided_threshold_leaves_signed_tensors_to_entropy2():
+    h = Histogram().update(np.random.default_rng(1).normal(size=50000).astype(np.float32))
+    assert thresholds.onesided(h).amax == thresholds.entropy2(h).amax
+    assert thresholds.onesided(Histogram().update(np.zeros(10))).amax == 0.0

@@ -236,7 +236,7 @@ def test_bits_are_checked(bad):
 
 def test_registry_and_options():
     h = histogram_of(sample())
-    assert set(T.METHODS) == {"entropy2", "minmax", "percentile", "mse", "aciq"}
+    assert set(T.METHODS) == {"entropy2", "minmax", "percentile", "mse", "aciq", "onesided"}
     with pytest.raises(TrtcalError, match="unknown threshold method 'kl'"):
         T.compute("kl", h)
     with pytest.raises(TrtcalError, match="no option 'q'"):

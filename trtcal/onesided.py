@@ -16,31 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from trtcal.histogram import Histogram
 from trtcal.metrics import sqnr_db
+from trtcal.thresholds import SUBSAMPLES, quantization_noise
 
-#: Points per bin used to model the values inside it.
-SUBSAMPLES = 16
-
-
-def quantization_noise(hist: Histogram, amax: float, qmax: int) -> float:
-    """Expected sum of squared errors of |x| under a quantizer with step ``amax / qmax``, levels
-    ``0..qmax`` (round half to even, clip at ``amax``), from the histogram."""
-    if hist.count == 0 or hist.width <= 0 or not (amax > 0 and math.isfinite(amax)):
-        return 0.0
-    weights = hist.counts.astype(np.float64)
-    weights[0] -= hist.zeros
-    nz = np.nonzero(weights > 0)[0]
-    if nz.size == 0:
-        return 0.0
-    offsets = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES
-    values = (nz[:, None] + offsets[None, :]) * hist.width
-    step = amax / qmax
-    q = np.minimum(np.rint(values / step), qmax) * step
-    err = ((values - q) ** 2).mean(axis=1)
-    return float(np.dot(err, weights[nz]))
+__all__ = ["OneSided", "analyse", "is_one_sided", "quantization_noise", "SUBSAMPLES"]
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,65 @@ def mse(hist: Histogram, bits: int = 8, unsigned: bool = False) -> ThresholdResu
     return ThresholdResult(float(cand[index]), "mse", bits, bool(unsigned), diag, tuple(warns))
 
 
+#: Points per bin used to model the values inside it (see :func:`quantization_noise`).
+SUBSAMPLES = 16
+
+
+def quantization_noise(hist: Histogram, amax: float, qmax: int) -> float:
+    """Expected sum of squared errors of |x| under a quantizer with step ``amax / qmax``, levels
+    ``0..qmax`` (round half to even, clip at ``amax``), from the histogram: each bin's count is
+    spread evenly over :data:`SUBSAMPLES` points in the bin; exact zeros quantize without error."""
+    if hist.count == 0 or hist.width <= 0 or not (amax > 0 and math.isfinite(amax)):
+        return 0.0
+    weights = hist.counts.astype(np.float64)
+    weights[0] -= hist.zeros
+    nz = np.nonzero(weights > 0)[0]
+    if nz.size == 0:
+        return 0.0
+    offsets = (np.arange(SUBSAMPLES) + 0.5) / SUBSAMPLES
+    values = (nz[:, None] + offsets[None, :]) * hist.width
+    step = amax / qmax
+    q = np.minimum(np.rint(values / step), qmax) * step
+    err = ((values - q) ** 2).mean(axis=1)
+    return float(np.dot(err, weights[nz]))
+
+
+def onesided(hist: Histogram, bits: int = 8) -> ThresholdResult:
+    """For a one-sided tensor (min >= 0) under a symmetric quantizer: the entropy search, then
+    the symmetric amax that serves the tensor best.
+
+    A ReLU output gets only the ``2**(bits-1)`` non-negative codes of symmetric int8, and its
+    exact zeros (often half its values) quantize exactly under any scale, yet they sit in bin 0
+    and pull entropy2's threshold down. Candidates: entropy2 as TensorRT runs it; the KL search
+    on the histogram without the exact zeros, with the signed level count (what the tensor really
+    gets) and with the unsigned level count (``2**bits``); and the max. The one with the smallest
+    expected squared error under the symmetric quantizer (:func:`quantization_noise`, ``qmax =
+    2**(bits-1) - 1``) wins. Tensors that are not one-sided get entropy2 unchanged.
+    Diagnostics: ``candidates`` (name -> amax), ``noise`` (name -> expected squared error), ``chosen``.
+    """
+    bits = _check_bits(bits, False)
+    base = entropy2(hist, bits=bits)
+    if base.diagnostics.get("degenerate") or not (hist.min >= 0 and hist.max > 0):
+        diag = dict(base.diagnostics, chosen="entropy2", one_sided=False)
+        return ThresholdResult(base.amax, "onesided", bits, False, diag, base.warnings)
+    qmax = 2 ** (bits - 1) - 1
+    nonzero = hist.copy()
+    nonzero.counts[0] -= hist.zeros
+    nonzero.count -= hist.zeros
+    nonzero.zeros = 0
+    candidates = {"entropy2": base.amax, "max": hist.abs_max}
+    if nonzero.counts.sum() > 0:
+        for name, levels in (("kl-nonzero", 2 ** (bits - 1)), ("kl-unsigned", 2**bits)):
+            if levels <= nonzero.bins:
+                kl, cands = kl_curve(nonzero.counts, levels)
+                index, _ = _first_minimum(nonzero.counts, levels, cands, kl)
+                candidates[name] = (int(cands[index]) + 0.5) * hist.width
+    noise = {name: quantization_noise(hist, a, qmax) for name, a in candidates.items()}
+    chosen = min(noise, key=lambda n: (noise[n], n != "entropy2"))
+    diag = {"candidates": candidates, "noise": noise, "chosen": chosen, "one_sided": True}
+    return ThresholdResult(candidates[chosen], "onesided", bits, False, diag, base.warnings)
+
+
 def aciq_constant(distribution: str, bits: int) -> float:
     """Optimal alpha/sigma (gaussian) or alpha/b (laplace) for a ``bits``-bit quantiser.
 
@@ -355,6 +414,7 @@ METHODS = {
     "percentile": percentile,
     "mse": mse,
     "aciq": aciq,
+    "onesided": onesided,
 }
 
 
