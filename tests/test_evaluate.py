@@ -184,3 +184,18 @@ def test_bad_inputs_one_line_exit_2(int8_model, tmp_path):
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     # the labels array beside the images is never taken for an input
     assert "top1_reference" not in evaluate(MODEL, int8_model, EVAL, max_batches=1, progress=False).outputs[0].to_dict()
+
+
+def test_plot_one_tensor(tmp_path):
+    pytest.importorskip("matplotlib")
+    stats = tmp_path / "s.npz"
+    rc, _, err = run_cli("calibrate", MODEL, "--data", CALIB, "-o", tmp_path / "c.cache", "--stats", stats, "-q")
+    assert rc == 0, err
+    png = tmp_path / "relu1.png"
+    rc, out, err = run_cli("plot", "/relu1/Relu_output_0", "--stats", stats, "-o", png)
+    assert rc == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "entropy2: amax" in out and "onesided: amax" in out
+    rc, _, err = run_cli("plot", "relu1", "--stats", stats, "-o", tmp_path / "x.png")
+    assert rc == 2 and "did you mean '/relu1/Relu_output_0'" in err and not (tmp_path / "x.png").exists()
+    rc, _, err = run_cli("plot", "/relu1/Relu_output_0", "--stats", stats, "-o", png)
+    assert rc == 2 and str(png) in err  # exists, no --force

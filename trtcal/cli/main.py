@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 
 from trtcal import __version__
-from trtcal.cli import cache_cmds, calibrate_cmds, crosscheck_cmds, demo, eval_cmds, onesided_cmds
+from trtcal.cli import (
+    cache_cmds,
+    calibrate_cmds,
+    crosscheck_cmds,
+    demo,
+    eval_cmds,
+    onesided_cmds,
+    plot_cmds,
+)
 from trtcal.cli.common import Parser
 from trtcal.errors import TrtcalError
 
@@ -24,6 +32,7 @@ def build_parser() -> Parser:
     eval_cmds.register(sub)
     onesided_cmds.register(sub)
     crosscheck_cmds.register(sub)
+    plot_cmds.register(sub)
     return parser
 
 

@@ -55,3 +55,46 @@ def _finite(x: float, cap: float = 100.0) -> float:
     if math.isnan(x):
         return math.nan
     return max(min(x, cap), -cap)
+
+
+def plot_tensor(hist, results: dict, path, *, chosen: str | None = None, force: bool = False) -> None:
+    """One tensor: its |x| histogram (log counts) with every method's threshold marked (the chosen
+    one bold), and, when entropy2 is among ``results``, the KL curve over candidate thresholds."""
+    fileio.check_output(path, force=force)
+    plt = _pyplot()
+    import numpy as np
+
+    kl = results.get("entropy2")
+    has_kl = kl is not None and "kl" in kl.diagnostics
+    fig, axes = plt.subplots(2 if has_kl else 1, 1, figsize=(9, 6.5 if has_kl else 4), squeeze=False)
+    ax = axes[0][0]
+    centres = (np.arange(hist.bins) + 0.5) * hist.width
+    counts = hist.counts.astype(float)
+    ax.fill_between(centres, np.where(counts > 0, counts, np.nan), step="mid", alpha=0.5, color="tab:gray")
+    ax.set_yscale("log")
+    ax.set_xlabel("|x|")
+    ax.set_ylabel("count (log)")
+    side = ", one-sided (min >= 0)" if hist.one_sided and hist.max > 0 else ""
+    ax.set_title(f"{hist.name or 'tensor'}: {hist.count} values, min {hist.min:.4g}, max {hist.max:.4g}{side}",
+                 fontsize=9)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, r) in enumerate(results.items()):
+        bold = name == chosen
+        ax.axvline(r.amax, color=colours[i % len(colours)], lw=2.5 if bold else 1.0, ls="-" if bold else "--",
+                   label=f"{name}: {r.amax:.4g}" + (" (chosen)" if bold else ""))
+    ax.legend(fontsize=8, loc="upper right")
+    if has_kl:
+        ax2 = axes[1][0]
+        cands = np.asarray(kl.diagnostics["candidates"])
+        curve = np.asarray(kl.diagnostics["kl"], dtype=float)
+        ax2.plot((cands + 0.5) * hist.width, np.where(np.isfinite(curve), curve, np.nan), lw=1)
+        ax2.axvline(kl.amax, color="tab:red", lw=0.8, alpha=0.6)
+        best = curve[kl.diagnostics["index"]]
+        ax2.plot([kl.amax], [best], "o", color="tab:red", label=f"first minimum: KL {best:.4g} at amax {kl.amax:.4g}")
+        ax2.set_xlabel("candidate threshold (i + 0.5) * width")
+        ax2.set_ylabel("KL(P || Q)")
+        ax2.set_title("entropy2: KL divergence over candidates", fontsize=9)
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, force)
+    plt.close(fig)
