@@ -6,6 +6,7 @@ import sys
 
 from trtcal import __version__
 from trtcal.cli import (
+    bits_cmds,
     cache_cmds,
     calibrate_cmds,
     crosscheck_cmds,
@@ -33,6 +34,7 @@ def build_parser() -> Parser:
     onesided_cmds.register(sub)
     crosscheck_cmds.register(sub)
     plot_cmds.register(sub)
+    bits_cmds.register(sub)
     return parser
 
 

@@ -1,0 +1,70 @@
+"""Per-tensor bit widths: histogram SQNR estimates and choices against direct quantization."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from trtcal import thresholds
+from trtcal.bitwidth import choose_bits, tensor_sqnr
+from trtcal.histogram import Histogram
+from trtcal.stats import save_stats
+
+
+def direct_sqnr(x: np.ndarray, amax: float, bits: int) -> float:
+    x = x.astype(np.float64)
+    qmax = 2 ** (bits - 1) - 1
+    step = amax / qmax
+    q = np.clip(np.rint(x / step), -qmax, qmax) * step
+    return 10 * math.log10(np.sum(x**2) / np.sum((x - q) ** 2))
+
+
+def tensors():
+    rng = np.random.default_rng(5)
+    return {"normal": rng.normal(size=100000).astype(np.float32),
+            "laplace": rng.laplace(size=100000).astype(np.float32),
+            "relu": np.maximum(rng.normal(size=100000), 0).astype(np.float32)}
+
+
+@pytest.mark.parametrize("method", ["entropy2", "mse", "minmax"])
+def test_estimates_and_choices_match_direct_quantization(method):
+    data = tensors()
+    hists = {n: Histogram(name=n).update(x) for n, x in data.items()}
+    for name, x in data.items():
+        for bits in (4, 6, 8):
+            amax = thresholds.compute(method, hists[name], bits=bits).amax
+            assert tensor_sqnr(hists[name], amax, bits) == pytest.approx(direct_sqnr(x, amax, bits), abs=0.1)
+    for target in (15.0, 25.0, 35.0):
+        for c in choose_bits(hists, target, [4, 6, 8, 16], method=method):
+            direct = {b: direct_sqnr(data[c.tensor], thresholds.compute(method, hists[c.tensor], bits=b).amax, b)
+                      for b in (4, 6, 8, 16)}
+            want = next((b for b in (4, 6, 8, 16) if direct[b] >= target), "float")
+            margin = min(abs(v - target) for v in direct.values())
+            if margin > 0.1:  # away from a knife edge the choice is the direct one
+                assert c.bits == want, (c.tensor, target, direct)
+
+
+def test_unreachable_target_stays_float():
+    hists = {"t": Histogram().update(np.random.default_rng(0).normal(size=1000))}
+    (c,) = choose_bits(hists, 200.0, [4, 8])
+    assert c.bits == "float" and c.amax is None and set(c.sqnr_db) == {4, 8}
+
+
+def test_cli(tmp_path):
+    data = tensors()
+    stats = tmp_path / "s.npz"
+    save_stats(stats, {n: Histogram(name=n).update(x) for n, x in data.items()})
+    out = tmp_path / "bits.json"
+    rc, text, err = run_cli("bits", "--stats", stats, "--target-sqnr", "30", "-o", out)
+    assert rc == 0, err
+    chosen = json.loads(out.read_text())
+    assert set(chosen) == set(data) and all(v in (4, 6, 8, 16, "float") for v in chosen.values())
+    assert "target 30 dB" in text
+    rc, _, err = run_cli("bits", "--stats", stats, "--target-sqnr", "30", "--bits", "4,x")
+    assert rc == 2 and "--bits" in err
+    rc, _, err = run_cli("bits", "--stats", stats, "--target-sqnr", "30", "-o", out)
+    assert rc == 2 and str(out) in err

@@ -1,0 +1,56 @@
+"""Per-tensor bit widths for a target SQNR (the SQNR analysis of seed 003).
+
+Pure. For each tensor and each candidate bit width (smallest first), the threshold method runs at
+that width and the SQNR of the tensor's values under the symmetric quantizer it gives is
+estimated from the histogram (:func:`trtcal.thresholds.quantization_noise`; the signal is the
+histogram's exact sum of squares). The tensor gets the smallest width that meets the target, or
+stays in float when none does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trtcal import thresholds
+from trtcal.histogram import Histogram
+from trtcal.metrics import sqnr_db
+
+FLOAT = "float"
+
+
+@dataclass(frozen=True)
+class BitChoice:
+    tensor: str
+    bits: int | str  # the chosen width, or "float"
+    amax: float | None  # the threshold at the chosen width
+    sqnr_db: dict[int, float] = field(default_factory=dict)  # width -> estimated SQNR
+
+    def to_dict(self) -> dict:
+        return {"tensor": self.tensor, "bits": self.bits, "amax": self.amax,
+                "sqnr_db": {str(b): v for b, v in self.sqnr_db.items()}}
+
+
+def tensor_sqnr(hist: Histogram, amax: float, bits: int) -> float:
+    """Estimated SQNR (dB) of a tensor under a symmetric ``bits``-bit quantizer with threshold ``amax``."""
+    if hist.count == 0 or hist.abs_max == 0:
+        return math.inf
+    return sqnr_db(hist.sumsq, thresholds.quantization_noise(hist, amax, 2 ** (bits - 1) - 1))
+
+
+def choose_bits(histograms: dict[str, Histogram], target_db: float, widths: list[int], *,
+                method: str = "entropy2", **options) -> list[BitChoice]:
+    """The smallest width in ``widths`` whose SQNR reaches ``target_db``, per tensor (in order)."""
+    widths = sorted(set(widths))
+    out = []
+    for name, hist in histograms.items():
+        measured: dict[int, float] = {}
+        chosen: tuple[int | str, float | None] = (FLOAT, None)
+        for b in widths:
+            r = thresholds.compute(method, hist, bits=b, **options)
+            measured[b] = tensor_sqnr(hist, r.amax, b)
+            if measured[b] >= target_db:
+                chosen = (b, r.amax)
+                break
+        out.append(BitChoice(name, chosen[0], chosen[1], measured))
+    return out

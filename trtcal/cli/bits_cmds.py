@@ -1,0 +1,72 @@
+"""``trtcal bits``: the smallest bit width per tensor that meets a target SQNR."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+from trtcal.cli.common import add_json, print_json
+from trtcal.errors import TrtcalError
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise TrtcalError(f"--bits {text!r}: expected comma-separated integers, e.g. 4,6,8,16") from None
+    bad = [w for w in widths if not 2 <= w <= 16]
+    if not widths or bad:
+        raise TrtcalError(f"--bits {text!r}: widths must be integers from 2 to 16")
+    return widths
+
+
+def cmd_bits(args: argparse.Namespace) -> int:
+    from trtcal import fileio
+    from trtcal.bitwidth import FLOAT, choose_bits
+    from trtcal.stats import load_stats
+
+    widths = _widths(args.bits)
+    if args.output:
+        fileio.check_output(args.output, force=args.force, inputs=[args.stats])
+    histograms, _ = load_stats(args.stats)
+    if args.method not in ("entropy2", "minmax", "percentile", "mse", "aciq", "onesided"):
+        raise TrtcalError(f"--algorithm {args.method}: unknown")
+    choices = choose_bits(histograms, args.target_sqnr, widths, method=args.method)
+    doc = {"target_sqnr_db": args.target_sqnr, "widths": widths, "algorithm": args.method,
+           "tensors": [c.to_dict() for c in choices]}
+    if args.output:
+        import json
+
+        fileio.atomic_write(args.output, json.dumps({c.tensor: c.bits for c in choices}, indent=1) + "\n",
+                            force=args.force)
+    if args.json:
+        print_json(doc)
+        return 0
+    head = "".join(f"{f'{w}-bit dB':>10}" for w in widths)
+    print(f"{'bits':>5} {head}  tensor")
+    for c in choices:
+        cells = "".join(f"{c.sqnr_db[w]:>10.2f}" if w in c.sqnr_db else f"{'':>10}" for w in widths)
+        print(f"{c.bits!s:>5} {cells}  {c.tensor}")
+    counts = Counter(c.bits for c in choices)
+    parts = [f"{counts[w]} x {w}-bit" for w in widths if counts[w]] + ([f"{counts[FLOAT]} float"] if counts[FLOAT] else [])
+    print(f"target {args.target_sqnr:g} dB ({args.method}): " + ", ".join(parts))
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bits", help="per-tensor bit width for a target SQNR",
+                       description="For each tensor in a statistics file, the smallest bit width from --bits whose "
+                                   "symmetric quantization (threshold from --algorithm at that width) keeps the "
+                                   "tensor's SQNR at or above --target-sqnr, estimated from the histogram; tensors "
+                                   "that meet it at no width stay in float.")
+    p.add_argument("model", nargs="?", help="the ONNX model (optional; for the record)")
+    p.add_argument("--stats", required=True, help="statistics (.npz) from trtcal calibrate --stats")
+    p.add_argument("--target-sqnr", type=float, required=True, metavar="DB", help="per-tensor SQNR to meet, in dB")
+    p.add_argument("--bits", default="4,6,8,16", help="candidate widths, smallest first (default %(default)s)")
+    p.add_argument("--algorithm", dest="method", default="entropy2", help="threshold method (default %(default)s)")
+    p.add_argument("-o", "--output", help="write {tensor: bits or 'float'} as JSON")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    add_json(p)
+    p.set_defaults(func=cmd_bits)
