@@ -7,6 +7,7 @@ import sys
 from trtcal import __version__
 from trtcal.cli import (
     bits_cmds,
+    build_cmds,
     cache_cmds,
     calibrate_cmds,
     crosscheck_cmds,
@@ -35,6 +36,7 @@ def build_parser() -> Parser:
     crosscheck_cmds.register(sub)
     plot_cmds.register(sub)
     bits_cmds.register(sub)
+    build_cmds.register(sub)
     return parser
 
 

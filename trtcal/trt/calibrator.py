@@ -218,6 +218,8 @@ class Calibrator:
             batch = self._next_batch()
             if batch is None:
                 self._done = True
+                if self.batches == 0:
+                    raise TrtcalError(f"{self.description}: gave no full batch of {self.batch_size} to calibrate on")
                 return None
             self._upload(batch)
             self.batches += 1
@@ -238,6 +240,8 @@ class Calibrator:
 
     def write_calibration_cache(self, cache) -> None:
         """Keep what TensorRT wrote: the bytes as they are, and a provenance record beside them."""
+        if self.failure is not None:
+            return  # a failed calibration leaves no cache behind
         try:
             self._write_cache(bytes(cache))
         except Exception as exc:

@@ -1,0 +1,93 @@
+"""``trtcal build``: an ONNX model to a TensorRT engine (implicit INT8, FP16, explicit Q/DQ)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trtcal.cli.common import add_json, print_json
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from trtcal.trt.builder import build, parse_shapes
+
+    preprocess = None
+    if args.preprocess:
+        from trtcal.data.images import Preprocess
+
+        preprocess = Preprocess.parse(args.preprocess)
+    stream = sys.stderr if args.json else sys.stdout
+    result = build(args.model, args.output, int8=args.int8, fp16=args.fp16, cache=args.cache, data=args.data,
+                   preprocess=preprocess, batch_size=args.batch_size, max_batches=args.max_batches,
+                   algorithm=args.algorithm, quantile=args.quantile, regression_cutoff=args.regression_cutoff,
+                   save_cache=args.save_cache, overrides=args.overrides, fallback=args.fallback_list,
+                   timing_cache=args.timing_cache, workspace_mb=args.workspace, shapes=parse_shapes(args.shapes),
+                   backend=args.backend, ignore_provenance=args.ignore_provenance, force=args.force,
+                   verbose=args.verbose, log=lambda line: print(line, file=stream))
+    if args.json:
+        print_json({"engine": str(result.engine), "provenance": str(result.record_path), **result.record})
+        return 0
+    rec = result.record
+    calib = rec.get("calibration")
+    if calib and result.cache_read is not None:
+        print(f"reused {result.cache_read} ({calib['trt_algorithm']}; no calibration run)")
+    elif calib:
+        print(f"calibrated {calib['batches']} batches of {calib['batch_size']} ({calib['samples']} samples"
+              + (f", {calib['dropped_samples']} dropped" if calib["dropped_samples"] else "")
+              + f") with {calib['trt_algorithm']}" + (f"; cache {result.cache_written}" if result.cache_written else ""))
+    if result.trt_warnings and not args.verbose:
+        print(f"TensorRT reported {len(result.trt_warnings)} warning(s); -v shows TensorRT's messages "
+              f"(the first ones are in {result.record_path})")
+    if result.timing_cache is not None:
+        print(f"timing cache {result.timing_cache}")
+    gpu = rec.get("gpu")
+    where = (f" for {gpu['name']} (compute capability {gpu['compute_capability']})" if gpu
+             else " ahead of time (no GPU)" if rec.get("built_ahead_of_time") else "")
+    print(f"wrote {result.engine} ({rec['engine_bytes']} bytes, {rec['mode']}, {result.backend}{where}) "
+          f"and {result.record_path}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "build", help="build a TensorRT engine: implicit INT8 (calibrator or cache), FP16, or a Q/DQ model",
+        description="Build MODEL.onnx into a TensorRT engine with a provenance record beside it "
+                    "(<engine>.trtcal.json: TensorRT version, GPU, sha256 of model, cache and data). "
+                    "TensorRT <= 10: --int8 with --data (TensorRT calibrates; the cache is kept) or --cache (reused "
+                    "only if its header and provenance fit). A model with Q/DQ nodes builds strongly typed (TensorRT "
+                    "10 and 11, TensorRT-RTX). TensorRT 11 and TensorRT-RTX have no implicit INT8: use `trtcal qdq`.")
+    p.add_argument("model", help="ONNX model (FP32, or with Q/DQ nodes)")
+    p.add_argument("-o", "--output", metavar="ENGINE", help="engine to write (default engines/<model stem>.engine)")
+    p.add_argument("--int8", action="store_true", help="implicit INT8 (TensorRT <= 10): needs --data or --cache")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--cache", help="reuse this calibration cache (TensorRT's text format)")
+    src.add_argument("--data", help="calibrate with TensorRT on this data (as for trtcal calibrate)")
+    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    p.add_argument("--batch-size", type=int, help="calibration batch size = the OPT shape's batch axis "
+                                                  "(default: the model's fixed batch, else 32 when calibrating, else 1)")
+    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    p.add_argument("--algorithm", choices=("entropy2", "minmax", "entropy", "legacy"),
+                   help="TensorRT calibrator (default entropy2; with --cache: the one its header names)")
+    p.add_argument("--quantile", type=float, default=0.9999, help="legacy calibrator: quantile (default %(default)g)")
+    p.add_argument("--regression-cutoff", type=float, default=1.0,
+                   help="legacy calibrator: regression cutoff (default %(default)g)")
+    p.add_argument("--save-cache", metavar="CACHE",
+                   help="with --data: where TensorRT's cache goes (default calib_caches/<engine stem>.trt.cache)")
+    p.add_argument("--fp16", action="store_true", help="allow FP16 kernels (TensorRT <= 10)")
+    p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (trtcal overrides file, YAML/JSON), applied "
+                                                       "with set_dynamic_range (and to a reused cache)")
+    p.add_argument("--fallback-list", metavar="FILE", help="tensors to keep in float: one name per line (# comments) "
+                                                           "or a JSON list")
+    p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache: read if it exists, updated after")
+    p.add_argument("--workspace", type=int, metavar="MB", help="workspace memory pool limit in MB")
+    p.add_argument("--shapes", action="append", metavar="NAME:MIN,OPT,MAX",
+                   help="optimization profile of a dynamic input, e.g. images:1x3x224x224,8x3x224x224,32x3x224x224 "
+                        "(repeat per input; NAME:SHAPE sets all three)")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "rtx"), default="auto",
+                   help="tensorrt, rtx (tensorrt_rtx), or auto: tensorrt if it imports, else rtx (default)")
+    p.add_argument("--ignore-provenance", action="store_true",
+                   help="reuse a cache even if its provenance record names another model or data")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("-v", "--verbose", action="store_true", help="show TensorRT's info messages")
+    add_json(p)
+    p.set_defaults(func=cmd_build)
