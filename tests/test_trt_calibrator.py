@@ -364,3 +364,33 @@ def test_tensorrt_11_has_no_calibrator_classes():
     trt = fake_trt(version="11.0.0.1")
     with pytest.raises(TrtcalError, match="no IInt8EntropyCalibrator2.*trtcal qdq"):
         calibrator_class(trt, "entropy2")
+
+
+def test_host_memory_behaves_like_device_memory():
+    device = HostMemory()
+    ptr = device.alloc(24)
+    data = np.arange(6, dtype=np.float32)
+    device.upload(ptr, data)
+    back = np.empty(6, np.float32)
+    device.download(ptr, back)
+    assert np.array_equal(back, data) and HostMemory.read(ptr, 24) == data.tobytes()
+    with pytest.raises(RuntimeError, match="into a 24-byte buffer"):
+        device.upload(ptr, np.zeros(7, np.float32))
+    device.free(ptr)
+    with pytest.raises(RuntimeError, match="double free"):
+        device.free(ptr)
+    with pytest.raises(RuntimeError, match="not an allocated buffer"):
+        device.upload(ptr, data)
+
+
+def test_without_pycuda_the_device_path_fails_in_one_clear_line(monkeypatch):
+    import sys
+
+    from trtcal.trt.runtime import run_engine
+
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    cal = Calibrator(batches_of(make_data(16), 16), INPUTS, batch_size=16)  # the default device: pycuda
+    assert cal.get_batch(["x", "ids"]) is None
+    assert isinstance(cal.failure, TrtcalError) and "needs pycuda" in str(cal.failure)
+    with pytest.raises(TrtcalError, match="needs pycuda"):
+        next(run_engine("any.engine", []))

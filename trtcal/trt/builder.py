@@ -435,6 +435,7 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
             warn(f"{timing_path}: TensorRT did not accept this timing cache (another TensorRT or GPU?); starting a new one")
 
     core: Calibrator | None = None
+    trt_calibrator = None
     model_sha = file_sha256(model)
     data_sha = data_sha256(data) if data is not None else None
     applied_overrides = {}
@@ -449,7 +450,8 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
                 core.check_cache()  # a cache that cannot be used fails here, before the build
             from trtcal.trt.calibrator import tensorrt_calibrator
 
-            config.int8_calibrator = tensorrt_calibrator(core, trt)
+            trt_calibrator = tensorrt_calibrator(core, trt)  # held here until the build returns
+            config.int8_calibrator = trt_calibrator
             if profile is not None:
                 config.set_calibration_profile(profile)
             tensors = _network_tensors(network)
@@ -470,6 +472,7 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
                 say(f"kept {len(fallback_names)} tensor(s) from {fallback} in float (layer precision, "
                     "OBEY_PRECISION_CONSTRAINTS)")
         serialized = builder.build_serialized_network(network, config)
+        del trt_calibrator
         if core is not None:
             core.raise_failure()
             warnings.extend(w for w in core.warnings if w not in warnings)

@@ -24,12 +24,16 @@ from trtcal.errors import TrtcalError
 
 
 class DeviceMemory:
-    """Allocate ``nbytes`` (returns a pointer), upload a contiguous host array, free, close."""
+    """Allocate ``nbytes`` (returns a pointer), upload/download contiguous host arrays, free, close."""
 
     def alloc(self, nbytes: int) -> int:  # pragma: no cover - interface
         raise NotImplementedError
 
     def upload(self, pointer: int, host: np.ndarray) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def download(self, pointer: int, host: np.ndarray) -> None:  # pragma: no cover - interface
+        """Copy ``host.nbytes`` bytes from the device buffer into the contiguous ``host`` array."""
         raise NotImplementedError
 
     def free(self, pointer: int) -> None:  # pragma: no cover - interface
@@ -66,6 +70,11 @@ class HostMemory(DeviceMemory):
             raise RuntimeError(f"upload of {raw.size} bytes into a {buf.size}-byte buffer")
         buf[: raw.size] = raw
         self.uploads += 1
+
+    def download(self, pointer: int, host: np.ndarray) -> None:
+        buf = self._buffers[pointer]
+        raw = host.reshape(-1).view(np.uint8)
+        raw[:] = buf[: raw.size]
 
     def free(self, pointer: int) -> None:
         if self._buffers.pop(pointer, None) is None:
@@ -105,6 +114,9 @@ class PycudaMemory(DeviceMemory):
 
     def upload(self, pointer: int, host: np.ndarray) -> None:
         self._cuda.memcpy_htod(self._allocations[pointer], host)
+
+    def download(self, pointer: int, host: np.ndarray) -> None:
+        self._cuda.memcpy_dtoh(host, self._allocations[pointer])
 
     def free(self, pointer: int) -> None:
         allocation = self._allocations.pop(pointer, None)
