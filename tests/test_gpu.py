@@ -16,6 +16,7 @@ What is checked, on the bundled Fashion-MNIST CNN:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,13 @@ EVAL = EXAMPLES / "fashion_eval.npz"
 BATCH = 64
 
 
+def _unavailable(reason: str):
+    """Skip, unless the GPU CI asked for the GPU path to be there (then a missing GPU fails)."""
+    if os.environ.get("TRTCAL_REQUIRE_GPU"):
+        pytest.fail(f"TRTCAL_REQUIRE_GPU is set but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def backend():
     try:
@@ -38,17 +46,17 @@ def backend():
 
         be = load_backend("tensorrt")
     except TrtcalError as exc:
-        pytest.skip(f"no TensorRT: {exc}")
+        _unavailable(f"no TensorRT: {exc}")
     try:
         import pycuda.driver as cuda
 
         cuda.init()
         if cuda.Device.count() < 1:
-            pytest.skip("no NVIDIA GPU")
+            _unavailable("no NVIDIA GPU")
     except ImportError:
-        pytest.skip("no pycuda")
+        _unavailable("no pycuda")
     except Exception as exc:  # pycuda's own errors without a driver
-        pytest.skip(f"CUDA not usable: {exc}")
+        _unavailable(f"CUDA not usable: {exc}")
     return be
 
 
