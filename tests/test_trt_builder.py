@@ -579,3 +579,15 @@ def test_rtx_reports_its_limits_and_parser_errors_in_one_line(tmp_path):
     rc, _, err = run_cli("build", MODEL, "--backend", "rtx", "--batch-size", "4", "-o", tmp_path / "f.engine")
     assert rc == 0, err
     assert record_of(tmp_path / "f.engine")["mode"] == "fp32"
+
+
+def test_default_outputs_go_to_engines_and_calib_caches(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrtcalError, match="no implicit INT8"):
+        build(MODEL, int8=True, data=DATA, trt=fake_tensorrt("11.0.0.1"))
+    assert not (tmp_path / "engines").exists() and not (tmp_path / "calib_caches").exists()  # nothing on failure
+    result = build(MODEL, int8=True, data=DATA, batch_size=64, trt=fake_tensorrt(), device=HostMemory())
+    assert result.engine == Path("engines/fashion_cnn.engine") and result.engine.exists()
+    assert result.cache_written == Path("calib_caches/fashion_cnn.trt.cache") and result.cache_written.exists()
+    with pytest.raises(TrtcalError, match="already exists; pass --force"):
+        build(MODEL, int8=True, data=DATA, batch_size=64, trt=fake_tensorrt(), device=HostMemory())

@@ -301,14 +301,18 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
     model = Path(model)
     onnx_model = load_model(model)
     qdq = model_has_qdq(onnx_model)
-    if output is None:
-        out = default_engine_path(model)
-        out.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        out = Path(output)
+    out = Path(output) if output is not None else default_engine_path(model)
     inputs_to_check = [model] + [p for p in (cache, data, overrides, fallback) if p is not None]
-    fileio.check_output(out, force=force, inputs=inputs_to_check)
-    fileio.check_output(sidecar_path(out), force=force, inputs=inputs_to_check)
+    folders: list[Path] = []  # default output folders, made just before the build
+
+    def check_output(path: Path, default: bool) -> None:
+        if default and not path.parent.exists():
+            folders.append(path.parent)
+            return
+        fileio.check_output(path, force=force, inputs=inputs_to_check)
+        fileio.check_output(sidecar_path(path), force=force, inputs=inputs_to_check)
+
+    check_output(out, output is None)
     if qdq and (cache is not None or data is not None):
         raise TrtcalError(f"{model}: has Q/DQ nodes, so its INT8 scales are in the model; leave out --cache/--data "
                           "(or build the FP32 model it came from with them)")
@@ -320,12 +324,11 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
     if int8 and not qdq and cache is None and data is None:
         raise TrtcalError("--int8 needs calibration: --data PATH (calibrate with TensorRT) or --cache CACHE "
                           "(reuse a calibration cache)")
-    if data is not None and save_cache is None:
-        save_cache = Path("calib_caches") / f"{out.stem}.trt.cache"
-        save_cache.parent.mkdir(parents=True, exist_ok=True)
     if data is not None:
-        fileio.check_output(save_cache, force=force, inputs=inputs_to_check)
-        fileio.check_output(sidecar_path(save_cache), force=force, inputs=inputs_to_check)
+        default_cache = save_cache is None
+        if default_cache:
+            save_cache = Path("calib_caches") / f"{out.stem}.trt.cache"
+        check_output(Path(save_cache), default_cache)
     fallback_names = read_tensor_list(fallback) if fallback is not None else []
     override_list = None
     if overrides is not None:
@@ -471,6 +474,8 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
                 _fall_back(trt, be, network, config, tensors, fallback_names, fallback)
                 say(f"kept {len(fallback_names)} tensor(s) from {fallback} in float (layer precision, "
                     "OBEY_PRECISION_CONSTRAINTS)")
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
         serialized = builder.build_serialized_network(network, config)
         del trt_calibrator
         if core is not None:
