@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from trtcal.cache import Version, format_version, parse_version
+from trtcal.cache import Version, parse_version
 from trtcal.errors import TrtcalError
 
 #: Module names, by the ``--backend`` choice that selects them.
@@ -117,6 +117,3 @@ def backend_from_module(module: Any) -> Backend:
     name = "tensorrt_rtx" if module.__name__.split(".")[0] == "tensorrt_rtx" else "tensorrt"
     return Backend(module, name, version, text)
 
-
-def describe(backend: Backend | None) -> str:
-    return "no TensorRT" if backend is None else f"{backend.label} ({format_version(backend.version)})"
