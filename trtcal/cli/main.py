@@ -15,6 +15,7 @@ from trtcal.cli import (
     eval_cmds,
     onesided_cmds,
     plot_cmds,
+    report_cmds,
 )
 from trtcal.cli.common import Parser
 from trtcal.errors import TrtcalError
@@ -36,6 +37,7 @@ def build_parser() -> Parser:
     crosscheck_cmds.register(sub)
     plot_cmds.register(sub)
     bits_cmds.register(sub)
+    report_cmds.register(sub)
     build_cmds.register(sub)
     return parser
 

@@ -20,15 +20,21 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path, force: bool) -> None:
+def _png(fig, plt, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    fileio.atomic_write(path, buf.getvalue(), force=force)
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def plot_sqnr(evaluation, path, *, force: bool = False, top: int = 60) -> None:
     """Per-tensor SQNR as horizontal bars, worst at the top; the dequantized view beside it."""
     fileio.check_output(path, force=force)
+    fileio.atomic_write(path, sqnr_png(evaluation, top=top), force=force)
+
+
+def sqnr_png(evaluation, *, top: int = 60) -> bytes:
+    """:func:`plot_sqnr` as PNG bytes."""
     plt = _pyplot()
     rows = evaluation.tensors[:top]
     if not rows:
@@ -46,8 +52,7 @@ def plot_sqnr(evaluation, path, *, force: bool = False, top: int = 60) -> None:
     ax.set_title(f"per-tensor SQNR, worst {len(rows)} of {len(evaluation.tensors)}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
-    _save(fig, path, force)
-    plt.close(fig)
+    return _png(fig, plt)
 
 
 def _finite(x: float, cap: float = 100.0) -> float:
@@ -59,8 +64,15 @@ def _finite(x: float, cap: float = 100.0) -> float:
 
 def plot_tensor(hist, results: dict, path, *, chosen: str | None = None, force: bool = False) -> None:
     """One tensor: its |x| histogram (log counts) with every method's threshold marked (the chosen
-    one bold), and, when entropy2 is among ``results``, the KL curve over candidate thresholds."""
+    method bold), and, when entropy2 is among ``results``, the KL curve over candidate thresholds."""
     fileio.check_output(path, force=force)
+    fileio.atomic_write(path, tensor_png(hist, results, chosen_method=chosen), force=force)
+
+
+def tensor_png(hist, results: dict, *, chosen_method: str | None = None, chosen: float | None = None,
+               dpi: int = 80) -> bytes:
+    """:func:`plot_tensor` as PNG bytes; ``chosen`` marks a range that is not one of ``results``
+    (e.g. a cache's)."""
     plt = _pyplot()
     import numpy as np
 
@@ -79,9 +91,11 @@ def plot_tensor(hist, results: dict, path, *, chosen: str | None = None, force: 
                  fontsize=9)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, r) in enumerate(results.items()):
-        bold = name == chosen
+        bold = name == chosen_method
         ax.axvline(r.amax, color=colours[i % len(colours)], lw=2.5 if bold else 1.0, ls="-" if bold else "--",
                    label=f"{name}: {r.amax:.4g}" + (" (chosen)" if bold else ""))
+    if chosen is not None:
+        ax.axvline(chosen, color="black", lw=2.0, label=f"chosen: {chosen:.4g}")
     ax.legend(fontsize=8, loc="upper right")
     if has_kl:
         ax2 = axes[1][0]
@@ -96,5 +110,4 @@ def plot_tensor(hist, results: dict, path, *, chosen: str | None = None, force: 
         ax2.set_title("entropy2: KL divergence over candidates", fontsize=9)
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path, force)
-    plt.close(fig)
+    return _png(fig, plt, dpi)
