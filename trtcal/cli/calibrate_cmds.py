@@ -15,11 +15,12 @@ from trtcal.findings import CLIP_FRACTION, find
 from trtcal.provenance import sidecar_path, write_sidecar
 
 
-def add_algorithm_args(p: argparse.ArgumentParser) -> None:
+def add_algorithm_args(p: argparse.ArgumentParser, *, with_eq: bool = False) -> None:
     from trtcal import thresholds as thr
 
-    p.add_argument("--algorithm", default="entropy2", choices=list(thr.METHODS),
-                   help="threshold algorithm (default %(default)s: TensorRT's EntropyCalibration2)")
+    p.add_argument("--algorithm", default="entropy2", choices=list(thr.METHODS) + (["eq"] if with_eq else []),
+                   help="threshold algorithm (default %(default)s: TensorRT's EntropyCalibration2)"
+                        + ("; eq refines entropy2 layer by layer (EasyQuant)" if with_eq else ""))
     p.add_argument("--bits", type=int, default=None, help="quantization bit width, 2..16 (default 8)")
     p.add_argument("--percentile", type=float, default=None,
                    help="for --algorithm percentile: the percentage of |x| kept, e.g. 99.99 (default)")
@@ -130,9 +131,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.stats:
         fileio.check_output(args.stats, force=args.force, inputs=[args.model])
     preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
-    result = calibrate(args.model, args.data, algorithm=args.algorithm, batch_size=args.batch_size,
-                       max_batches=args.max_batches, trt_version=version, preprocess=preprocess,
-                       random=args.random, progress=False if args.quiet else None, **options)
+    eq = args.algorithm == "eq"
+    if eq and args.random:
+        raise TrtcalError("--algorithm eq needs real data, not --random")
+    result = calibrate(args.model, args.data, algorithm="entropy2" if eq else args.algorithm,
+                       batch_size=args.batch_size, max_batches=args.max_batches, trt_version=version,
+                       preprocess=preprocess, random=args.random, progress=False if args.quiet else None, **options)
+    if eq:
+        _apply_eq(args, result, preprocess, version)
     result.cache.write(out, force=args.force, inputs=[args.model])
     write_sidecar(out, result.metadata, force=args.force)
     if args.stats:
@@ -140,6 +146,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     _print_result(result.cache, result.thresholds, result.histograms, out, args.stats, result.skipped,
                   result.warnings, args.json, result.metadata)
     return 0
+
+
+def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> None:
+    """Refine the entropy2 result in place with EQ on the first --eq-samples samples."""
+    from trtcal import eq
+    from trtcal.pipeline import ranges_to_cache
+    from trtcal.progress import Progress
+    from trtcal.thresholds import ThresholdResult
+
+    batches = eq.subset(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
+                        preprocess=preprocess)
+    amaxes = {n: r.amax for n, r in result.thresholds.items()}
+    with Progress(eq.layer_count(args.model), "EQ search", enabled=False if args.quiet else None) as bar:
+        refined = eq.refine(args.model, batches, amaxes, steps=args.eq_steps, progress=bar)
+    for name, amax in refined.amaxes.items():
+        if name in result.thresholds and amax != result.thresholds[name].amax:
+            old = result.thresholds[name]
+            result.thresholds[name] = ThresholdResult(amax, "eq", old.bits, old.unsigned,
+                                                      {"entropy2_amax": old.amax}, old.warnings)
+    result.cache = ranges_to_cache(result.thresholds, algorithm="entropy2", version=version)
+    result.metadata["algorithm"] = "eq"
+    result.metadata["eq"] = {"samples": sum(next(iter(b.values())).shape[0] for b in batches),
+                             "steps": args.eq_steps,
+                             "cosine": {k: [round(a, 6), round(b, 6)] for k, (a, b) in refined.cosines.items()}}
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:
@@ -172,7 +202,11 @@ def register(sub) -> None:
                                         "mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,order=RGB")
     p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else 32)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches")
-    add_algorithm_args(p)
+    add_algorithm_args(p, with_eq=True)
+    p.add_argument("--eq-samples", type=int, default=64, help="for --algorithm eq: samples for the layer search "
+                   "(default %(default)s)")
+    p.add_argument("--eq-steps", type=int, default=100, help="for --algorithm eq: scale factors tried in "
+                   "[0.5, 2] (default %(default)s)")
     p.add_argument("-o", "--output", help="cache to write (default calib_caches/<model stem>.cache)")
     p.add_argument("--stats", help="also save the statistics (.npz) for `trtcal thresholds`")
     p.add_argument("--force", action="store_true", help="replace existing outputs")

@@ -1,0 +1,254 @@
+"""EQ ("EasyQuant", as in ncnn): refine entropy2 scales layer by layer for the best layer outputs.
+
+For every quantizable layer (Conv, ConvTranspose, Gemm, MatMul whose weight is an initializer),
+starting from the entropy2 activation scale and the per-channel max weight scales:
+
+1. the activation scale of its input is searched over ``steps`` values in ``[lo, hi] x scale``
+   for the highest cosine similarity between the FP32 layer output and the output computed from
+   fake-quantized (symmetric int8) input and weights; a tensor feeding several layers is searched
+   once, for the best mean cosine over them;
+2. then, with that activation scale, each output channel's weight scale is searched the same way,
+   channel by channel (output channel ``k`` depends only on weight channel ``k``).
+
+The layers run one at a time as single-node ONNX Runtime sessions, on at most ``samples``
+calibration samples, so memory is one layer's input and output for those samples. Layers come in
+graph order; each sees FP32 inputs (layer-wise, as EasyQuant does).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtcal.errors import TrtcalError
+
+LAYER_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": None}  # op -> weight output-channel axis
+
+
+@dataclass
+class EqResult:
+    amaxes: dict[str, float]  # activation tensor -> refined amax
+    weight_scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight initializer -> per-channel scale
+    cosines: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> (before, after)
+
+
+def fake_quant(x: np.ndarray, scale, axis: int | None = None) -> np.ndarray:
+    """Symmetric int8 quantize-dequantize (round half to even, clamp to [-128, 127])."""
+    s = np.asarray(scale, dtype=np.float32)
+    if axis is not None and s.ndim == 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        s = s.reshape(shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.rint(np.where(s > 0, x / np.where(s > 0, s, 1), 0)), -128, 127)
+    return (q * s).astype(np.float32)
+
+
+def _cosine_per_channel(ref: np.ndarray, got: np.ndarray, axis: int) -> np.ndarray:
+    r = np.moveaxis(ref, axis, 0).reshape(ref.shape[axis], -1).astype(np.float64)
+    g = np.moveaxis(got, axis, 0).reshape(got.shape[axis], -1).astype(np.float64)
+    den = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+    return np.where(den > 0, (r * g).sum(1) / np.where(den > 0, den, 1), 1.0)
+
+
+def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    r, g = ref.ravel().astype(np.float64), got.ravel().astype(np.float64)
+    den = np.linalg.norm(r) * np.linalg.norm(g)
+    return float(r @ g / den) if den > 0 else 1.0
+
+
+@dataclass
+class _Layer:
+    node: object
+    x: str  # activation input
+    w: str  # weight initializer
+    weight: np.ndarray
+    axis: int  # weight output-channel axis
+    out_axis: int  # output-channel axis of the layer output
+
+
+def _layers(model) -> list[_Layer]:
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in LAYER_OPS or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if node.input[0] in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        if node.op_type in ("Conv", "ConvTranspose"):
+            axis, out_axis = LAYER_OPS[node.op_type], 1
+            if node.op_type == "ConvTranspose":
+                group = next((a.i for a in node.attribute if a.name == "group"), 1)
+                if group != 1:
+                    continue  # grouped ConvTranspose: channel layout not worth the complexity here
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis, out_axis = (0 if trans_b else 1), 1
+        else:
+            if weight.ndim != 2:
+                continue
+            axis, out_axis = 1, -1
+        layers.append(_Layer(node, node.input[0], node.input[1], weight, axis, out_axis))
+    return layers
+
+
+def _single_node_session(model, layer: _Layer, x_info, threads: int | None):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    node = onnx.NodeProto()
+    node.CopyFrom(layer.node)
+    inits = [t for t in model.graph.initializer if t.name in set(node.input[2:])]
+    graph = helper.make_graph(
+        [node], "layer", [x_info, helper.make_tensor_value_info(layer.w, onnx.TensorProto.FLOAT, list(layer.weight.shape))],
+        [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
+           lo: float = 0.5, hi: float = 2.0, weights: bool = True, progress=None,
+           threads: int | None = None) -> EqResult:
+    """EQ-refine ``amaxes`` (entropy2 results) on ``batches`` (model input dicts, already checked)."""
+    import onnx
+    import onnxruntime as ort
+
+    from trtcal.model import load_model
+
+    if steps < 2 or not 0 < lo < 1 < hi:
+        raise TrtcalError(f"EQ search: need steps >= 2 and 0 < lo < 1 < hi, not steps={steps}, lo={lo}, hi={hi}")
+    model = load_model(model_path, load_weights=True)
+    layers = _layers(model)
+    if not layers:
+        raise TrtcalError(f"{model_path}: no Conv/ConvTranspose/Gemm/MatMul with an initializer weight: nothing for EQ")
+    # the FP32 model with every layer input exposed; samples are few, so this is small
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    outputs = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
+    for layer in layers:
+        if layer.x not in outputs:
+            exposed.graph.output.append(onnx.ValueInfoProto(name=layer.x))
+            outputs.add(layer.x)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    inputs: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        values = dict(zip(names, session.run(names, batch)))
+        values.update(batch)
+        for layer in layers:
+            inputs.setdefault(layer.x, []).append(values[layer.x])
+    xs = {name: np.concatenate(parts) for name, parts in inputs.items()}
+
+    factors = np.linspace(lo, hi, steps).astype(np.float64)
+    result = EqResult(dict(amaxes))
+    by_input: dict[str, list[_Layer]] = {}
+    for layer in layers:
+        by_input.setdefault(layer.x, []).append(layer)
+    sessions = {}
+    for x_name, group in by_input.items():
+        x = xs[x_name]
+        a0 = amaxes.get(x_name)
+        if a0 is None or not a0 > 0:
+            continue
+        x_info = onnx.helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, list(x.shape))
+        for layer in group:
+            sessions[layer.node.output[0]] = _single_node_session(model, layer, x_info, threads)
+        ref = {lay.node.output[0]: sessions[lay.node.output[0]].run(None, {x_name: x, lay.w: lay.weight})[0]
+               for lay in group}
+        wscale = {lay.w: _max_scale(lay.weight, lay.axis) for lay in group}
+
+        def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wscale=wscale) -> float:
+            xq = fake_quant(x, amax / 127)
+            total = 0.0
+            for lay in group:
+                out = lay.node.output[0]
+                wq = fake_quant(lay.weight, wscale[lay.w], lay.axis)
+                total += _cosine(ref[out], sessions[out].run(None, {x_name: xq, lay.w: wq})[0])
+            return total / len(group)
+
+        before = mean_cos(a0)
+        scores = [mean_cos(a0 * f) for f in factors]
+        best = int(np.argmax(scores))
+        amax = a0 * float(factors[best]) if scores[best] > before else a0
+        result.amaxes[x_name] = amax
+        for lay in group:
+            out = lay.node.output[0]
+            if weights:
+                wscale[lay.w] = _search_weights(lay, sessions[out], x_name, fake_quant(x, amax / 127), ref[out],
+                                                wscale[lay.w], factors)
+            result.weight_scales[lay.w] = wscale[lay.w]
+        after = mean_cos(amax)
+        for lay in group:
+            result.cosines[lay.node.name or lay.node.output[0]] = (before, after)
+        if progress is not None:
+            progress.update(len(group))
+    return result
+
+
+def _max_scale(weight: np.ndarray, axis: int) -> np.ndarray:
+    a = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
+    return (a / 127).astype(np.float32)
+
+
+def _search_weights(layer: _Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
+                    factors: np.ndarray) -> np.ndarray:
+    """Per output channel, the weight scale factor with the best cosine of that channel's output."""
+    out_axis = layer.out_axis if layer.out_axis >= 0 else ref.ndim + layer.out_axis
+    best_cos = _cosine_per_channel(ref, session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, s0, layer.axis)})[0],
+                                   out_axis)
+    best = s0.copy()
+    for f in factors:
+        s = (s0 * np.float32(f)).astype(np.float32)
+        got = session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, s, layer.axis)})[0]
+        cos = _cosine_per_channel(ref, got, out_axis)
+        better = cos > best_cos
+        best = np.where(better, s, best)
+        best_cos = np.where(better, cos, best_cos)
+    return best.astype(np.float32)
+
+
+def layer_count(model_path) -> int:
+    from trtcal.model import load_model
+
+    return len(_layers(load_model(model_path, load_weights=True)))
+
+
+def subset(model_path, data, *, samples: int = 64, batch_size: int | None = None, preprocess=None) -> list[dict]:
+    """The first ``samples`` calibration samples of ``data`` as checked input batches."""
+    import onnxruntime as ort
+
+    from trtcal.data import open_data
+    from trtcal.data.sources import check_batch
+    from trtcal.runner import _ORT_DTYPES, InputSpec
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise TrtcalError(f"{model_path}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
+    specs = [InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
+                       tuple(d if isinstance(d, int) else (d or None) for d in i.shape)) for i in session.get_inputs()]
+    source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess)
+    out, seen = [], 0
+    for index, batch in enumerate(source):
+        batch = check_batch(batch, specs, f"{source.description}: batch {index}")
+        n = next(iter(batch.values())).shape[0]
+        take = min(n, samples - seen)
+        out.append({k: v[:take] for k, v in batch.items()})
+        seen += take
+        if seen >= samples:
+            break
+    return out
