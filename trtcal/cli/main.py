@@ -15,6 +15,7 @@ from trtcal.cli import (
     eval_cmds,
     onesided_cmds,
     plot_cmds,
+    qdq_cmds,
     report_cmds,
 )
 from trtcal.cli.common import Parser
@@ -39,6 +40,7 @@ def build_parser() -> Parser:
     bits_cmds.register(sub)
     report_cmds.register(sub)
     build_cmds.register(sub)
+    qdq_cmds.register(sub)
     return parser
 
 

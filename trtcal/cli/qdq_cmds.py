@@ -1,0 +1,118 @@
+"""``trtcal qdq``: an explicit-quantization (Q/DQ) ONNX model from a cache or statistics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trtcal import fileio
+from trtcal.cli.common import add_json, add_output, fmt_float, print_json
+from trtcal.errors import TrtcalError
+
+
+def _ranges(args: argparse.Namespace):
+    """The ranges to write: the cache itself, or Range objects from the statistics."""
+    if args.cache:
+        for flag, value in (("--algorithm", args.algorithm), ("--percentile", args.percentile),
+                            ("--distribution", args.distribution)):
+            if value is not None:
+                raise TrtcalError(f"{flag} applies to --stats only (a cache already holds its ranges)")
+        from trtcal.cache_io import read_any
+
+        return read_any(args.cache), args.cache
+    from trtcal.cli.calibrate_cmds import algorithm_options
+    from trtcal.pipeline import compute_thresholds
+    from trtcal.ranges import from_thresholds
+    from trtcal.stats import load_stats
+
+    args.algorithm = args.algorithm or "entropy2"
+    options = algorithm_options(args)
+    histograms, _meta = load_stats(args.stats)
+    results = compute_thresholds(histograms, args.algorithm, **options)
+    return from_thresholds(results, histograms, source=f"stats:{args.algorithm}"), args.stats
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+def cmd_qdq(args: argparse.Namespace) -> int:
+    from trtcal.qdq import write_qdq
+
+    if not Path(args.model).is_file():  # say this before anything about the output
+        raise TrtcalError(f"{args.model}: " + ("is a directory, expected an ONNX model file"
+                                               if Path(args.model).is_dir() else "no such model file"))
+    fileio.check_output(args.output, force=args.force, inputs=[args.model, args.cache or args.stats])
+    ranges, source = _ranges(args)
+    result = write_qdq(args.model, ranges, target=args.target, exclude_nodes=args.exclude_nodes or (),
+                       exclude_ops=_split(args.exclude_ops))
+    result.save(args.output, force=args.force, inputs=[args.model, source])
+    if args.json:
+        doc = result.to_dict()
+        doc["output"] = args.output
+        print_json(doc)
+        return 0
+    _print(result, args.output)
+    return 0
+
+
+def _print(result, output: str) -> None:
+    acts, weights = result.activations, result.weights
+    zp = "int8, zero point 0" if result.target == "tensorrt" else "int8/uint8, zero point 0"
+    n = len(result.quantized_nodes)
+    print(f"{result.target}: {n} node{'s' if n != 1 else ''} quantized ({zp}): "
+          f"{len(acts)} activation{'s' if len(acts) != 1 else ''}, {len(weights)} weight tensor{'s' if len(weights) != 1 else ''}")
+    print(f"{'amax':>11}  {'scale':>11}  {'type':>5}  tensor -> consumers")
+    for q in acts:
+        print(f"{fmt_float(q.amax):>11}  {fmt_float(q.scale):>11}  {q.dtype:>5}  {q.name} -> {', '.join(q.consumers)}")
+    for q in weights:
+        where = f"per channel, axis {q.axis}, {q.channels} channels" if q.axis is not None else "per tensor"
+        zero = f", {q.zero_channels} all-zero" if q.zero_channels else ""
+        print(f"{'':>11}  {'':>11}  {q.dtype:>5}  {q.name} (weights, {where}{zero}) -> {', '.join(q.consumers)}")
+    if result.float_tensors:
+        print(f"left in float: {len(result.float_tensors)} tensor(s)")
+        for name, why in result.float_tensors.items():
+            print(f"  {name}: {why}")
+    if result.float_nodes:
+        print(f"nodes in float: {len(result.float_nodes)}")
+        for name, why in result.float_nodes.items():
+            print(f"  {name}: {why}")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {output} (opset {result.opset})")
+
+
+def register(sub) -> None:
+    from trtcal import thresholds as thr
+
+    p = sub.add_parser("qdq", help="write a Q/DQ (explicit INT8) ONNX model from a cache or statistics",
+                       description="Insert QuantizeLinear/DequantizeLinear by TensorRT's placement rules: the "
+                                   "inputs of Conv, ConvTranspose, Gemm and MatMul (activations per tensor from the "
+                                   "ranges, weights per output channel from the weights), the residual input of an "
+                                   "Add after a quantized conv; biases and outputs stay in float. Tensors without a "
+                                   "usable range stay in float and are listed. See docs/qdq.md.")
+    p.add_argument("model", help="FP32 ONNX model (opset < 13 is converted to 13, or refused)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cache", help="calibration cache (TensorRT, JSON or ONNX Runtime tables)")
+    src.add_argument("--stats", help="statistics (.npz) from trtcal calibrate --stats")
+    p.add_argument("--algorithm", choices=list(thr.METHODS), default=None,
+                   help="with --stats: threshold algorithm (default entropy2)")
+    p.add_argument("--percentile", type=float, default=None,
+                   help="with --algorithm percentile: the percentage of |x| kept (default 99.99)")
+    p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
+                   help="with --algorithm aciq: the assumed distribution (default gaussian)")
+    p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
+                   help="tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided "
+                        "tensors (min >= 0 in --stats)")
+    p.add_argument("--exclude-nodes", action="append", metavar="PATTERN",
+                   help="leave nodes whose name matches this glob in float (repeatable)")
+    p.add_argument("--exclude-ops", action="append", metavar="TYPES",
+                   help="leave these op types in float, comma-separated: Conv, ConvTranspose, Gemm, MatMul, "
+                        "Add (no residual quantization)")
+    add_output(p)
+    add_json(p)
+    p.set_defaults(func=cmd_qdq, bits=None)
