@@ -94,8 +94,10 @@ class Range:
         s = float(self.scale(unsigned))
         if math.isinf(s):
             return "scale overflows float32"
-        if s == 0 or s < FLOAT32_TINY:
-            return f"scale {s:g} is zero or denormal in float32"
+        if s == 0:
+            return f"range {amax:g} is too small: its scale underflows to 0 in float32"
+        if s < FLOAT32_TINY:
+            return f"scale {s:g} is denormal in float32 (GPUs flush it to 0)"
         return None
 
     def to_dict(self) -> dict:
