@@ -413,6 +413,17 @@ def test_nonfinite_weights_and_all_zero_channels():
     assert np.all(run(res.model, {"x": x})[0][:, 1] == 0)
 
 
+def test_float16_tensors_stay_float():
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["y"], name="fc16", transB=1),
+             helper.make_node("Cast", ["y"], ["y32"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Gemm", ["y32", "W2"], ["z"], name="fc32", transB=1)]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4])], [vi("z", [2, 3])],
+                       [numpy_helper.from_array(np.ones((3, 4), np.float16), "W"), init("W2", channel_scaled((3, 3), 0))])
+    res = write_qdq(model, {"x": 1.0, "y32": 2.0})
+    assert res.float_nodes == {"fc16": "input 'x': float16 tensor (only float32 models are supported)"}
+    assert res.quantized_nodes == ["fc32"]
+
+
 def test_exclusions():
     model = residual_model()
     res = write_qdq(model, {"x": 3.0, "r1": 4.0}, exclude_nodes=["conv2"])

@@ -61,6 +61,8 @@ MIN_OPSET = 13
 METADATA_KEY = "trtcal.qdq"
 
 _MAX_PROTO = 2**31 - 1
+_FLOAT32 = 1  # onnx.TensorProto.FLOAT
+_OTHER_FLOATS = {10: "float16", 16: "bfloat16", 11: "float64"}
 
 
 @dataclass
@@ -196,6 +198,22 @@ class _Names:
         return name
 
 
+def _elem_types(model) -> dict[str, int]:
+    """Tensor name -> ONNX element type, from the declarations and shape inference (best effort)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        inferred = model
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
 def _constant_value(node):
     """The array a Constant node holds (only the ``value`` form), or None."""
     from onnx import numpy_helper
@@ -271,6 +289,49 @@ def weight_axis(op_type: str, node, rank: int) -> int | None:
 # ---------------------------------------------------------------------- the writer
 
 
+class _Graph:
+    """The top-level graph as the planner sees it: nodes by index, producers, constants, types."""
+
+    def __init__(self, model, where: str):
+        from trtcal.model import model_tensors
+
+        self.model, self.where = model, where
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.labels = [_node_label(n, i) for i, n in enumerate(self.nodes)]
+        self.inits = {t.name: t for t in graph.initializer}
+        self.inputs = {vi.name for vi in graph.input}
+        self.producer: dict[str, int] = {}
+        self.constants: dict[str, int] = {}  # Constant node outputs -> node index
+        for i, node in enumerate(self.nodes):
+            for out in node.output:
+                if out:
+                    self.producer[out] = i
+            if node.op_type == "Constant" and node.output:
+                self.constants[node.output[0]] = i
+        tensors = model_tensors(model)
+        self.known = tensors.all_names() | {vi.name for vi in graph.output}
+        self.types = _elem_types(model)
+
+    def const_array(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (an initializer that is no graph input, or a Constant)."""
+        from onnx import numpy_helper
+
+        if name in self.inits and name not in self.inputs:
+            return numpy_helper.to_array(self.inits[name])
+        if name in self.constants:
+            return _constant_value(self.nodes[self.constants[name]])
+        return None
+
+    def type_problem(self, name: str) -> str | None:
+        elem = self.types.get(name)
+        if elem in (None, 0, _FLOAT32):
+            return None  # float32, or unknown (ONNX Runtime's check at the end has the last word)
+        if elem in _OTHER_FLOATS:
+            return f"{_OTHER_FLOATS[elem]} tensor (only float32 models are supported)"
+        return "not a float tensor"
+
+
 @dataclass
 class _ActPlan:
     name: str
@@ -285,9 +346,215 @@ class _WeightPlan:
     name: str
     array: np.ndarray
     axis: int | None
+    first: int  # the first node that reads it
     uses: list[tuple[int, int]] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
-    first: int = 0
+
+
+@dataclass
+class _Plan:
+    acts: dict[str, _ActPlan] = field(default_factory=dict)
+    weights: dict[tuple[str, int | None], _WeightPlan] = field(default_factory=dict)
+    nodes: list[int] = field(default_factory=list)  # quantized nodes (indices)
+    float_tensors: dict[str, str] = field(default_factory=dict)
+    float_nodes: dict[str, str] = field(default_factory=dict)
+
+    def use_act(self, name: str, r: Range, unsigned: bool, use: tuple[int, int], consumer: str) -> None:
+        plan = self.acts.get(name)
+        if plan is None:
+            plan = self.acts[name] = _ActPlan(name, r, bool(unsigned and r.one_sided))
+        plan.uses.append(use)
+        plan.consumers.append(consumer)
+
+
+def _excluded(g: _Graph, exclude_nodes: list[str], exclude_ops: list[str]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for pattern in exclude_nodes:
+        hit = [i for i, n in enumerate(g.nodes) if n.name and patterns.matches(pattern, n.name)]
+        if not hit:
+            raise TrtcalError(f"exclude nodes {pattern!r} matches no node of {g.where}")
+        for i in hit:
+            out.setdefault(i, f"excluded by node pattern {pattern!r}")
+    for i, n in enumerate(g.nodes):
+        if n.op_type in exclude_ops:
+            out.setdefault(i, f"excluded op type {n.op_type}")
+    return out
+
+
+def _plan(g: _Graph, ranges: dict[str, Range], unsigned: bool, excluded: dict[int, str]) -> _Plan:
+    """Where Q/DQ go: every decision, before the graph is touched."""
+    plan = _Plan()
+
+    def act_problem(name: str) -> str | None:
+        problem = g.type_problem(name)
+        if problem is not None:
+            return problem
+        r = ranges.get(name)
+        if r is None:
+            return "no range"
+        return r.problem(unsigned=unsigned and r.one_sided)
+
+    # pass 1: the inputs of Conv, ConvTranspose, Gemm, MatMul
+    for i, node in enumerate(g.nodes):
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        label = g.labels[i]
+        if i in excluded:
+            plan.float_nodes[label] = excluded[i]
+            continue
+        if len(node.input) < 2 or not node.input[0] or not node.input[1]:
+            plan.float_nodes[label] = "missing inputs"
+            continue
+        slots: list[tuple[int, str, object]] = []  # (input index, tensor, "act" or weight axis)
+        why = None
+        for k in (0, 1):
+            name = node.input[k]
+            w = g.const_array(name)
+            if w is None:
+                problem = act_problem(name)
+                if problem is not None:
+                    plan.float_tensors.setdefault(name, problem)
+                    why = f"input {name!r}: {problem}"
+                    break
+                slots.append((k, name, "act"))
+                continue
+            if w.dtype != np.float32:
+                plan.float_tensors.setdefault(name, f"{w.dtype} constant")
+                why = f"input {name!r} is {w.dtype}, not float32 (only float32 models are supported)"
+                break
+            if not np.all(np.isfinite(w)):
+                plan.float_tensors.setdefault(name, "weights hold NaN or Inf")
+                why = f"weights {name!r} hold NaN or Inf"
+                break
+            # a constant weight (input 1) per output channel; a constant in the activation slot per tensor
+            slots.append((k, name, weight_axis(node.op_type, node, w.ndim) if k == 1 else None))
+        if why is not None:
+            plan.float_nodes[label] = why
+            continue
+        plan.nodes.append(i)
+        for k, name, axis in slots:
+            if axis == "act":
+                plan.use_act(name, ranges[name], unsigned, (i, k), label)
+                continue
+            wp = plan.weights.get((name, axis))
+            if wp is None:
+                wp = plan.weights[(name, axis)] = _WeightPlan(name, g.const_array(name).astype(np.float32), axis, i)
+            wp.uses.append((i, k))
+            wp.consumers.append(label)
+
+    # pass 2: the residual input of an Add after a quantized conv (so TensorRT can fuse the add)
+    quantized = set(plan.nodes)
+
+    def quantized_conv(name: str) -> int | None:
+        p = g.producer.get(name)
+        if p is not None and g.nodes[p].op_type == "BatchNormalization" and g.nodes[p].input:
+            p = g.producer.get(g.nodes[p].input[0])
+        if p is not None and p in quantized and g.nodes[p].op_type in ("Conv", "ConvTranspose"):
+            return p
+        return None
+
+    for i, node in enumerate(g.nodes):
+        if node.op_type != "Add" or len(node.input) != 2 or node.input[0] == node.input[1]:
+            continue
+        pa, pb = quantized_conv(node.input[0]), quantized_conv(node.input[1])
+        if pa is None and pb is None:
+            continue
+        if pa is not None and pb is not None:
+            k = 0 if pa < pb else 1  # the later conv takes the add; the earlier one's output is the residual
+        else:
+            k = 1 if pa is not None else 0
+        name, label = node.input[k], g.labels[i]
+        if g.const_array(name) is not None:
+            continue  # a constant addend is a bias, not a residual
+        if i in excluded:
+            plan.float_nodes[label] = f"{excluded[i]} (residual input {name!r} not quantized)"
+            continue
+        problem = act_problem(name)
+        if problem is not None:
+            plan.float_tensors.setdefault(name, problem)
+            plan.float_nodes[label] = f"residual input {name!r}: {problem}"
+            continue
+        plan.use_act(name, ranges[name], unsigned, (i, k), f"{label} (residual)")
+    return plan
+
+
+def _apply(g: _Graph, plan: _Plan) -> list[QuantizedTensor]:
+    """Insert the planned Q/DQ nodes; keep every other node, its name and its place."""
+    from onnx import helper, numpy_helper
+
+    model, graph = g.model, g.model.graph
+    names = _Names(model)
+    before: dict[int, list] = {}  # node index -> nodes to emit just before it (weight DQs)
+    after: dict[int, list] = {}  # node index -> nodes to emit just after it (Q/DQ of its outputs)
+    at_start: list = []  # Q/DQ of graph inputs
+    new_inits = []
+    rewire: dict[tuple[int, int], str] = {}
+    quantized: list[QuantizedTensor] = []
+
+    for name, a in plan.acts.items():
+        scale = a.range.scale(unsigned=a.unsigned)
+        s_name, z_name = names.fresh(f"{name}_scale"), names.fresh(f"{name}_zero_point")
+        q_out, dq_out = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_dequantized")
+        new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
+        new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.uint8 if a.unsigned else np.int8), z_name))
+        q = helper.make_node("QuantizeLinear", [name, s_name, z_name], [q_out], name=names.fresh(f"{name}_QuantizeLinear"))
+        dq = helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
+                              name=names.fresh(f"{name}_DequantizeLinear"))
+        p = g.producer.get(name)
+        (after.setdefault(p, []) if p is not None else at_start).extend([q, dq])
+        for use in a.uses:
+            rewire[use] = dq_out
+        quantized.append(QuantizedTensor(name, "activation", "uint8" if a.unsigned else "int8", float(scale),
+                                         consumers=a.consumers, source=a.range.source,
+                                         amax=float(a.range.high if a.unsigned else a.range.amax)))
+
+    axes_of: dict[str, int] = {}
+    for name, _axis in plan.weights:
+        axes_of[name] = axes_of.get(name, 0) + 1
+    for (name, axis), wp in plan.weights.items():
+        qw, scale, zero = per_channel_int8(wp.array, axis)
+        base = name if axes_of[name] == 1 else f"{name}_axis{axis}"
+        qw_name, s_name = names.fresh(f"{base}_quantized"), names.fresh(f"{base}_scale")
+        z_name, dq_out = names.fresh(f"{base}_zero_point"), names.fresh(f"{base}_dequantized")
+        new_inits += [numpy_helper.from_array(qw, qw_name), numpy_helper.from_array(scale.astype(np.float32), s_name),
+                      numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name)]
+        dq = helper.make_node("DequantizeLinear", [qw_name, s_name, z_name], [dq_out],
+                              name=names.fresh(f"{base}_DequantizeLinear"), **({} if axis is None else {"axis": int(axis)}))
+        before.setdefault(wp.first, []).append(dq)
+        for use in wp.uses:
+            rewire[use] = dq_out
+        quantized.append(QuantizedTensor(name, "weight", "int8", None if axis is not None else float(scale),
+                                         axis=axis, channels=0 if axis is None else int(scale.size),
+                                         zero_channels=zero, consumers=wp.consumers, source="weights"))
+
+    for (i, k), new in rewire.items():
+        g.nodes[i].input[k] = new
+
+    # float weights no node reads any more: drop the initializer or the Constant node
+    still_read = _subgraph_inputs(model) | {vi.name for vi in graph.output}
+    for node in g.nodes:
+        still_read.update(node.input)
+    replaced = {name for name, _axis in plan.weights} - still_read
+    dropped = {g.constants[n] for n in replaced if n in g.constants}
+    kept = [t for t in graph.initializer if t.name not in replaced or t.name in g.inputs]
+
+    order = list(at_start)
+    for i, node in enumerate(g.nodes):
+        if i not in dropped:
+            order += before.get(i, []) + [node] + after.get(i, [])
+    del graph.node[:]
+    graph.node.extend(order)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    return quantized
+
+
+def _ranges_of(ranges) -> tuple[dict[str, Range], str | None]:
+    if isinstance(ranges, CalibrationCache):
+        return from_cache(ranges), ranges.header_text
+    if isinstance(ranges, Mapping):
+        return coerce(ranges), None
+    raise TrtcalError(f"ranges must be a CalibrationCache or a dict of tensor -> amax, not {type(ranges).__name__}")
 
 
 def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
@@ -305,7 +572,6 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     :class:`~trtcal.errors.TrtcalError` for a model or ranges it cannot use.
     """
     import onnx
-    from onnx import helper, numpy_helper
 
     if target not in TARGETS:
         raise TrtcalError(f"target {target!r}: choose from {', '.join(TARGETS)}")
@@ -318,16 +584,7 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     for op in exclude_ops:
         if op not in EXCLUDABLE_OPS:
             raise TrtcalError(f"exclude op {op!r}: the Q/DQ writer quantizes {', '.join(EXCLUDABLE_OPS)} only")
-    exclude_nodes = list(exclude_nodes)
-
-    header = None
-    if isinstance(ranges, CalibrationCache):
-        header = ranges.header_text
-        ranges = from_cache(ranges)
-    elif isinstance(ranges, Mapping):
-        ranges = coerce(ranges)
-    else:
-        raise TrtcalError(f"ranges must be a CalibrationCache or a dict of tensor -> amax, not {type(ranges).__name__}")
+    ranges, header = _ranges_of(ranges)
     if not ranges:
         raise TrtcalError("no ranges given: the cache or statistics hold no tensor")
 
@@ -339,251 +596,33 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     except Exception as exc:
         raise TrtcalError(f"{where}: onnx.checker rejects the input model: {' '.join(str(exc).split())[:200]}") from None
     model, opset_in = _convert_opset(model, where)
-    converted_from = opset_in if opset_in < MIN_OPSET else None
     warnings: list[str] = []
+    converted_from = opset_in if opset_in < MIN_OPSET else None
     if converted_from is not None:
         warnings.append(f"converted the model from opset {converted_from} to {MIN_OPSET} (per-channel Q/DQ needs "
                         f"{MIN_OPSET}) with ONNX's version converter")
 
-    graph = model.graph
-    nodes = list(graph.node)
-    labels = [_node_label(n, i) for i, n in enumerate(nodes)]
-
-    # ---- what the graph holds
-    from trtcal.model import model_tensors
-
-    tensors = model_tensors(model)
-    float_acts = set(tensors.activations)
-    known = tensors.all_names() | {vi.name for vi in graph.output}
-    unknown = [n for n in ranges if n not in known]
+    g = _Graph(model, where)
+    unknown = [n for n in ranges if n not in g.known]
     if len(unknown) == len(ranges):
-        shown = ", ".join(repr(n) for n in list(ranges)[:3]) + (" ..." if len(ranges) > 3 else "")
-        raise TrtcalError(f"{where}: the ranges name no tensor of the model ({len(ranges)} names, e.g. {shown}); "
+        shown = ", ".join(repr(n) for n in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise TrtcalError(f"{where}: the ranges name no tensor of the model ({len(unknown)} names, e.g. {shown}); "
                           "is the cache for another model?")
-    inits = {t.name: t for t in graph.initializer}
-    graph_inputs = {vi.name for vi in graph.input}
-    constants: dict[str, int] = {}  # Constant node outputs -> node index
-    producer: dict[str, int] = {}
-    for i, node in enumerate(nodes):
-        for out in node.output:
-            if out:
-                producer[out] = i
-        if node.op_type == "Constant" and node.output:
-            constants[node.output[0]] = i
-
-    def const_array(name: str):
-        if name in inits and name not in graph_inputs:
-            return numpy_helper.to_array(inits[name])
-        if name in constants:
-            return _constant_value(nodes[constants[name]])
-        return None
-
-    excluded: dict[int, str] = {}
-    for pattern in exclude_nodes:
-        hit = [i for i, n in enumerate(nodes) if n.name and patterns.matches(pattern, n.name)]
-        if not hit:
-            raise TrtcalError(f"exclude nodes {pattern!r} matches no node of {where}")
-        for i in hit:
-            excluded.setdefault(i, f"excluded by node pattern {pattern!r}")
-    for i, n in enumerate(nodes):
-        if n.op_type in exclude_ops:
-            excluded.setdefault(i, f"excluded op type {n.op_type}")
-
-    float_tensors: dict[str, str] = {}
-    float_nodes: dict[str, str] = {}
-    acts: dict[str, _ActPlan] = {}
-    weights: dict[tuple[str, int | None], _WeightPlan] = {}
-    quantized_nodes: list[int] = []
-
-    def act_problem(name: str) -> str | None:
-        if name in inits and name not in graph_inputs or name in constants:
-            return None
-        if name not in float_acts:
-            return "not a float tensor" if name in tensors.non_float else "its type is unknown"
-        r = ranges.get(name)
-        if r is None:
-            return "no range"
-        one = unsigned and r.one_sided
-        return r.problem(unsigned=one)
-
-    # ---- pass 1: the inputs of Conv, ConvTranspose, Gemm, MatMul
-    for i, node in enumerate(nodes):
-        if node.op_type not in QUANTIZED_OPS:
-            continue
-        label = labels[i]
-        if i in excluded:
-            float_nodes[label] = excluded[i]
-            continue
-        if len(node.input) < 2 or not node.input[0] or not node.input[1]:
-            float_nodes[label] = "missing inputs"
-            continue
-        slots = []  # (input index, tensor, weight axis or "act")
-        why = None
-        for k in (0, 1):
-            name = node.input[k]
-            w = const_array(name)
-            if w is None:
-                problem = act_problem(name)
-                if problem is not None:
-                    why = f"input {name!r}: {problem}"
-                    float_tensors.setdefault(name, problem)
-                    break
-                slots.append((k, name, "act"))
-                continue
-            if w.dtype != np.float32:
-                why = f"input {name!r} is {w.dtype}, not float32 (only float32 models are supported)"
-                float_tensors.setdefault(name, f"{w.dtype} constant")
-                break
-            if not np.all(np.isfinite(w)):
-                why = f"weights {name!r} hold NaN or Inf"
-                float_tensors.setdefault(name, "weights hold NaN or Inf")
-                break
-            axis = weight_axis(node.op_type, node, w.ndim) if k == 1 else None
-            if axis is not None and not 0 <= axis < w.ndim:
-                why = f"weights {name!r} have rank {w.ndim}, no axis {axis}"
-                break
-            slots.append((k, name, axis))
-        if why is not None:
-            float_nodes[label] = why
-            continue
-        quantized_nodes.append(i)
-        for k, name, axis in slots:
-            if axis == "act":
-                plan = acts.get(name)
-                if plan is None:
-                    r = ranges[name]
-                    plan = acts[name] = _ActPlan(name, r, bool(unsigned and r.one_sided))
-                plan.uses.append((i, k))
-                plan.consumers.append(label)
-            else:
-                key = (name, axis)
-                wp = weights.get(key)
-                if wp is None:
-                    wp = weights[key] = _WeightPlan(name, const_array(name).astype(np.float32), axis, first=i)
-                wp.uses.append((i, k))
-                wp.consumers.append(label)
-
-    # ---- pass 2: the residual input of an Add after a quantized conv
-    quantized_set = set(quantized_nodes)
-
-    def from_quantized_conv(name: str) -> int | None:
-        p = producer.get(name)
-        if p is not None and nodes[p].op_type == "BatchNormalization" and nodes[p].input:
-            p = producer.get(nodes[p].input[0])
-        if p is not None and p in quantized_set and nodes[p].op_type in ("Conv", "ConvTranspose"):
-            return p
-        return None
-
-    for i, node in enumerate(nodes):
-        if node.op_type != "Add" or len(node.input) != 2:
-            continue
-        a, b = node.input
-        pa, pb = from_quantized_conv(a), from_quantized_conv(b)
-        if pa is None and pb is None:
-            continue
-        if pa is not None and pb is not None:
-            k = 0 if pa < pb else 1  # the later conv takes the add; the earlier output is the residual
-        else:
-            k = 1 if pa is not None else 0
-        name = node.input[k]
-        label = labels[i]
-        if i in excluded:
-            float_nodes[label] = excluded[i] + " (residual input not quantized)"
-            continue
-        if const_array(name) is not None:
-            continue  # a constant addend is a bias, not a residual
-        problem = act_problem(name)
-        if problem is not None:
-            float_tensors.setdefault(name, problem)
-            float_nodes[label] = f"residual input {name!r}: {problem}"
-            continue
-        plan = acts.get(name)
-        if plan is None:
-            r = ranges[name]
-            plan = acts[name] = _ActPlan(name, r, bool(unsigned and r.one_sided))
-        plan.uses.append((i, k))
-        plan.consumers.append(f"{label} (residual)")
-
-    if not acts and not weights:
-        reasons = "; ".join(f"{n}: {why}" for n, why in list(float_nodes.items())[:3])
+    if unknown:
+        warnings.append(f"{len(unknown)} range name(s) are not tensors of the model and were ignored, e.g. "
+                        + ", ".join(repr(n) for n in unknown[:3]))
+    plan = _plan(g, ranges, unsigned, _excluded(g, list(exclude_nodes), exclude_ops))
+    if not plan.acts and not plan.weights:
+        reasons = "; ".join(f"{n}: {why}" for n, why in list(plan.float_nodes.items())[:3])
         raise TrtcalError(f"{where}: nothing to quantize" + (f" ({reasons})" if reasons else
                           " (no Conv, ConvTranspose, Gemm or MatMul node)"))
+    quantized = _apply(g, plan)
 
-    # ---- apply
-    names = _Names(model)
-    before: dict[int, list] = {}  # node index -> nodes to emit just before it
-    after: dict[int, list] = {}  # node index -> nodes to emit just after it
-    at_start: list = []
-    new_inits = []
-    quantized: list[QuantizedTensor] = []
-    rewire: dict[tuple[int, int], str] = {}
-
-    for name, plan in acts.items():
-        r = plan.range
-        scale = r.scale(unsigned=plan.unsigned)
-        s_name, z_name = names.fresh(f"{name}_scale"), names.fresh(f"{name}_zero_point")
-        q_out, dq_out = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_dequantized")
-        new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
-        new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.uint8 if plan.unsigned else np.int8), z_name))
-        q = helper.make_node("QuantizeLinear", [name, s_name, z_name], [q_out], name=names.fresh(f"{name}_QuantizeLinear"))
-        dq = helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
-                              name=names.fresh(f"{name}_DequantizeLinear"))
-        p = producer.get(name)  # None for graph inputs
-        (after.setdefault(p, []) if p is not None else at_start).extend([q, dq])
-        for use in plan.uses:
-            rewire[use] = dq_out
-        quantized.append(QuantizedTensor(name, "activation", "uint8" if plan.unsigned else "int8", float(scale),
-                                         consumers=plan.consumers, amax=float(r.high if plan.unsigned else r.amax),
-                                         source=r.source))
-
-    for (name, axis), wp in weights.items():
-        qw, scale, zero = per_channel_int8(wp.array, axis)
-        base = name if axis is None or len([k for k in weights if k[0] == name]) == 1 else f"{name}_axis{axis}"
-        qw_name, s_name = names.fresh(f"{base}_quantized"), names.fresh(f"{base}_scale")
-        z_name, dq_out = names.fresh(f"{base}_zero_point"), names.fresh(f"{base}_dequantized")
-        new_inits.append(numpy_helper.from_array(qw, qw_name))
-        new_inits.append(numpy_helper.from_array(scale.astype(np.float32), s_name))
-        new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name))
-        kwargs = {} if axis is None else {"axis": int(axis)}
-        dq = helper.make_node("DequantizeLinear", [qw_name, s_name, z_name], [dq_out],
-                              name=names.fresh(f"{base}_DequantizeLinear"), **kwargs)
-        before.setdefault(wp.first, []).append(dq)
-        for use in wp.uses:
-            rewire[use] = dq_out
-        quantized.append(QuantizedTensor(name, "weight", "int8", float(scale) if axis is None else None, axis=axis,
-                                         channels=0 if axis is None else int(scale.size), zero_channels=zero,
-                                         consumers=wp.consumers, source="weights"))
-
-    for (i, k), new in rewire.items():
-        nodes[i].input[k] = new
-
-    # weights no node reads any more: drop the float copy (initializers) or the Constant node
-    still_read = set(_subgraph_inputs(model)) | {vi.name for vi in graph.output}
-    for node in nodes:
-        still_read.update(node.input)
-    dropped_constants = {constants[n] for (n, _), _wp in weights.items() if n in constants and n not in still_read}
-    kept_inits = [t for t in graph.initializer
-                  if t.name in still_read or t.name in graph_inputs or t.name not in {k[0] for k in weights}]
-
-    order = list(at_start)
-    for i, node in enumerate(nodes):
-        if i in dropped_constants:
-            continue
-        order.extend(before.get(i, []))
-        order.append(node)
-        order.extend(after.get(i, []))
-    del graph.node[:]
-    graph.node.extend(order)
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits + new_inits)
-
-    opset = default_opset(model)
-    meta = {"target": target, "writer": "trtcal", "header": header}
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)
-    model.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(meta)))
-
+    model.metadata_props.append(onnx.StringStringEntryProto(
+        key=METADATA_KEY, value=json.dumps({"writer": "trtcal", "target": target, "header": header})))
     if model.ByteSize() > _MAX_PROTO:
         raise TrtcalError(f"{where}: the Q/DQ model would exceed 2 GB, which needs external data (not supported yet)")
     try:
@@ -592,13 +631,10 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
         raise RuntimeError(f"trtcal wrote a Q/DQ model that onnx.checker rejects: {exc}") from exc
     if check_onnxruntime:
         _check_onnxruntime(model, where)
-
-    if unknown:
-        warnings.append(f"{len(unknown)} range name(s) are not tensors of the model and were ignored, e.g. "
-                        + ", ".join(repr(n) for n in unknown[:3]))
-    return QdqResult(model=model, target=target, quantized=quantized, float_tensors=float_tensors,
-                     float_nodes=float_nodes, quantized_nodes=[labels[i] for i in quantized_nodes],
-                     warnings=warnings, unknown_ranges=unknown, opset=opset or 0, converted_from=converted_from)
+    return QdqResult(model=model, target=target, quantized=quantized, float_tensors=plan.float_tensors,
+                     float_nodes=plan.float_nodes, quantized_nodes=[g.labels[i] for i in plan.nodes],
+                     warnings=warnings, unknown_ranges=unknown, opset=default_opset(model) or 0,
+                     converted_from=converted_from)
 
 
 def _check_onnxruntime(model, where: str) -> None:
