@@ -124,3 +124,38 @@ def test_cache_edit_with_overrides(tmp_path):
     assert not (tmp_path / "new.cache").exists() and not (tmp_path / "new.cache.trtcal.json").exists()
     rc, _, err = run_cli("cache", "edit", TINY_CACHE, "--overrides", path, "--allow-new", "-o", tmp_path / "new.cache")
     assert rc == 0 and "ghost: " + hexscale(1.0) in (tmp_path / "new.cache").read_text()
+
+
+def test_qdq_with_overrides(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from trtcal.qdq import read_qdq_scales
+
+    model = EXAMPLES / "fashion_cnn.onnx"
+    stats = tmp_path / "s.npz"
+    rc, _, err = run_cli("calibrate", model, "--data", EXAMPLES / "fashion_calib.npz", "-o", tmp_path / "c.cache",
+                         "--stats", stats, "-q")
+    assert rc == 0, err
+    path = tmp_path / "o.json"
+    path.write_text(json.dumps([{"tensor": "images", "amax": 2.5, "reason": "all pixels"},
+                                {"tensor": "/pool1/MaxPool_output_0", "min": 0, "max": 3.0, "reason": "ReLU"}]))
+    out = tmp_path / "trt.onnx"
+    rc, _, err = run_cli("qdq", model, "--cache", tmp_path / "c.cache", "--overrides", path, "-o", out)
+    assert rc == 0, err
+    scales = read_qdq_scales(onnx.load(str(out)))
+    assert scales.entry("images").hex == hexscale(2.5)
+    assert scales.entry("/pool1/MaxPool_output_0").hex == hexscale(3.0)  # symmetrized for TensorRT
+    assert "symmetrized" in err and "127 of 255 codes" in err
+    # ONNX Runtime keeps the one-sided override as uint8 over [0, 3] (scale 3/255, zero point 0)
+    out = tmp_path / "ort.onnx"
+    rc, _, err = run_cli("qdq", model, "--stats", stats, "--overrides", path, "--target", "onnxruntime", "-o", out)
+    assert rc == 0, err
+    m = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "/pool1/MaxPool_output_0")
+    assert inits[q.input[2]].dtype == np.uint8 and inits[q.input[2]] == 0
+    assert inits[q.input[1]] == np.float32(3.0 / 255)
+    path.write_text(json.dumps([{"pattern": "/nothing/*", "amax": 1, "reason": "r"}]))
+    rc, _, err = run_cli("qdq", model, "--cache", tmp_path / "c.cache", "--overrides", path, "-o", tmp_path / "x.onnx")
+    assert rc == 2 and "names no tensor" in err and not (tmp_path / "x.onnx").exists()

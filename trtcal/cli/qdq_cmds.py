@@ -33,6 +33,34 @@ def _ranges(args: argparse.Namespace):
     return from_thresholds(results, histograms, source=f"stats:{args.algorithm}"), args.stats
 
 
+def apply_overrides(model_path, ranges, overrides_path, target: str):
+    """``ranges`` (a cache or ``{name: Range}``) with an overrides file applied: ``({name: Range}, warnings)``.
+
+    TensorRT is symmetric: every override becomes ``[-amax, amax]`` (asymmetric ones with a
+    warning counting the codes lost). ONNX Runtime's target keeps a one-sided override ``[0, max]``
+    (uint8 there); other asymmetric ones are symmetrized with the same warning.
+    """
+    from trtcal import overrides as ovr
+    from trtcal.cache import CalibrationCache
+    from trtcal.model import load_model, model_tensors
+    from trtcal.ranges import Range, coerce, from_cache
+
+    entries = ovr.read(overrides_path)
+    ranges = from_cache(ranges) if isinstance(ranges, CalibrationCache) else coerce(ranges)
+    names = model_tensors(load_model(model_path)).activations
+    keep_one_sided = target == "onnxruntime"
+    symmetric_only = [e for e in entries if not (keep_one_sided and e.low == 0)]
+    applied, warnings = ovr.resolve(symmetric_only, names, symmetric=True, target=str(model_path))
+    one_sided, more = ovr.resolve([e for e in entries if e not in symmetric_only], names, symmetric=False,
+                                  target=str(model_path)) if len(symmetric_only) < len(entries) else ({}, [])
+    out = dict(ranges)
+    for name, a in applied.items():
+        out[name] = Range.symmetric(a.amax, source=f"override {a.override.index}")
+    for name, a in one_sided.items():
+        out[name] = Range(0.0, a.high, 8, f"override {a.override.index}")
+    return out, warnings + more
+
+
 def _split(values: list[str] | None) -> list[str]:
     out: list[str] = []
     for v in values or []:
@@ -48,8 +76,13 @@ def cmd_qdq(args: argparse.Namespace) -> int:
                                                if Path(args.model).is_dir() else "no such model file"))
     fileio.check_output(args.output, force=args.force, inputs=[args.model, args.cache or args.stats])
     ranges, source = _ranges(args)
+    override_warnings: list[str] = []
+    if args.overrides:
+        ranges, override_warnings = apply_overrides(args.model, ranges, args.overrides, args.target)
     result = write_qdq(args.model, ranges, target=args.target, exclude_nodes=args.exclude_nodes or (),
                        exclude_ops=_split(args.exclude_ops))
+    for w in override_warnings:
+        print(f"warning: {w}", file=sys.stderr)
     result.save(args.output, force=args.force, inputs=[args.model, source])
     if args.json:
         doc = result.to_dict()
@@ -108,6 +141,8 @@ def register(sub) -> None:
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
                    help="tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided "
                         "tensors (min >= 0 in --stats)")
+    p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (YAML or JSON, see docs/overrides.md), "
+                   "applied over the cache or statistics")
     p.add_argument("--exclude-nodes", action="append", metavar="PATTERN",
                    help="leave nodes whose name matches this glob in float (repeatable)")
     p.add_argument("--exclude-ops", action="append", metavar="TYPES",
