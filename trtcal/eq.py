@@ -241,7 +241,8 @@ def subset(model_path, data, *, samples: int = 64, batch_size: int | None = None
         raise TrtcalError(f"{model_path}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
     specs = [InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
                        tuple(d if isinstance(d, int) else (d or None) for d in i.shape)) for i in session.get_inputs()]
-    source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess)
+    # an array named "labels" beside the inputs (an evaluation set) is not an input
+    source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
     out, seen = [], 0
     for index, batch in enumerate(source):
         batch = check_batch(batch, specs, f"{source.description}: batch {index}")

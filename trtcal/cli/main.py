@@ -13,6 +13,7 @@ from trtcal.cli import (
     crosscheck_cmds,
     demo,
     eval_cmds,
+    fallback_cmds,
     onesided_cmds,
     plot_cmds,
     qdq_cmds,
@@ -39,6 +40,7 @@ def build_parser() -> Parser:
     plot_cmds.register(sub)
     bits_cmds.register(sub)
     report_cmds.register(sub)
+    fallback_cmds.register(sub)
     build_cmds.register(sub)
     qdq_cmds.register(sub)
     return parser

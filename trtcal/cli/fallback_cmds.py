@@ -1,0 +1,79 @@
+"""``trtcal fallback``: keep the few tensors that hurt the output most in float."""
+
+from __future__ import annotations
+
+import argparse
+
+from trtcal.cli.common import add_json, json_float, print_json
+
+
+def cmd_fallback(args: argparse.Namespace) -> int:
+    from trtcal import eq, fileio
+    from trtcal.cli.qdq_cmds import _ranges, apply_overrides
+    from trtcal.progress import Progress
+    from trtcal.qdq import write_qdq
+    from trtcal.sensitivity import analyse
+
+    fileio.check_output(args.output, force=args.force, inputs=[args.model])
+    if args.list:
+        fileio.check_output(args.list, force=args.force, inputs=[args.model])
+    ranges, _ = _ranges(args)
+    if args.overrides:
+        ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
+    batches = eq.subset(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
+    count = len(write_qdq(args.model, ranges, target=args.target, check_onnxruntime=False).activations)
+    with Progress(count, "leave-one-out", enabled=False if args.quiet else None) as bar:
+        sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target, progress=bar)
+    final.save(args.output, force=args.force, inputs=[args.model])
+    if args.list:
+        text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"
+        text += "".join(f"{name}\n" for name in sens.layers)
+        fileio.atomic_write(args.list, text, force=args.force)
+    if args.json:
+        doc = sens.to_dict()
+        doc["baseline_sqnr_db"] = json_float(doc["baseline_sqnr_db"])
+        doc["final_sqnr_db"] = json_float(doc["final_sqnr_db"])
+        doc["gains_db"] = {k: json_float(v) for k, v in doc["gains_db"].items()}
+        doc.update(output=str(args.output), list=args.list, samples=sum(len(next(iter(b.values()))) for b in batches))
+        print_json(doc)
+        return 0
+    print(f"{'gain dB':>8}  tensor left in float (output SQNR {sens.baseline_db:.2f} dB with everything quantized)")
+    for name, gain in list(sens.gains.items())[:max(args.max_float, 10)]:
+        mark = "  <- float" if name in sens.chosen else ""
+        print(f"{gain:>8.2f}  {name}{mark}")
+    agree = ""
+    if sens.agreement:
+        agree = f"; top-1 agreement {100 * sens.agreement[0]:.2f}% -> {100 * sens.agreement[1]:.2f}%"
+    print(f"{len(sens.chosen)} tensor(s) in float: output SQNR {sens.baseline_db:.2f} -> {sens.final_db:.2f} dB{agree}")
+    print(f"wrote {args.output}" + (f" and {args.list}" if args.list else ""))
+    return 0
+
+
+def register(sub) -> None:
+    from trtcal import thresholds as thr
+
+    p = sub.add_parser("fallback", help="find the tensors whose quantization hurts most and keep them in float",
+                       description="Leave-one-out sensitivity: for each quantized activation of the Q/DQ model, "
+                                   "measure the output SQNR against FP32 with that tensor (and so its consuming "
+                                   "layers) in float; keep the --max-float most harmful in float. Writes the Q/DQ "
+                                   "model and, with --list, the layers to keep in float for trtcal build "
+                                   "--fallback-list (TensorRT 10 layer precisions).")
+    p.add_argument("model", help="FP32 ONNX model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cache", help="calibration cache")
+    src.add_argument("--stats", help="statistics (.npz) from trtcal calibrate --stats")
+    p.add_argument("--algorithm", choices=list(thr.METHODS), default=None, help="with --stats (default entropy2)")
+    p.add_argument("--percentile", type=float, default=None, help="with --algorithm percentile")
+    p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None, help="with --algorithm aciq")
+    p.add_argument("--overrides", metavar="FILE", help="hand-set ranges applied first (docs/overrides.md)")
+    p.add_argument("--data", required=True, help="evaluation data (as for trtcal eval)")
+    p.add_argument("--samples", type=int, default=256, help="samples to measure on (default %(default)s)")
+    p.add_argument("--batch-size", type=int, help="samples per batch")
+    p.add_argument("--max-float", type=int, default=5, help="tensors to keep in float at most (default %(default)s)")
+    p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt")
+    p.add_argument("-o", "--output", required=True, help="the Q/DQ model with the fallback applied")
+    p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_json(p)
+    p.set_defaults(func=cmd_fallback, bits=None)

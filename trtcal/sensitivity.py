@@ -1,0 +1,105 @@
+"""Which quantized tensors hurt the output most: leave-one-out sensitivity and the float fallback.
+
+For a Q/DQ model written from some ranges, each quantized activation tensor is left in float in
+turn (its consuming layers then run in float, weights included, as TensorRT would run a layer
+kept in higher precision), and the model's output SQNR against FP32 is measured on a few
+evaluation batches. The tensors whose removal gains the most are the ones to keep in float. The
+chosen set is then applied together and measured again.
+
+Everything runs in ONNX Runtime on the CPU: the FP32 outputs are computed once; each candidate is
+a fresh session over an in-memory model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trtcal.errors import TrtcalError
+from trtcal.metrics import Comparison
+
+
+@dataclass
+class Sensitivity:
+    baseline_db: float  # output SQNR with every tensor quantized
+    gains: dict[str, float]  # tensor -> SQNR gain (dB) when it alone stays in float, largest first
+    chosen: list[str] = field(default_factory=list)
+    final_db: float = math.nan  # output SQNR with the chosen tensors in float
+    agreement: tuple[float, float] | None = None  # top-1 agreement (baseline, final) for classifiers
+    layers: list[str] = field(default_factory=list)  # outputs of the nodes left in float (a fallback list)
+
+    def to_dict(self) -> dict:
+        return {"baseline_sqnr_db": self.baseline_db, "final_sqnr_db": self.final_db, "chosen": self.chosen,
+                "fallback_layers": self.layers,
+                "gains_db": self.gains, "top1_agreement": list(self.agreement) if self.agreement else None}
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _score(model, batches, refs) -> tuple[float, float | None]:
+    session = _session(model)
+    names = [o.name for o in session.get_outputs()]
+    total = Comparison("all")
+    first = Comparison(names[0])
+    for batch, ref in zip(batches, refs):
+        got = session.run(names, batch)
+        for r, g in zip(ref, got):
+            total.update(r.reshape(r.shape[0], -1) if r.ndim > 1 else r, g.reshape(g.shape[0], -1) if g.ndim > 1 else g)
+        first.update(ref[0], got[0])
+    agree = first.to_dict().get("top1_agreement")
+    return total.sqnr_db, agree
+
+
+def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, target: str = "tensorrt",
+            progress=None) -> tuple[Sensitivity, object]:
+    """Leave-one-out sensitivity of every quantized activation; returns it and the Q/DQ result
+    with the ``max_float`` most harmful tensors left in float (only those that gain)."""
+    from trtcal.model import load_model
+    from trtcal.qdq import write_qdq
+    from trtcal.ranges import from_cache
+
+    if max_float < 0:
+        raise TrtcalError(f"--max-float {max_float}: must be >= 0")
+    if not batches:
+        raise TrtcalError("no evaluation batches for the sensitivity analysis")
+    model = load_model(model_path, load_weights=True)
+    if not isinstance(ranges, dict):
+        ranges = from_cache(ranges)
+    ref_session = _session(model)
+    names = [o.name for o in ref_session.get_outputs()]
+    refs = [ref_session.run(names, b) for b in batches]
+    full = write_qdq(model, ranges, target=target)
+    baseline, agree0 = _score(full.model, batches, refs)
+    gains: dict[str, float] = {}
+    candidates = [q.name for q in full.activations]
+    for name in candidates:
+        trial = write_qdq(model, {k: v for k, v in ranges.items() if k != name}, target=target)
+        db, _ = _score(trial.model, batches, refs)
+        gains[name] = db - baseline
+        if progress is not None:
+            progress.update()
+    ordered = dict(sorted(gains.items(), key=lambda kv: (-_finite(kv[1]), kv[0])))
+    chosen = [n for n, g in ordered.items() if g > 0][:max_float]
+    final = write_qdq(model, {k: v for k, v in ranges.items() if k not in set(chosen)}, target=target)
+    final_db, agree1 = _score(final.model, batches, refs)
+    consumers = {q.name: q.consumers for q in full.activations}
+    outputs_of = {(n.name or n.output[0]): n.output[0] for n in model.graph.node}
+    layers = []
+    for name in chosen:
+        for c in consumers.get(name, []):
+            node = c.replace(" (residual)", "")
+            if node in outputs_of and outputs_of[node] not in layers:
+                layers.append(outputs_of[node])
+    result = Sensitivity(baseline, ordered, chosen, final_db,
+                         (agree0, agree1) if agree0 is not None else None, layers)
+    return result, final
+
+
+def _finite(x: float) -> float:
+    return 1e9 if x == math.inf else (-1e9 if x == -math.inf or math.isnan(x) else x)
