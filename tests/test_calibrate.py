@@ -192,3 +192,35 @@ def test_dynamic_dimensions_are_reported_with_the_shapes_used(model, data, tmp_p
     rc, out, err = run_cli("thresholds", "--stats", stats)  # the statistics remember the shapes
     assert rc == 0, err
     assert "calibrated with [64, 4] x9, [24, 4] x1" in out
+
+
+def test_automatic_batch_size_keeps_a_batch_within_the_memory_budget(tmp_path):
+    import onnxruntime as ort
+
+    from trtcal.data import open_data
+    from trtcal.runner import InputSpec
+
+    examples = __import__("pathlib").Path(__file__).resolve().parents[1] / "trtcal" / "examples"
+    model, data = examples / "fashion_cnn.onnx", examples / "fashion_calib.npz"
+    # bytes of every float tensor for one sample, by a plain ONNX Runtime session (not trtcal's runner)
+    m = onnx.load(str(model))
+    outs = [o for n in m.graph.node for o in n.output]
+    m.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outs if o not in {x.name for x in m.graph.output})
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.load(data)["images"][:1]
+    per_sample = x.nbytes + sum(a.nbytes for a in sess.run(None, {"images": x}))
+    budget_mb = 3 * per_sample / 2**20 + 1e-3  # room for exactly 3 samples
+    result = calibrate(model, data, memory_budget_mb=budget_mb, max_batches=2, progress=False)
+    assert result.metadata["batch_size"] == 3
+    assert result.metadata["batch_size_auto"]["bytes_per_sample"] == per_sample
+    assert result.metadata["inputs"]["images"]["used"] == [{"shape": [3, 1, 28, 28], "batches": 2}]
+    # a folder whose files are larger than the batch is split along axis 0
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.load(data)["images"][:10])
+    np.save(folder / "b.npy", np.load(data)["images"][10:13])
+    spec = [InputSpec("images", np.float32, (None, 1, 28, 28))]
+    source = open_data(folder, spec, batch_size=4)
+    assert [b["images"].shape[0] for b in source] == [4, 4, 2, 3] and source.num_batches == 4
+    with pytest.raises(TrtcalError, match="memory-budget"):
+        calibrate(model, data, memory_budget_mb=0, progress=False)

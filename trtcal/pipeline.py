@@ -72,16 +72,37 @@ def compute_thresholds(histograms: dict[str, Histogram], algorithm: str, **optio
     return thr.compute_all(algorithm, histograms, **options)
 
 
+#: Default bound on the exposed tensors of one batch, which sets the batch size of models with a
+#: dynamic batch axis when none is given (see :func:`auto_batch_size`).
+MEMORY_BUDGET_MB = 256
+#: The largest automatic batch size.
+MAX_AUTO_BATCH = 32
+
+
+def auto_batch_size(runner, source, budget_mb: float = MEMORY_BUDGET_MB) -> tuple[int, int]:
+    """The batch size whose exposed tensors fit in ``budget_mb``: one sample of the first batch
+    runs through the model to measure its bytes. Returns ``(batch size, bytes per sample)``."""
+    first = next(iter(source), None)
+    if first is None:
+        raise TrtcalError(f"{source.description}: produced no batches")
+    first = check_batch(first, runner.inputs, f"{source.description}: batch 0")
+    one = {k: v[:1] for k, v in first.items()}
+    per_sample = sum(a.nbytes for _, a in runner.run(one)) or 1
+    return max(1, min(MAX_AUTO_BATCH, int(budget_mb * 2**20 // per_sample))), per_sample
+
+
 def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *, algorithm: str = "entropy2",
               batch_size: int | None = None, max_batches: int | None = None,
               trt_version: Version = DEFAULT_TRT_VERSION, preprocess=None, random: bool = False,
               progress: bool | None = None, threads: int | None = None, growth: str = "power2",
-              bins: int = 2048, **options) -> CalibrationResult:
+              bins: int = 2048, memory_budget_mb: float = MEMORY_BUDGET_MB, **options) -> CalibrationResult:
     """Calibrate ``model`` (an FP32 ONNX file) on ``data``; see :mod:`trtcal.data` for sources.
 
     ``algorithm`` is one of :data:`trtcal.thresholds.METHODS`; ``options`` go to it (e.g.
     ``percentile=99.99``). ``random=True`` uses random inputs (smoke tests only; the result is
-    marked as fake).
+    marked as fake). ``batch_size``: samples per batch; by default the model's fixed batch, else
+    as many samples as keep one batch's exposed tensors within ``memory_budget_mb`` (at most 32):
+    memory is bounded by a batch of activations plus the histograms, whatever the data's size.
     """
     from trtcal.runner import Runner
 
@@ -91,7 +112,15 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         raise TrtcalError(f"--max-batches {max_batches}: must be at least 1")
     if data is None and not random:
         raise TrtcalError("no calibration data: give --data PATH (or --random for a smoke test with fake data)")
+    if memory_budget_mb <= 0:
+        raise TrtcalError(f"--memory-budget {memory_budget_mb:g}: must be > 0")
     runner = Runner(model, threads=threads)
+    auto = None
+    scripted = ".py:" in str(data) and not Path(str(data)).exists()  # a loader script makes its own batches
+    if batch_size is None and not random and not scripted and not {i.fixed_batch for i in runner.inputs} - {None}:
+        probe = open_data(data, runner.inputs, batch_size=1, preprocess=preprocess)
+        auto = auto_batch_size(runner, probe, memory_budget_mb)
+        batch_size = auto[0]
     if random:
         source = random_data(runner.inputs, batch_size=batch_size, num_batches=max_batches or 8)
     else:
@@ -100,7 +129,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
 
     histograms: dict[str, Histogram] = {}
     checks = BatchChecks()
-    work: queue.Queue = queue.Queue(maxsize=2)
+    work: queue.Queue = queue.Queue(maxsize=1)  # one batch in the histograms, one in ONNX Runtime
     failure: list[BaseException] = []
 
     def worker() -> None:
@@ -111,11 +140,14 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
             if failure:
                 continue
             try:
-                for name, array in item:
+                item.reverse()
+                while item:  # each tensor is released as soon as it is counted
+                    name, array = item.pop()
                     h = histograms.get(name)
                     if h is None:
                         h = histograms[name] = Histogram(bins=bins, growth=growth, name=name)
                     h.update(array)
+                    del array
             except BaseException as exc:  # surfaced in the main thread
                 failure.append(exc)
 
@@ -166,6 +198,9 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         "trt_version": format_version(trt_version),
         "growth": growth,
         "bins": bins,
+        "batch_size": batch_size,
     }
+    if auto is not None:
+        metadata["batch_size_auto"] = {"budget_mb": memory_budget_mb, "bytes_per_sample": auto[1]}
     return CalibrationResult(cache, histograms, results, metadata, dict(runner.plan.skipped),
                              list(runner.plan.notes) + warnings)

@@ -136,7 +136,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise TrtcalError("--algorithm eq needs real data, not --random")
     result = calibrate(args.model, args.data, algorithm="entropy2" if eq else args.algorithm,
                        batch_size=args.batch_size, max_batches=args.max_batches, trt_version=version,
-                       preprocess=preprocess, random=args.random, progress=False if args.quiet else None, **options)
+                       preprocess=preprocess, random=args.random, progress=False if args.quiet else None,
+                       memory_budget_mb=args.memory_budget, **options)
     if eq:
         _apply_eq(args, result, preprocess, version)
     result.cache.write(out, force=args.force, inputs=[args.model])
@@ -200,7 +201,10 @@ def register(sub) -> None:
     p.add_argument("--random", action="store_true", help="use random inputs (smoke test; the result is fake)")
     p.add_argument("--preprocess", help="for image folders: e.g. resize=256,crop=224,scale=1/255,"
                                         "mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,order=RGB")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else 32)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else as many "
+                   "as fit --memory-budget, at most 32; files larger than a batch are split)")
+    p.add_argument("--memory-budget", type=float, default=256, metavar="MB",
+                   help="bound on one batch's exposed tensors when choosing the batch size (default %(default)g MB)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches")
     add_algorithm_args(p, with_eq=True)
     p.add_argument("--eq-samples", type=int, default=64, help="for --algorithm eq: samples for the layer search "

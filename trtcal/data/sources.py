@@ -176,9 +176,30 @@ def _folder_source(path: Path, inputs: Sequence, batch_size: int, preprocess,
 
     def gen() -> Iterator[Batch]:
         for p in arrays:
-            yield _as_batch(p, inputs, _load_npy(p) if p.suffix == ".npy" else _load_npz(p), ignore)
+            batch = _as_batch(p, inputs, _load_npy(p) if p.suffix == ".npy" else _load_npz(p), ignore)
+            n = min((a.shape[0] for a in batch.values() if a.ndim), default=0)
+            if n <= batch_size:
+                yield batch
+                continue
+            for start in range(0, n, batch_size):  # a file larger than a batch is split along axis 0
+                yield {k: a[start:start + batch_size] for k, a in batch.items()}
 
-    return DataSource(f"{path}/ ({len(arrays)} batch files)", gen, len(arrays))
+    return DataSource(f"{path}/ ({len(arrays)} batch files, at most {batch_size} samples a batch)", gen,
+                      _count_batches(arrays, batch_size))
+
+
+def _count_batches(files: list[Path], batch_size: int) -> int | None:
+    """Batches a folder of .npy files gives (read from their headers), or None when unknown."""
+    total = 0
+    for p in files:
+        if p.suffix != ".npy":
+            return None
+        try:
+            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
+        except Exception:  # a malformed file fails later, with its own message
+            return None
+        total += max(1, -(-shape[0] // batch_size)) if shape else 1
+    return total
 
 
 def _script_source(text: str, inputs: Sequence) -> DataSource:
