@@ -117,7 +117,8 @@ def score(spec, int8_path) -> dict:
     return {k: d.get(k) for k in ("sqnr_db", "cosine_mean", "top1_agreement", "top1_reference", "top1_test")}
 
 
-def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool) -> list[dict]:
+def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool, eq_steps: int = 100,
+              methods: list[str] | None = None, no_ort: bool = False) -> list[dict]:
     from trtcal import thresholds
     from trtcal.pipeline import calibrate, ranges_to_cache
     from trtcal.qdq import write_qdq
@@ -128,6 +129,8 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
     print(f"[{name}] trtcal calibration pass: {seconds:.1f} s ({calib.metadata['samples']} samples)", flush=True)
     for label, options in TRTCAL_METHODS:
         method = label.split()[0]
+        if methods is not None and label not in methods:
+            continue
         results, t_thr = measure(lambda m=method, o=options: thresholds.compute_all(m, calib.histograms, **o))
         cache = ranges_to_cache(results, algorithm=method)
         out = work / f"{name}-trtcal-{label.replace(' ', '')}.onnx"
@@ -140,16 +143,16 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
 
         batches = eq.subset(spec["model"], spec["calib"], samples=64)
         amaxes = {n: r.amax for n, r in thresholds.compute_all("entropy2", calib.histograms).items()}
-        refined, t_eq = measure(lambda: eq.refine(spec["model"], batches, amaxes, steps=100))
+        refined, t_eq = measure(lambda: eq.refine(spec["model"], batches, amaxes, steps=eq_steps))
         cache = ranges_to_cache({n: thresholds.ThresholdResult(a, "eq") for n, a in refined.amaxes.items()},
                                 algorithm="entropy2")
         out = work / f"{name}-trtcal-eq.onnx"
         write_qdq(spec["model"], cache).save(out, force=True)
-        rows.append({"model": name, "tool": "trtcal", "method": "eq", "calib_seconds": seconds + t_eq,
+        rows.append({"model": name, "tool": "trtcal", "method": f"eq ({eq_steps} steps)", "calib_seconds": seconds + t_eq,
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "samples": calib.metadata["samples"], **score(spec, out)})
         print(f"[{name}] trtcal eq: {rows[-1]}", flush=True)
-    for method in ("minmax", "entropy-128", "entropy-2048", "percentile-99.99"):
+    for method in () if no_ort else ("minmax", "entropy-128", "entropy-2048", "percentile-99.99"):
         out = work / f"{name}-ort-{method}.onnx"
         script = ORT_SCRIPT.format(root=str(ROOT), model=str(spec["model"]), calib=str(spec["calib"]), out=str(out),
                                    method=method, samples=ort_samples)
@@ -172,6 +175,8 @@ def main() -> None:
     parser.add_argument("--ort-samples", type=int, default=512,
                         help="samples for quantize_static (its histogram methods keep every tensor in memory)")
     parser.add_argument("--no-eq", action="store_true")
+    parser.add_argument("--eq-steps", type=int, default=100)
+    parser.add_argument("--no-ort", action="store_true", help="trtcal columns only")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     rows = []
@@ -181,7 +186,7 @@ def main() -> None:
             if not Path(spec["model"]).exists():
                 print(f"[{name}] skipped: {spec['model']} is missing (run its export script)", flush=True)
                 continue
-            rows += run_model(name, spec, Path(tmp), args.ort_samples, not args.no_eq)
+            rows += run_model(name, spec, Path(tmp), args.ort_samples, not args.no_eq, args.eq_steps, no_ort=args.no_ort)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count()}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
