@@ -51,7 +51,7 @@ if {plain}:
     names = [o.name for o in session.get_outputs()]
 else:
     session, names = runner.session, runner.output_names
-for batch in open_data({data!r}, runner.inputs):
+for batch in open_data({data!r}, runner.inputs, batch_size={batch_size}):
     session.run(names, batch)
 """
 
@@ -140,10 +140,12 @@ def bench_model(name: str, model: Path, data: Path, repeat: int, ort_samples: in
     def script(code: str, **kw) -> list[str]:
         return [py, "-c", code.format(root=str(ROOT), model=str(model), **kw)]
 
-    out["plain"] = median_of(script(RUN_ORT, data=str(full), plain=True), repeat)
-    out["floor"] = median_of(script(RUN_ORT, data=str(full), plain=False), repeat)
     out["trtcal"] = median_of([str(TRTCAL), "calibrate", str(model), "--data", str(full), "-o", str(cache),
                                "--force", "--quiet"], repeat)
+    # plain and floor run the batches trtcal ran (its automatic batch size, from its sidecar)
+    out["batch_size"] = json.loads(Path(str(cache) + ".trtcal.json").read_text())["batch_size"]
+    out["plain"] = median_of(script(RUN_ORT, data=str(full), plain=True, batch_size=out["batch_size"]), repeat)
+    out["floor"] = median_of(script(RUN_ORT, data=str(full), plain=False, batch_size=out["batch_size"]), repeat)
     out["trtcal_4x"] = median_of([str(TRTCAL), "calibrate", str(model), "--data", str(four), "-o", str(cache),
                                   "--force", "--quiet"], 1)
     out["trtcal_ort_samples"] = median_of([str(TRTCAL), "calibrate", str(model), "--data", str(small), "-o",
@@ -180,7 +182,7 @@ def main() -> None:
     for r in results:
         t, f, p = r["trtcal"][0], r["floor"][0], r["plain"][0]
         o, ts = r["ort_entropy_2048"], r["trtcal_ort_samples"]
-        print(f"[{r['model']}] {r['samples']} samples: plain {p:.2f} s, floor {f:.2f} s, trtcal {t:.2f} s "
+        print(f"[{r['model']}] {r['samples']} samples, batches of {r['batch_size']}: plain {p:.2f} s, floor {f:.2f} s, trtcal {t:.2f} s "
               f"= {t / f:.2f}x floor, {t / p:.2f}x plain; peak {r['trtcal'][1]:.0f} MB, 4x data "
               f"({4 * r['samples']} samples) {r['trtcal_4x'][1]:.0f} MB ({r['trtcal_4x'][1] / r['trtcal'][1]:.2f}x), "
               f"{r['trtcal_4x'][0]:.1f} s")
