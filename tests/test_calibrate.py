@@ -224,3 +224,30 @@ def test_automatic_batch_size_keeps_a_batch_within_the_memory_budget(tmp_path):
     assert [b["images"].shape[0] for b in source] == [4, 4, 2, 3] and source.num_batches == 4
     with pytest.raises(TrtcalError, match="memory-budget"):
         calibrate(model, data, memory_budget_mb=0, progress=False)
+
+
+def test_constant_matmul_inputs_are_calibrated_on_request(tmp_path):
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=(4, 3)).astype(np.float32)
+    c = (rng.normal(size=(3, 2)) * 5).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "b"], ["h"]),
+             helper.make_node("Constant", [], ["c"], value=helper.make_tensor("cv", TensorProto.FLOAT, [3, 2],
+                                                                                  c.ravel().tolist())),
+             helper.make_node("MatMul", ["h", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor("b", TensorProto.FLOAT, [4, 3], b.ravel().tolist())])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    data = tmp_path / "x.npy"
+    np.save(data, rng.normal(size=(64, 4)).astype(np.float32))
+    plain = calibrate(path, data, algorithm="minmax", progress=False)
+    assert plain.cache.names() == ["x", "h", "y"]
+    withc = calibrate(path, data, algorithm="minmax", include_constants=True, progress=False)
+    assert set(withc.cache.names()) == {"x", "h", "y", "b", "c"}
+    for name, w in (("b", b), ("c", c)):  # their range is their values' max |w|, bit for bit
+        assert withc.cache.entry(name).bits == trtcache.scale_bits_from_amax(float(np.abs(w).max()))
+        assert withc.histograms[name].count == w.size
+    assert withc.metadata["constants"] == ["b", "c"]
+    rc, out, err = run_cli("calibrate", path, "--data", data, "--include-constants", "-o", tmp_path / "c.cache", "-q")
+    assert rc == 0 and "b: " in (tmp_path / "c.cache").read_text()

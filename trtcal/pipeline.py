@@ -95,7 +95,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
               batch_size: int | None = None, max_batches: int | None = None,
               trt_version: Version = DEFAULT_TRT_VERSION, preprocess=None, random: bool = False,
               progress: bool | None = None, threads: int | None = None, growth: str = "power2",
-              bins: int = 2048, memory_budget_mb: float = MEMORY_BUDGET_MB, **options) -> CalibrationResult:
+              bins: int = 2048, memory_budget_mb: float = MEMORY_BUDGET_MB, include_constants: bool = False,
+              **options) -> CalibrationResult:
     """Calibrate ``model`` (an FP32 ONNX file) on ``data``; see :mod:`trtcal.data` for sources.
 
     ``algorithm`` is one of :data:`trtcal.thresholds.METHODS`; ``options`` go to it (e.g.
@@ -103,6 +104,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     marked as fake). ``batch_size``: samples per batch; by default the model's fixed batch, else
     as many samples as keep one batch's exposed tensors within ``memory_budget_mb`` (at most 32):
     memory is bounded by a batch of activations plus the histograms, whatever the data's size.
+    ``include_constants``: also calibrate the constant inputs of MatMul (initializers, Constant
+    nodes), which TensorRT's implicit INT8 asks ranges for; their histogram is their values.
     """
     from trtcal.runner import Runner
 
@@ -114,7 +117,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         raise TrtcalError("no calibration data: give --data PATH (or --random for a smoke test with fake data)")
     if memory_budget_mb <= 0:
         raise TrtcalError(f"--memory-budget {memory_budget_mb:g}: must be > 0")
-    runner = Runner(model, threads=threads)
+    runner = Runner(model, threads=threads, include_constants=include_constants)
     auto = None
     scripted = ".py:" in str(data) and not Path(str(data)).exists()  # a loader script makes its own batches
     if batch_size is None and not random and not scripted and not {i.fixed_batch for i in runner.inputs} - {None}:
@@ -174,6 +177,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     if batches == 0:
         raise TrtcalError(f"{source.description}: produced no batches")
 
+    for name, value in runner.plan.constants.items():  # the same values every batch: counted once
+        histograms[name] = Histogram(bins=bins, growth=growth, name=name).update(value)
     histograms = {n: histograms[n] for n in runner.plan.calibrated if n in histograms}  # graph order
     results = compute_thresholds(histograms, algorithm, **options)
     cache = ranges_to_cache(results, algorithm=algorithm, version=trt_version)
@@ -199,6 +204,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         "growth": growth,
         "bins": bins,
         "batch_size": batch_size,
+        "constants": list(runner.plan.constants),
     }
     if auto is not None:
         metadata["batch_size_auto"] = {"budget_mb": memory_budget_mb, "bytes_per_sample": auto[1]}

@@ -51,6 +51,7 @@ class Plan:
     calibrated: list[str] = field(default_factory=list)  # float tensors, in graph order (inputs first)
     skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it is not calibrated
     notes: list[str] = field(default_factory=list)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # constant MatMul inputs, by name
 
 
 def check_calibratable(model, source: str) -> list[str]:
@@ -68,32 +69,63 @@ def check_calibratable(model, source: str) -> list[str]:
     return notes
 
 
-def plan_tensors(model, source: str) -> Plan:
-    """Which tensors of ``model`` get a range."""
+def matmul_constants(model) -> dict[str, np.ndarray]:
+    """Float initializers and Constant-node outputs that feed a MatMul, with their values.
+
+    TensorRT's ONNX parser turns them into Constant layers whose outputs (named like the
+    initializer) want a range in implicit INT8, like any activation.
+    """
+    from onnx import numpy_helper
+
+    values = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None:
+                values[node.output[0]] = attr.t
+    out: dict[str, np.ndarray] = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        for name in node.input:
+            if name in values and name not in out:
+                array = numpy_helper.to_array(values[name])
+                if array.dtype.kind == "f":
+                    out[name] = array
+    return out
+
+
+def plan_tensors(model, source: str, *, include_constants: bool = False) -> Plan:
+    """Which tensors of ``model`` get a range (with ``include_constants``, also the constant
+    inputs of MatMul, calibrated from their values)."""
     plan = Plan(notes=check_calibratable(model, source))
     tensors = model_tensors(model)
     plan.calibrated = list(tensors.activations) + list(tensors.untyped)  # untyped: decided at run time
     for name in tensors.non_float:
         plan.skipped[name] = "not a float tensor"
+    if include_constants:
+        plan.constants = matmul_constants(model)
+        plan.calibrated = [n for n in plan.calibrated if n not in plan.constants] + list(plan.constants)
     return plan
 
 
 class Runner:
     """An ONNX Runtime CPU session over ``model`` that returns every planned tensor per batch."""
 
-    def __init__(self, model_path: str | os.PathLike, *, threads: int | None = None):
+    def __init__(self, model_path: str | os.PathLike, *, threads: int | None = None,
+                 include_constants: bool = False):
         import onnx
         import onnxruntime as ort
 
         self.source = str(model_path)
         model = load_model(model_path, load_weights=True)
-        self.plan = plan_tensors(model, self.source)
+        self.plan = plan_tensors(model, self.source, include_constants=include_constants)
         graph_inputs = {vi.name for vi in model.graph.input}
         initializers = {t.name for t in model.graph.initializer}
         self.input_names = [vi.name for vi in model.graph.input if vi.name not in initializers]
         existing = {o.name for o in model.graph.output}
         for name in self.plan.calibrated:
-            if name not in graph_inputs and name not in existing:
+            if name not in graph_inputs and name not in existing and name not in self.plan.constants:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

@@ -137,7 +137,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(args.model, args.data, algorithm="entropy2" if eq else args.algorithm,
                        batch_size=args.batch_size, max_batches=args.max_batches, trt_version=version,
                        preprocess=preprocess, random=args.random, progress=False if args.quiet else None,
-                       memory_budget_mb=args.memory_budget, **options)
+                       memory_budget_mb=args.memory_budget, include_constants=args.include_constants, **options)
     if eq:
         _apply_eq(args, result, preprocess, version)
     result.cache.write(out, force=args.force, inputs=[args.model])
@@ -206,6 +206,9 @@ def register(sub) -> None:
     p.add_argument("--memory-budget", type=float, default=256, metavar="MB",
                    help="bound on one batch's exposed tensors when choosing the batch size (default %(default)g MB)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    p.add_argument("--include-constants", action="store_true",
+                   help="also calibrate the constant (weight) inputs of MatMul, which TensorRT's implicit INT8 "
+                        "wants ranges for (transformers)")
     add_algorithm_args(p, with_eq=True)
     p.add_argument("--eq-samples", type=int, default=64, help="for --algorithm eq: samples for the layer search "
                    "(default %(default)s)")
