@@ -50,7 +50,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from trtcal import thresholds as thr
+    from trtcal.cli.qdq_cmds import add_ranges_args
 
     p = sub.add_parser("fallback", help="find the tensors whose quantization hurts most and keep them in float",
                        description="Leave-one-out sensitivity: for each quantized activation of the Q/DQ model, "
@@ -59,18 +59,11 @@ def register(sub) -> None:
                                    "model and, with --list, the layers to keep in float for trtcal build "
                                    "--fallback-list (TensorRT 10 layer precisions).")
     p.add_argument("model", help="FP32 ONNX model")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--cache", help="calibration cache")
-    src.add_argument("--stats", help="statistics (.npz) from trtcal calibrate --stats")
-    p.add_argument("--algorithm", choices=list(thr.METHODS), default=None, help="with --stats (default entropy2)")
-    p.add_argument("--percentile", type=float, default=None, help="with --algorithm percentile")
-    p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None, help="with --algorithm aciq")
-    p.add_argument("--overrides", metavar="FILE", help="hand-set ranges applied first (docs/overrides.md)")
+    add_ranges_args(p)
     p.add_argument("--data", required=True, help="evaluation data (as for trtcal eval)")
     p.add_argument("--samples", type=int, default=256, help="samples to measure on (default %(default)s)")
     p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--max-float", type=int, default=5, help="tensors to keep in float at most (default %(default)s)")
-    p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt")
     p.add_argument("-o", "--output", required=True, help="the Q/DQ model with the fallback applied")
     p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")

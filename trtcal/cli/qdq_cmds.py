@@ -119,16 +119,11 @@ def _print(result, output: str) -> None:
     print(f"wrote {output} (opset {result.opset})")
 
 
-def register(sub) -> None:
+def add_ranges_args(p: argparse.ArgumentParser) -> None:
+    """Where the ranges come from (a cache, or statistics and an algorithm), the overrides over
+    them, and the target: shared by ``qdq`` and ``fallback``."""
     from trtcal import thresholds as thr
 
-    p = sub.add_parser("qdq", help="write a Q/DQ (explicit INT8) ONNX model from a cache or statistics",
-                       description="Insert QuantizeLinear/DequantizeLinear by TensorRT's placement rules: the "
-                                   "inputs of Conv, ConvTranspose, Gemm and MatMul (activations per tensor from the "
-                                   "ranges, weights per output channel from the weights), the residual input of an "
-                                   "Add after a quantized conv; biases and outputs stay in float. Tensors without a "
-                                   "usable range stay in float and are listed. See docs/qdq.md.")
-    p.add_argument("model", help="FP32 ONNX model (opset < 13 is converted to 13, or refused)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cache", help="calibration cache (TensorRT, JSON or ONNX Runtime tables)")
     src.add_argument("--stats", help="statistics (.npz) from trtcal calibrate --stats")
@@ -143,6 +138,18 @@ def register(sub) -> None:
                         "tensors (min >= 0 in --stats)")
     p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (YAML or JSON, see docs/overrides.md), "
                    "applied over the cache or statistics")
+
+
+def register(sub) -> None:
+
+    p = sub.add_parser("qdq", help="write a Q/DQ (explicit INT8) ONNX model from a cache or statistics",
+                       description="Insert QuantizeLinear/DequantizeLinear by TensorRT's placement rules: the "
+                                   "inputs of Conv, ConvTranspose, Gemm and MatMul (activations per tensor from the "
+                                   "ranges, weights per output channel from the weights), the residual input of an "
+                                   "Add after a quantized conv; biases and outputs stay in float. Tensors without a "
+                                   "usable range stay in float and are listed. See docs/qdq.md.")
+    p.add_argument("model", help="FP32 ONNX model (opset < 13 is converted to 13, or refused)")
+    add_ranges_args(p)
     p.add_argument("--exclude-nodes", action="append", metavar="PATTERN",
                    help="leave nodes whose name matches this glob in float (repeatable)")
     p.add_argument("--exclude-ops", action="append", metavar="TYPES",
