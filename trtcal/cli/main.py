@@ -26,23 +26,16 @@ from trtcal.errors import TrtcalError
 def build_parser() -> Parser:
     parser = Parser(
         prog="trtcal",
-        description="INT8 calibration for TensorRT: calibrate, inspect, fix and convert calibration caches.",
+        description="INT8 calibration for TensorRT: calibrate on any machine, inspect and fix ranges and caches, "
+                    "write Q/DQ models, judge them against FP32, and build engines.",
     )
     parser.add_argument("--version", action="version", version=f"trtcal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    demo.register(sub)
-    calibrate_cmds.register(sub)
-    cache_cmds.register(sub)
-    eval_cmds.register(sub)
-    onesided_cmds.register(sub)
-    crosscheck_cmds.register(sub)
-    plot_cmds.register(sub)
-    bits_cmds.register(sub)
-    report_cmds.register(sub)
-    fallback_cmds.register(sub)
-    build_cmds.register(sub)
-    qdq_cmds.register(sub)
+    # in the order of the work: calibrate, look at and fix the ranges, quantize, judge, build
+    for module in (demo, calibrate_cmds, cache_cmds, onesided_cmds, plot_cmds, report_cmds, bits_cmds,
+                   crosscheck_cmds, qdq_cmds, fallback_cmds, eval_cmds, build_cmds):
+        module.register(sub)
     return parser
 
 
