@@ -140,8 +140,9 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
         print(f"[{name}] trtcal {label}: {rows[-1]}", flush=True)
     if with_eq:
         from trtcal import eq
+        from trtcal.runner import first_samples
 
-        batches = eq.subset(spec["model"], spec["calib"], samples=64)
+        batches = first_samples(spec["model"], spec["calib"], samples=64)
         amaxes = {n: r.amax for n, r in thresholds.compute_all("entropy2", calib.histograms).items()}
         refined, t_eq = measure(lambda: eq.refine(spec["model"], batches, amaxes, steps=eq_steps))
         cache = ranges_to_cache({n: thresholds.ThresholdResult(a, "eq") for n, a in refined.amaxes.items()},

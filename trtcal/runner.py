@@ -162,3 +162,33 @@ class Runner:
                 self.plan.skipped[name] = "not a float tensor"
                 continue
             yield name, value
+
+
+def first_samples(model_path, data, *, samples: int = 64, batch_size: int | None = None,
+                  preprocess=None) -> list[dict]:
+    """The first ``samples`` calibration samples of ``data`` as checked input batches."""
+    import onnxruntime as ort
+
+    from trtcal.data import open_data
+    from trtcal.data.sources import check_batch
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise TrtcalError(f"{model_path}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
+    specs = [InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
+                       tuple(d if isinstance(d, int) else (d or None) for d in i.shape)) for i in session.get_inputs()]
+    # an array named "labels" beside the inputs (an evaluation set) is not an input
+    source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
+    out, seen = [], 0
+    for index, batch in enumerate(source):
+        batch = check_batch(batch, specs, f"{source.description}: batch {index}")
+        n = next(iter(batch.values())).shape[0]
+        take = min(n, samples - seen)
+        out.append({k: v[:take] for k, v in batch.items()})
+        seen += take
+        if seen >= samples:
+            break
+    return out

@@ -154,9 +154,10 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> None:
     from trtcal import eq
     from trtcal.pipeline import ranges_to_cache
     from trtcal.progress import Progress
+    from trtcal.runner import first_samples
     from trtcal.thresholds import ThresholdResult
 
-    batches = eq.subset(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
+    batches = first_samples(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
                         preprocess=preprocess)
     amaxes = {n: r.amax for n, r in result.thresholds.items()}
     with Progress(eq.layer_count(args.model), "EQ search", enabled=False if args.quiet else None) as bar:

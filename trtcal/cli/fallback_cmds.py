@@ -8,10 +8,11 @@ from trtcal.cli.common import add_json, json_float, print_json
 
 
 def cmd_fallback(args: argparse.Namespace) -> int:
-    from trtcal import eq, fileio
+    from trtcal import fileio
     from trtcal.cli.qdq_cmds import _ranges, apply_overrides
     from trtcal.progress import Progress
     from trtcal.qdq import write_qdq
+    from trtcal.runner import first_samples
     from trtcal.sensitivity import analyse
 
     fileio.check_output(args.output, force=args.force, inputs=[args.model])
@@ -20,7 +21,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     ranges, _ = _ranges(args)
     if args.overrides:
         ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
-    batches = eq.subset(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
+    batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
     count = len(write_qdq(args.model, ranges, target=args.target, check_onnxruntime=False).activations)
     with Progress(count, "leave-one-out", enabled=False if args.quiet else None) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target, progress=bar)
