@@ -77,6 +77,12 @@ def _explain(stats: Path) -> list[str]:
     if onesided:
         lines.append(f"{len(onesided)} of {len(results)} tensors are one-sided (ReLU-like): TensorRT's "
                      "int8 is symmetric, so they get 7 bits of resolution, not 8.")
+        hurt = [n for n in onesided if any(f.tensor == n and f.kind == "clipped" for f in findings)]
+        if hurt:
+            lines.append(f"{len(hurt)} of them are clipped hard: their exact zeros pile up in bin 0 and pull "
+                         "entropy2's threshold down. `--algorithm onesided` searches without them: "
+                         f"trtcal onesided {_shown(example_path(DEMO_MODEL))} --stats {_shown(stats)} --algorithm "
+                         "onesided")
     clipped = sorted((f for f in findings if f.kind == "clipped"), key=lambda f: -f.value)
     if clipped:
         worst = clipped[0]
