@@ -64,3 +64,21 @@ def test_cli_writes_model_and_fallback_list(setup, tmp_path):
     rc, _, err = run_cli("fallback", MODEL, "--cache", tmp_path / "c.cache", "--data", EVAL, "--max-float", "-1",
                          "-o", tmp_path / "x.onnx")
     assert rc == 2 and "--max-float" in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_greedy_picks_are_each_the_best_next_step(setup):
+    cache, batches, x = setup
+    sens, final = analyse(MODEL, cache, batches, max_float=2, greedy=True)
+    ranges = {e.name: e.amax for e in cache.entries}
+    pool = [n for n, g in sens.gains.items() if g > 0][:6]
+
+    def without(dropped):
+        return sqnr(write_qdq(MODEL, {k: v for k, v in ranges.items() if k not in dropped}).model, x)
+
+    first = max(pool, key=lambda n: without({n}))
+    assert sens.chosen[0] == first
+    if len(sens.chosen) > 1:
+        second = max((n for n in pool if n != first), key=lambda n: without({first, n}))
+        assert sens.chosen[1] == second
+    assert sens.final_db == pytest.approx(sqnr(final.model, x), abs=1e-6)
+    assert sens.final_db >= analyse(MODEL, cache, batches, max_float=1)[0].final_db - 1e-9

@@ -24,7 +24,8 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
     count = len(write_qdq(args.model, ranges, target=args.target, check_onnxruntime=False).activations)
     with Progress(count, "leave-one-out", enabled=False if args.quiet else None) as bar:
-        sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target, progress=bar)
+        sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
+                              greedy=args.greedy, progress=bar)
     final.save(args.output, force=args.force, inputs=[args.model])
     if args.list:
         text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"
@@ -65,6 +66,8 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=256, help="samples to measure on (default %(default)s)")
     p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--max-float", type=int, default=5, help="tensors to keep in float at most (default %(default)s)")
+    p.add_argument("--greedy", action="store_true", help="pick one tensor at a time, re-measuring with the ones "
+                   "already picked (slower; catches interacting errors)")
     p.add_argument("-o", "--output", required=True, help="the Q/DQ model with the fallback applied")
     p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
