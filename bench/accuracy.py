@@ -52,12 +52,8 @@ sys.path.insert(0, {root!r})
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 from trtcal.data import open_data
-from trtcal.runner import InputSpec, _ORT_DTYPES as DT
-import onnxruntime as ort
-sess = ort.InferenceSession({model!r}, providers=["CPUExecutionProvider"])
-specs = [InputSpec(i.name, DT.get(i.type, np.float32), tuple(d if isinstance(d, int) else None for d in i.shape))
-         for i in sess.get_inputs()]
-del sess
+from trtcal.runner import cpu_session, input_specs
+specs = input_specs(cpu_session({model!r}, {model!r}))
 class Reader(CalibrationDataReader):
     def __init__(self):
         self.it = self.gen()

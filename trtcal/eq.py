@@ -99,8 +99,9 @@ def _layers(model) -> list[_Layer]:
 
 def _single_node_session(model, layer: _Layer, x_info, threads: int | None):
     import onnx
-    import onnxruntime as ort
     from onnx import helper
+
+    from trtcal.runner import cpu_session
 
     node = onnx.NodeProto()
     node.CopyFrom(layer.node)
@@ -109,11 +110,7 @@ def _single_node_session(model, layer: _Layer, x_info, threads: int | None):
         [node], "layer", [x_info, helper.make_tensor_value_info(layer.w, onnx.TensorProto.FLOAT, list(layer.weight.shape))],
         [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)], inits)
     m = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(m, f"layer {node.name or node.output[0]!r}", threads=threads)
 
 
 def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
@@ -121,9 +118,9 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
            threads: int | None = None) -> EqResult:
     """EQ-refine ``amaxes`` (entropy2 results) on ``batches`` (model input dicts, already checked)."""
     import onnx
-    import onnxruntime as ort
 
     from trtcal.model import load_model
+    from trtcal.runner import add_outputs, cpu_session
 
     if steps < 2 or not 0 < lo < 1 < hi:
         raise TrtcalError(f"EQ search: need steps >= 2 and 0 < lo < 1 < hi, not steps={steps}, lo={lo}, hi={hi}")
@@ -134,14 +131,7 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
     # the FP32 model with every layer input exposed; samples are few, so this is small
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
-    outputs = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
-    for layer in layers:
-        if layer.x not in outputs:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=layer.x))
-            outputs.add(layer.x)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(add_outputs(exposed, [layer.x for layer in layers]), str(model_path), threads=threads)
     names = [o.name for o in session.get_outputs()]
     inputs: dict[str, list[np.ndarray]] = {}
     for batch in batches:

@@ -49,23 +49,13 @@ class _Session:
 
     def __init__(self, path, model, expose: list[str], threads: int | None):
         import onnx
-        import onnxruntime as ort
+
+        from trtcal.runner import add_outputs, cpu_session
 
         self.source = str(path)
         if expose:
-            model = onnx.ModelProto.FromString(model.SerializeToString())
-            existing = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
-            for name in expose:
-                if name not in existing:
-                    model.graph.output.append(onnx.ValueInfoProto(name=name))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise TrtcalError(f"{self.source}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
+            model = add_outputs(onnx.ModelProto.FromString(model.SerializeToString()), expose)
+        self.session = cpu_session(model, self.source, threads=threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
@@ -103,7 +93,7 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
     """
     from trtcal.data.sources import check_batch, load_labels, open_data
     from trtcal.model import load_model, model_tensors
-    from trtcal.runner import _ORT_DTYPES, InputSpec
+    from trtcal.runner import input_specs
 
     ref_model = load_model(reference, load_weights=True)
     test_model = load_model(test, load_weights=True)
@@ -130,9 +120,7 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
     plain = _Session(test, test_model, [], threads)
     exposed = _Session(test, test_model, shared + list(views.values()), threads) if (shared or views) else None
 
-    specs = [InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
-                       tuple(d if isinstance(d, int) else (d or None) for d in i.shape))
-             for i in ref_session.session.get_inputs()]
+    specs = input_specs(ref_session.session)
     # an array named "labels" beside the inputs in a .npz is not an input (pass it as labels= to use it)
     source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
     total = source.num_batches if max_batches is None else min(max_batches, source.num_batches or max_batches)

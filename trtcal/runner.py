@@ -44,6 +44,45 @@ class InputSpec:
         return self.shape[0] if self.shape and isinstance(self.shape[0], int) and self.shape[0] > 0 else None
 
 
+def cpu_session(model, source: str, *, threads: int | None = None, extended: bool = False):
+    """An ONNX Runtime CPU session over ``model`` (a ``ModelProto`` or a path), quiet, with a
+    one-line :class:`TrtcalError` naming ``source`` when ONNX Runtime cannot load it.
+    ``extended``: optimise only up to ``ORT_ENABLE_EXTENDED`` (what calibration runs)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if extended:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    payload = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for models it cannot run
+        raise TrtcalError(f"{source}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def add_outputs(model, names) -> object:
+    """Make ``names`` graph outputs of ``model`` (in place; names already inputs or outputs are
+    skipped), so that ONNX Runtime returns them and cannot fuse them away. Returns ``model``."""
+    import onnx
+
+    existing = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+            existing.add(name)
+    return model
+
+
+def input_specs(session, names=None) -> list[InputSpec]:
+    """The session's inputs (those in ``names``, when given) as :class:`InputSpec`."""
+    return [InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
+                      tuple(d if isinstance(d, int) else (d or None) for d in i.shape))
+            for i in session.get_inputs() if names is None or i.name in names]
+
+
 @dataclass
 class Plan:
     """What a calibration run will and will not calibrate."""
@@ -114,33 +153,14 @@ class Runner:
 
     def __init__(self, model_path: str | os.PathLike, *, threads: int | None = None,
                  include_constants: bool = False):
-        import onnx
-        import onnxruntime as ort
-
         self.source = str(model_path)
         model = load_model(model_path, load_weights=True)
         self.plan = plan_tensors(model, self.source, include_constants=include_constants)
-        graph_inputs = {vi.name for vi in model.graph.input}
         initializers = {t.name for t in model.graph.initializer}
         self.input_names = [vi.name for vi in model.graph.input if vi.name not in initializers]
-        existing = {o.name for o in model.graph.output}
-        for name in self.plan.calibrated:
-            if name not in graph_inputs and name not in existing and name not in self.plan.constants:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types for models it cannot run
-            raise TrtcalError(f"{self.source}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
-        self.inputs = [
-            InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
-                      tuple(d if isinstance(d, int) else (d or None) for d in i.shape))
-            for i in self.session.get_inputs() if i.name in self.input_names
-        ]
+        add_outputs(model, [n for n in self.plan.calibrated if n not in self.plan.constants])
+        self.session = cpu_session(model, self.source, threads=threads, extended=True)
+        self.inputs = input_specs(self.session, self.input_names)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._wanted = set(self.plan.calibrated)
 
@@ -167,19 +187,10 @@ class Runner:
 def first_samples(model_path, data, *, samples: int = 64, batch_size: int | None = None,
                   preprocess=None) -> list[dict]:
     """The first ``samples`` calibration samples of ``data`` as checked input batches."""
-    import onnxruntime as ort
-
     from trtcal.data import open_data
     from trtcal.data.sources import check_batch
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise TrtcalError(f"{model_path}: ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:200]}") from None
-    specs = [InputSpec(i.name, _ORT_DTYPES.get(i.type, np.float32),
-                       tuple(d if isinstance(d, int) else (d or None) for d in i.shape)) for i in session.get_inputs()]
+    specs = input_specs(cpu_session(model_path, str(model_path)))
     # an array named "labels" beside the inputs (an evaluation set) is not an input
     source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
     out, seen = [], 0

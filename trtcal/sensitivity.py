@@ -35,11 +35,9 @@ class Sensitivity:
 
 
 def _session(model):
-    import onnxruntime as ort
+    from trtcal.runner import cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(model, "the Q/DQ model under test")
 
 
 def _score(model, batches, refs) -> tuple[float, float | None]:
