@@ -68,3 +68,13 @@ def test_cli(tmp_path):
     assert rc == 2 and "--bits" in err
     rc, _, err = run_cli("bits", "--stats", stats, "--target-sqnr", "30", "-o", out)
     assert rc == 2 and str(out) in err
+
+
+def test_json_with_an_all_zero_tensor(tmp_path):
+    """A tensor of zeros has an infinite SQNR at every width: --json writes it as "inf", no crash."""
+    stats = tmp_path / "s.npz"
+    save_stats(stats, {"zeros": Histogram(name="zeros").update(np.zeros(100, np.float32))})
+    rc, out, err = run_cli("bits", "--stats", stats, "--target-sqnr", "30", "--json")
+    assert rc == 0, err
+    (row,) = json.loads(out)["tensors"]
+    assert row["bits"] == 4 and row["sqnr_db"]["4"] == "inf"

@@ -28,13 +28,23 @@ def add_output(parser: argparse.ArgumentParser, *, required: bool = True) -> Non
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=1, allow_nan=False, default=_jsonable)
+    """Print ``data`` as JSON; objects with ``to_dict`` are expanded, and NaN/Inf floats anywhere
+    become the strings "nan", "inf", "-inf" (JSON has no such numbers)."""
+    json.dump(_jsonable(data), sys.stdout, indent=1, allow_nan=False)
     sys.stdout.write("\n")
 
 
 def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return json_float(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
     if hasattr(obj, "to_dict"):
-        return obj.to_dict()
+        return _jsonable(obj.to_dict())
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

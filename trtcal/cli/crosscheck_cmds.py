@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trtcal.cli.common import add_json, fmt_float, json_float, print_json
+from trtcal.cli.common import add_json, fmt_float, print_json
 from trtcal.errors import TrtcalError
 
 
@@ -33,8 +33,7 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
         print_json({"cache": str(args.cache), "algorithm": cache.algorithm, "method": method,
                     "data": result.metadata["data"], "batches": result.metadata["batches"],
                     "agree": len(rows) - len(differ), "differ": len(differ),
-                    "tensors": [{k: json_float(v) if isinstance(v, float) else v for k, v in r.to_dict().items()}
-                                for r in rows]})
+                    "tensors": rows})
     else:
         print(f"{args.cache} ({cache.header_line}) vs trtcal {method} on {result.metadata['data']}")
         print(f"{'TensorRT':>11}  {'trtcal':>11}  {'ratio':>7}  {'status':<11}  tensor")

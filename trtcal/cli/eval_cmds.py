@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from trtcal.cli.common import add_json, json_float, print_json
+from trtcal.cli.common import add_json, print_json
 
 
 def _pct(x: float) -> str:
@@ -14,16 +14,6 @@ def _pct(x: float) -> str:
 
 def _db(x: float) -> str:
     return "-" if x is None or math.isnan(x) else ("inf" if math.isinf(x) and x > 0 else f"{x:.2f}")
-
-
-def _clean(obj):
-    if isinstance(obj, float):
-        return json_float(obj)
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -45,7 +35,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         plot_sqnr(result, args.plot, force=args.force)
     if args.json:
-        print_json(_clean(result.to_dict()))
+        print_json(result)
         return 0
     meta = result.metadata
     print(f"{meta['test']} vs {meta['reference']} on {meta['samples']} samples ({meta['data']})")

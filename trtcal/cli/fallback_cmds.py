@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trtcal.cli.common import add_json, json_float, print_json
+from trtcal.cli.common import add_json, print_json
 
 
 def cmd_fallback(args: argparse.Namespace) -> int:
@@ -33,9 +33,6 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         fileio.atomic_write(args.list, text, force=args.force)
     if args.json:
         doc = sens.to_dict()
-        doc["baseline_sqnr_db"] = json_float(doc["baseline_sqnr_db"])
-        doc["final_sqnr_db"] = json_float(doc["final_sqnr_db"])
-        doc["gains_db"] = {k: json_float(v) for k, v in doc["gains_db"].items()}
         doc.update(output=str(args.output), list=args.list, samples=sum(len(next(iter(b.values()))) for b in batches))
         print_json(doc)
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from trtcal.cli.calibrate_cmds import add_algorithm_args, algorithm_options
-from trtcal.cli.common import add_json, json_float, print_json
+from trtcal.cli.common import add_json, print_json
 from trtcal.errors import TrtcalError
 
 
@@ -35,8 +35,7 @@ def cmd_onesided(args: argparse.Namespace) -> int:
     rows = analyse(histograms, amaxes, made)
     if args.json:
         print_json({"source": source, "tensors": len(histograms),
-                    "one_sided": [{k: json_float(v) if isinstance(v, float) else v for k, v in r.to_dict().items()}
-                                  for r in rows]})
+                    "one_sided": rows})
         return 0
     print(f"{len(rows)} of {len(histograms)} tensors are one-sided (min >= 0), {source}:")
     if rows:
