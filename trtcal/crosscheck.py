@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from trtcal.cache import scale_bits_from_amax
 
 #: TensorRT's header algorithm -> (trtcal method, options).
@@ -109,7 +107,7 @@ def explain(cache, histograms: dict, results: dict, model_names: set[str], *, rt
     rows: list[Row] = []
     for entry in cache:
         name = entry.name
-        trt = float(np.float32(entry.scale)) * 127.0
+        trt = entry.amax
         if name not in results:
             if name not in model_names:
                 reason = "unknown name: not a tensor of this model (another model, or renamed by the exporter)"

@@ -29,8 +29,6 @@ def cmd_bits(args: argparse.Namespace) -> int:
     if args.output:
         fileio.check_output(args.output, force=args.force, inputs=[args.stats])
     histograms, _ = load_stats(args.stats)
-    if args.method not in ("entropy2", "minmax", "percentile", "mse", "aciq", "onesided"):
-        raise TrtcalError(f"--algorithm {args.method}: unknown")
     choices = choose_bits(histograms, args.target_sqnr, widths, method=args.method)
     doc = {"target_sqnr_db": args.target_sqnr, "widths": widths, "algorithm": args.method,
            "tensors": [c.to_dict() for c in choices]}
@@ -56,6 +54,8 @@ def cmd_bits(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from trtcal import thresholds
+
     p = sub.add_parser("bits", help="per-tensor bit width for a target SQNR",
                        description="For each tensor in a statistics file, the smallest bit width from --bits whose "
                                    "symmetric quantization (threshold from --algorithm at that width) keeps the "
@@ -65,7 +65,8 @@ def register(sub) -> None:
     p.add_argument("--stats", required=True, help="statistics (.npz) from trtcal calibrate --stats")
     p.add_argument("--target-sqnr", type=float, required=True, metavar="DB", help="per-tensor SQNR to meet, in dB")
     p.add_argument("--bits", default="4,6,8,16", help="candidate widths, smallest first (default %(default)s)")
-    p.add_argument("--algorithm", dest="method", default="entropy2", help="threshold method (default %(default)s)")
+    p.add_argument("--algorithm", dest="method", default="entropy2", choices=list(thresholds.METHODS),
+                   help="threshold method (default %(default)s)")
     p.add_argument("-o", "--output", help="write {tensor: bits or 'float'} as JSON")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     add_json(p)

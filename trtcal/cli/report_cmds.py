@@ -20,7 +20,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise TrtcalError(f"{out_dir}: exists and is not a folder")
     page = out_dir / "index.html"
-    fileio.check_output(page, force=args.force) if out_dir.is_dir() else None
+    if out_dir.is_dir():
+        fileio.check_output(page, force=args.force)
     if bool(args.int8) != bool(args.data):
         raise TrtcalError("--int8 and --data go together (the evaluation runs both models on the data)")
     if not args.no_plots:
