@@ -99,8 +99,15 @@ def int8_model(tmp_path_factory):
     return out
 
 
-def run_whole(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"images": x})[0]
+def run_whole(path, x, *, fused=False):
+    """The model over all of x at once. Not fused: no graph optimisation at all, so each Q/DQ pair
+    runs as written (the fake quantization TensorRT's int8 computes); fused: ONNX Runtime's default
+    session, which turns Q/DQ into its own integer kernels (CPU-dependent)."""
+    options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": x})[0]
 
 
 def test_outputs_match_a_direct_run(int8_model):
@@ -111,11 +118,23 @@ def test_outputs_match_a_direct_run(int8_model):
     (logits,) = result.outputs
     d = logits.to_dict()
     assert logits.name == "logits" and result.metadata["samples"] == 1000
-    assert d["sqnr_db"] == pytest.approx(direct_sqnr(ref, got), abs=1e-3)
-    assert d["top1_agreement"] == np.mean(ref.argmax(1) == got.argmax(1))
+    # evaluate keeps ONNX Runtime's float fusions (Conv+Relu ...), the reference runs unoptimised:
+    # the same arithmetic up to float rounding, which a few values at a rounding boundary amplify
+    assert d["sqnr_db"] == pytest.approx(direct_sqnr(ref, got), abs=0.01)
+    assert abs(d["top1_agreement"] - np.mean(ref.argmax(1) == got.argmax(1))) <= 0.002
     assert d["top1_reference"] == np.mean(ref.argmax(1) == labels)
     assert d["top1_test"] == np.mean(got.argmax(1) == labels)
     assert d["top1_reference"] == pytest.approx(0.907)  # docs/demo-model.md: FP32 on the bundled eval set
+    assert result.metadata["arithmetic"] == "qdq-as-written"
+
+
+def test_int8_kernels_runs_what_onnxruntime_deploys(int8_model):
+    x = np.load(EVAL)["images"][:300]
+    result = evaluate(MODEL, int8_model, EVAL, max_batches=3, batch_size=100, per_tensor=False,
+                      progress=False, int8_kernels=True)
+    ref, got = run_whole(MODEL, x), run_whole(int8_model, x, fused=True)
+    assert result.outputs[0].sqnr_db == pytest.approx(direct_sqnr(ref, got), abs=1e-3)
+    assert result.metadata["arithmetic"] == "onnxruntime-int8-kernels"
 
 
 def test_quantized_input_view_matches_numpy_fake_quant(int8_model):

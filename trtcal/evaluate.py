@@ -47,7 +47,7 @@ class Evaluation:
 class _Session:
     """An ONNX Runtime CPU session over an ONNX file, optionally with extra tensors as outputs."""
 
-    def __init__(self, path, model, expose: list[str], threads: int | None):
+    def __init__(self, path, model, expose: list[str], threads: int | None, int8_kernels: bool):
         import onnx
 
         from trtcal.runner import add_outputs, cpu_session
@@ -55,7 +55,7 @@ class _Session:
         self.source = str(path)
         if expose:
             model = add_outputs(onnx.ModelProto.FromString(model.SerializeToString()), expose)
-        self.session = cpu_session(model, self.source, threads=threads)
+        self.session = cpu_session(model, self.source, threads=threads, int8_kernels=int8_kernels)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
@@ -85,8 +85,12 @@ def dequantized_views(model) -> dict[str, str]:
 def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | os.PathLike, *,
              labels=None, batch_size: int | None = None, max_batches: int | None = None,
              per_tensor: bool = True, preprocess=None, progress: bool | None = None,
-             threads: int | None = None) -> Evaluation:
+             threads: int | None = None, int8_kernels: bool = False) -> Evaluation:
     """Compare ``test`` (e.g. a Q/DQ INT8 model) with ``reference`` (its FP32 original) on ``data``.
+
+    The Q/DQ model runs as written (quantize, dequantize, float op: TensorRT's int8 arithmetic to
+    float rounding, the same on every CPU); ``int8_kernels=True`` lets ONNX Runtime fuse it into its
+    own integer kernels instead (what an ONNX Runtime deployment runs; CPU-dependent).
 
     ``labels``: a 1-D integer array (or a path for :func:`trtcal.data.sources.load_labels`), one
     per sample in data order, for top-1 accuracy of classifier outputs.
@@ -116,9 +120,10 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
         inputs = {i.name for i in ref_model.graph.input}
         shared = [n for n in ref_float if n in test_float and n not in inputs and n not in ref_outputs]
         views = {n: v for n, v in dequantized_views(test_model).items() if n in set(shared) | inputs}
-    ref_session = _Session(reference, ref_model, shared + [n for n in views if n not in shared], threads)
-    plain = _Session(test, test_model, [], threads)
-    exposed = _Session(test, test_model, shared + list(views.values()), threads) if (shared or views) else None
+    ref_session = _Session(reference, ref_model, shared + [n for n in views if n not in shared], threads, True)
+    plain = _Session(test, test_model, [], threads, int8_kernels)
+    exposed = _Session(test, test_model, shared + list(views.values()), threads, int8_kernels) \
+        if (shared or views) else None
 
     specs = input_specs(ref_session.session)
     # an array named "labels" beside the inputs in a .npz is not an input (pass it as labels= to use it)
@@ -168,7 +173,8 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
 
     ordered = sorted(tensors.values(), key=worst)
     meta = {"reference": str(reference), "test": str(test), "data": source.description, "batches": batches,
-            "samples": seen, "labels": label_source, "per_tensor": per_tensor}
+            "samples": seen, "labels": label_source, "per_tensor": per_tensor,
+            "arithmetic": "onnxruntime-int8-kernels" if int8_kernels else "qdq-as-written"}
     return Evaluation([outputs[n] for n in ref_outputs], ordered, quantized, meta)
 
 

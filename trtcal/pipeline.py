@@ -18,7 +18,7 @@ from trtcal import thresholds as thr
 from trtcal.cache import DEFAULT_TRT_VERSION, CalibrationCache, Version, format_version
 from trtcal.data import open_data, random_data
 from trtcal.data.checks import BatchChecks
-from trtcal.data.sources import check_batch
+from trtcal.data.sources import check_batch, is_loader_script
 from trtcal.errors import TrtcalError
 from trtcal.histogram import Histogram
 from trtcal.progress import Progress
@@ -119,7 +119,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         raise TrtcalError(f"--memory-budget {memory_budget_mb:g}: must be > 0")
     runner = Runner(model, threads=threads, include_constants=include_constants)
     auto = None
-    scripted = ".py:" in str(data) and not Path(str(data)).exists()  # a loader script makes its own batches
+    scripted = data is not None and is_loader_script(data)  # a loader script makes its own batches
     if batch_size is None and not random and not scripted and not {i.fixed_batch for i in runner.inputs} - {None}:
         probe = open_data(data, runner.inputs, batch_size=1, preprocess=preprocess)
         auto = auto_batch_size(runner, probe, memory_budget_mb)

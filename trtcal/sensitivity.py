@@ -37,7 +37,7 @@ class Sensitivity:
 def _session(model):
     from trtcal.runner import cpu_session
 
-    return cpu_session(model, "the Q/DQ model under test")
+    return cpu_session(model, "the Q/DQ model under test", int8_kernels=False)  # TensorRT's arithmetic
 
 
 def _score(model, batches, refs) -> tuple[float, float | None]:

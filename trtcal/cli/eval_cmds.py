@@ -29,7 +29,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _pyplot()
     result = evaluate(args.reference, args.test, args.data, labels=args.labels, batch_size=args.batch_size,
                       max_batches=args.max_batches, per_tensor=not args.no_per_tensor, preprocess=preprocess,
-                      progress=False if args.quiet else None)
+                      progress=False if args.quiet else None, int8_kernels=args.int8_kernels)
     if args.plot:
         from trtcal.report.plots import plot_sqnr
 
@@ -71,6 +71,9 @@ def register(sub) -> None:
     p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
     p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else 32)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    p.add_argument("--int8-kernels", action="store_true",
+                   help="let ONNX Runtime fuse Q/DQ into its integer kernels (what an ONNX Runtime deployment "
+                        "runs; results depend on the CPU). Default: run Q/DQ as written, TensorRT's arithmetic")
     p.add_argument("--no-per-tensor", action="store_true", help="compare the outputs only (faster)")
     p.add_argument("--top", type=int, default=15, help="per-tensor rows to print (default %(default)s)")
     p.add_argument("--all", action="store_true", help="print every tensor")

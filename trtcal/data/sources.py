@@ -126,6 +126,12 @@ def _split(arrays: Batch, batch_size: int, source: str) -> tuple[int, Callable[[
     return count, gen
 
 
+def is_loader_script(spec) -> bool:
+    """Whether ``spec`` names a data-loader script (``file.py:function``), not a file or folder."""
+    text = str(spec)
+    return ".py:" in text and not Path(text).exists()
+
+
 def open_data(spec: str | os.PathLike, inputs: Sequence, *, batch_size: int | None = None,
               preprocess=None, ignore: Collection[str] = ()) -> DataSource:
     """Open a data source for a model with ``inputs`` (a list of :class:`~trtcal.runner.InputSpec`).
@@ -136,7 +142,7 @@ def open_data(spec: str | os.PathLike, inputs: Sequence, *, batch_size: int | No
     text = str(spec)
     if batch_size is not None and batch_size < 1:
         raise TrtcalError(f"--batch-size {batch_size}: must be at least 1")
-    if ".py:" in text and not Path(text).exists():
+    if is_loader_script(text):
         return _script_source(text, inputs)
     path = Path(text)
     if not path.exists():

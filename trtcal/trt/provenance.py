@@ -31,8 +31,10 @@ def data_sha256(spec: str | os.PathLike) -> str | None:
     the sha256 over its files' names and hashes (sorted, hidden files left out, as the loaders
     do); for ``script.py:function``, the script's hash and the function name. None where the
     source is not a path (nothing to hash)."""
+    from trtcal.data.sources import is_loader_script
+
     text = str(spec)
-    if ".py:" in text and not Path(text).exists():
+    if is_loader_script(text):
         file, _, func = text.rpartition(":")
         if not Path(file).is_file():
             return None
