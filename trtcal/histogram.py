@@ -163,8 +163,28 @@ class Histogram:
         self.sumabs += float(sa)
 
     def _update_numba(self, a: np.ndarray, kernels, threads: int) -> None:
-        stats_fn, bin_fn = kernels
+        stats_fn, bin_fn, fused_fn = kernels
         parts = np.array_split(a, threads) if threads > 1 else [a]
+        if self.width > 0.0:
+            # One pass: statistics and binning on the current grid together. Kept unless the batch
+            # reaches past the range (or holds NaN/Inf): then the range grows and the values are
+            # binned again on the new grid, exactly as the two-pass path would have.
+            inv = 1.0 / self.width
+
+            def fused(part):
+                local = np.zeros(self.bins, dtype=np.int64)
+                return fused_fn(part, inv, local), local
+
+            done = _run(fused, parts)
+            sts = [st for st, _ in done]
+            if not any(st[2] or st[3] or st[4] for st in sts):
+                st = _combine(sts)
+                if max(-st[5], st[6]) <= self.range_max:
+                    for _, local in done:
+                        self.counts += local
+                    self._add_stats(st)
+                    return
+            del done
         sts = _run(lambda part: stats_fn(part), parts)
         st = _combine(sts)
         n, mn, mx = st[0], st[5], st[6]
@@ -254,6 +274,20 @@ class Histogram:
                     f"{m!r} (max_bins {self.max_bins}); use growth='power2' or a larger max_bins")
             self.counts = np.concatenate([self.counts, np.zeros(need - self.bins, dtype=np.int64)])
             self.bins = need
+
+    def add_zeros(self, n: int) -> Histogram:
+        """Count ``n`` more exact zeros (in place; returns self): what padding with zeros adds.
+        Zeros fall in bin 0 on every grid and never move the range, so this equals updating with
+        the same batches plus their zeros."""
+        if n < 0:
+            raise TrtcalError(f"{_label(self.name)}cannot add {n} zeros")
+        if n:
+            self.counts[0] += n
+            self.count += n
+            self.zeros += n
+            self.min = min(self.min, 0.0)
+            self.max = max(self.max, 0.0)
+        return self
 
     # -- merging -------------------------------------------------------------------------------
     def merge(self, other: Histogram) -> Histogram:
@@ -435,9 +469,10 @@ def _combine(sts):
 def _load_kernels():
     """Compile (or load from numba's cache) the update kernels, once; False if unavailable.
 
-    Returns ``(stats, binning)``: ``stats(a)`` -> (n, zeros, nan, posinf, neginf, min, max, sum,
-    sumsq, sumabs) of a float32/float64 vector; ``binning(a, inv, counts)`` adds every finite
-    value to ``counts[min(floor(|v| * inv), bins - 1)]``, exactly like the numpy path.
+    Returns ``(stats, binning, fused)``: ``stats(a)`` -> (n, zeros, nan, posinf, neginf, min, max,
+    sum, sumsq, sumabs) of a float32/float64 vector; ``binning(a, inv, counts)`` adds every finite
+    value to ``counts[min(floor(|v| * inv), bins - 1)]``, exactly like the numpy path;
+    ``fused(a, inv, counts)`` does both in one pass over ``a`` (counts valid only without NaN/Inf).
     """
     global _KERNELS
     if _KERNELS is not None:
@@ -519,6 +554,87 @@ def _load_kernels():
             elif t < np.inf:  # clipped into the last bin; NaN and Inf are skipped
                 counts[last] += 1
 
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def fused_chunk(a, b, sh, mask, expo, inv, lastf, last, idx):  # pragma: no cover - compiled
+        # fast_stats plus each value's bin, into idx: vectorisable. The bin is clamped in float
+        # and again as an integer, so whatever fast-math does with NaN/Inf, idx stays in range
+        # (a result with NaN/Inf is discarded by the caller anyway).
+        kmn = mask
+        kmx = -mask - 1
+        s = 0.0
+        ss = 0.0
+        sa = 0.0
+        zeros = 0
+        bad = 0
+        for j in range(a.size):
+            d = np.float64(a[j])
+            s += d
+            ss += d * d
+            ad = abs(d)
+            sa += ad
+            zeros += 1 if d == 0 else 0
+            bj = b[j]
+            bad += 1 if (bj & expo) == expo else 0
+            k = bj ^ ((bj >> sh) & mask)
+            kmn = min(kmn, k)
+            kmx = max(kmx, k)
+            t = ad * inv
+            t = t if t < lastf else lastf
+            i = np.int32(t)
+            i = i if i > 0 else 0
+            idx[j] = i if i < last else last
+        return kmn, kmx, s, ss, sa, zeros, bad
+
+    @numba.njit(cache=True, nogil=True)
+    def fused(a, b, sh, mask, expo, inv, counts):  # pragma: no cover - compiled
+        # One pass over a: statistics and the bin counts on the grid of width 1/inv. Chunks of
+        # 2048 values: their bins go to a buffer that stays in L1 cache, then into four interleaved
+        # sub-histograms (no store-to-load wait when neighbours share a bin, e.g. ReLU zeros),
+        # flushed into counts well before an int32 could overflow.
+        bins = counts.size
+        last = bins - 1
+        lastf = np.float64(last)
+        sub = np.zeros((4, bins), dtype=np.int32)
+        idx = np.empty(2048, dtype=np.int32)
+        kmn = mask
+        kmx = -mask - 1
+        s = 0.0
+        ss = 0.0
+        sa = 0.0
+        zeros = 0
+        bad = 0
+        pending = 0
+        for start in range(0, a.size, 2048):
+            stop = min(a.size, start + 2048)
+            cmn, cmx, cs, css, csa, cz, cb = fused_chunk(a[start:stop], b[start:stop], sh, mask, expo, inv,
+                                                        lastf, last, idx)
+            kmn = min(kmn, cmn)
+            kmx = max(kmx, cmx)
+            s += cs
+            ss += css
+            sa += csa
+            zeros += cz
+            bad += cb
+            m = stop - start
+            k = 0
+            while k + 4 <= m:
+                sub[0, idx[k]] += 1
+                sub[1, idx[k + 1]] += 1
+                sub[2, idx[k + 2]] += 1
+                sub[3, idx[k + 3]] += 1
+                k += 4
+            while k < m:
+                sub[0, idx[k]] += 1
+                k += 1
+            pending += m
+            if pending >= (1 << 30) or stop == a.size:
+                for r in range(4):
+                    for c in range(bins):
+                        counts[c] += sub[r, c]
+                        sub[r, c] = 0
+                pending = 0
+        return kmn, kmx, s, ss, sa, zeros, bad
+
     consts = {np.dtype(np.float32): (np.int32, 31, 0x7FFFFFFF, 0x7F800000),
               np.dtype(np.float64): (np.int64, 63, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
@@ -533,7 +649,21 @@ def _load_kernels():
         mn, mx = (keys ^ ((keys >> itype(sh)) & itype(mask))).view(a.dtype)
         return a.size, zeros, 0, 0, 0, float(mn), float(mx), s, ss, sa
 
-    _KERNELS = (stats, binning)
+    def fused_update(a, inv, counts):
+        """Statistics of ``a`` as ``stats`` gives them, and its bins added to ``counts``; with
+        NaN/Inf present the counts are not usable and nan (or posinf, neginf) is non-zero."""
+        if a.size == 0:
+            return 0, 0, 0, 0, 0, math.inf, -math.inf, 0.0, 0.0, 0.0
+        itype, sh, mask, expo = consts[a.dtype]
+        kmn, kmx, s, ss, sa, zeros, bad = fused(a, a.view(itype), itype(sh), itype(mask), itype(expo),
+                                                float(inv), counts)
+        if bad:
+            return careful_stats(a)
+        keys = np.array([kmn, kmx], dtype=itype)
+        mn, mx = (keys ^ ((keys >> itype(sh)) & itype(mask))).view(a.dtype)
+        return a.size, zeros, 0, 0, 0, float(mn), float(mx), s, ss, sa
+
+    _KERNELS = (stats, binning, fused_update)
     return _KERNELS
 
 

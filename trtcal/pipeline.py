@@ -96,7 +96,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
               trt_version: Version = DEFAULT_TRT_VERSION, preprocess=None, random: bool = False,
               progress: bool | None = None, threads: int | None = None, growth: str = "power2",
               bins: int = 2048, memory_budget_mb: float = MEMORY_BUDGET_MB, include_constants: bool = False,
-              **options) -> CalibrationResult:
+              expose_all: bool = False, **options) -> CalibrationResult:
     """Calibrate ``model`` (an FP32 ONNX file) on ``data``; see :mod:`trtcal.data` for sources.
 
     ``algorithm`` is one of :data:`trtcal.thresholds.METHODS`; ``options`` go to it (e.g.
@@ -106,6 +106,9 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     memory is bounded by a batch of activations plus the histograms, whatever the data's size.
     ``include_constants``: also calibrate the constant inputs of MatMul (initializers, Constant
     nodes), which TensorRT's implicit INT8 asks ranges for; their histogram is their values.
+    Aliases (Reshape, Transpose ...) and zero pads get their histograms from their inputs' without
+    being run out of ONNX Runtime (:mod:`trtcal.derived`; the same counts); ``expose_all`` runs
+    every tensor out instead.
     """
     from trtcal.runner import Runner
 
@@ -117,7 +120,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         raise TrtcalError("no calibration data: give --data PATH (or --random for a smoke test with fake data)")
     if memory_budget_mb <= 0:
         raise TrtcalError(f"--memory-budget {memory_budget_mb:g}: must be > 0")
-    runner = Runner(model, threads=threads, include_constants=include_constants)
+    runner = Runner(model, threads=threads, include_constants=include_constants, derive=not expose_all)
     auto = None
     scripted = data is not None and is_loader_script(data)  # a loader script makes its own batches
     if batch_size is None and not random and not scripted and not {i.fixed_batch for i in runner.inputs} - {None}:
@@ -157,6 +160,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     thread = threading.Thread(target=worker, name="trtcal-histograms", daemon=True)
     thread.start()
     batches = 0
+    padded: dict[str, int] = {}  # derived pad -> zeros it added over all batches
     try:
         with Progress(total, "calibrating", enabled=progress) as bar:
             for index, batch in enumerate(source):
@@ -165,6 +169,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
                 batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
                 checks.observe(index, batch)
                 work.put(list(runner.run(batch)))
+                for name, zeros in runner.last_padding.items():
+                    padded[name] = padded.get(name, 0) + zeros
                 batches += 1
                 bar.update()
                 if failure:
@@ -177,6 +183,10 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     if batches == 0:
         raise TrtcalError(f"{source.description}: produced no batches")
 
+    for name, d in runner.plan.derived.items():  # graph order: an alias of an alias finds its source
+        if d.source in histograms:
+            histograms[name] = histograms[d.source].copy().add_zeros(padded.get(name, 0))
+            histograms[name].name = name
     for name, value in runner.plan.constants.items():  # the same values every batch: counted once
         histograms[name] = Histogram(bins=bins, growth=growth, name=name).update(value)
     histograms = {n: histograms[n] for n in runner.plan.calibrated if n in histograms}  # graph order
@@ -205,6 +215,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         "bins": bins,
         "batch_size": batch_size,
         "constants": list(runner.plan.constants),
+        "derived": {name: d.source for name, d in runner.plan.derived.items()},
     }
     if auto is not None:
         metadata["batch_size_auto"] = {"budget_mb": memory_budget_mb, "bytes_per_sample": auto[1]}

@@ -137,7 +137,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(args.model, args.data, algorithm="entropy2" if eq else args.algorithm,
                        batch_size=args.batch_size, max_batches=args.max_batches, trt_version=version,
                        preprocess=preprocess, random=args.random, progress=False if args.quiet else None,
-                       memory_budget_mb=args.memory_budget, include_constants=args.include_constants, **options)
+                       memory_budget_mb=args.memory_budget, include_constants=args.include_constants,
+                       expose_all=args.expose_all, **options)
     if eq:
         _apply_eq(args, result, preprocess, version)
     result.cache.write(out, force=args.force, inputs=[args.model])
@@ -210,6 +211,9 @@ def register(sub) -> None:
     p.add_argument("--include-constants", action="store_true",
                    help="also calibrate the constant (weight) inputs of MatMul, which TensorRT's implicit INT8 "
                         "wants ranges for (transformers)")
+    p.add_argument("--expose-all", action="store_true",
+                   help="run every tensor out of ONNX Runtime, even aliases (Reshape, Transpose ...) and zero pads, "
+                        "whose histograms are otherwise derived from their inputs' (same result, slower)")
     add_algorithm_args(p, with_eq=True)
     p.add_argument("--eq-samples", type=int, default=64, help="for --algorithm eq: samples for the layer search "
                    "(default %(default)s)")
