@@ -78,3 +78,57 @@ def test_json_with_an_all_zero_tensor(tmp_path):
     assert rc == 0, err
     (row,) = json.loads(out)["tensors"]
     assert row["bits"] == 4 and row["sqnr_db"]["4"] == "inf"
+
+
+def test_stored_ranges_round_up_to_what_the_target_stores():
+    from trtcal.bitwidth import BitChoice, stored_ranges
+
+    data = tensors()
+    hists = {n: Histogram(name=n).update(x) for n, x in data.items()}
+    amax6 = thresholds.compute("mse", hists["normal"], bits=6).amax
+    choices = [BitChoice("normal", 6, amax6), BitChoice("laplace", 16, 1.0), BitChoice("relu", "float", None)]
+    ranges, floats = stored_ranges(choices, hists, (4, 8, 16), method="mse")
+    # 6 bits is stored as 8, with the 8-bit threshold (less clipping than the 6-bit one)
+    assert ranges["normal"].bits == 8 and ranges["normal"].amax == thresholds.compute("mse", hists["normal"], bits=8).amax
+    assert ranges["normal"].amax > amax6 and ranges["normal"].low < 0
+    assert ranges["laplace"].bits == 16 and ranges["laplace"].amax == 1.0  # stored as chosen: its own threshold
+    assert floats == {"relu": "no width meets the target SQNR"}
+    ranges, floats = stored_ranges([BitChoice("laplace", 16, 1.0), BitChoice("relu", 4, 2.0)], hists, (8,))
+    assert "16-bit, wider than the target stores (8-bit)" in floats["laplace"]
+    relu = ranges["relu"]  # one-sided values: [0, amax], at the 8-bit threshold of entropy2
+    assert relu.low == 0 and relu.bits == 8 and relu.high == thresholds.compute("entropy2", hists["relu"], bits=8).amax
+
+
+def test_cli_writes_the_qdq_model_at_the_chosen_widths(tmp_path):
+    from pathlib import Path
+
+    import onnx
+
+    import trtcal
+    from trtcal.evaluate import evaluate
+
+    examples = Path(__file__).resolve().parents[1] / "trtcal" / "examples"
+    model, calib, ev = examples / "fashion_cnn.onnx", examples / "fashion_calib.npz", examples / "fashion_eval.npz"
+    stats = tmp_path / "s.npz"
+    save_stats(stats, trtcal.calibrate(model, calib, progress=False).histograms)
+    out = {}
+    for target, sqnr in (("onnxruntime", 45), ("tensorrt", 45), ("onnxruntime", 35)):
+        path = tmp_path / f"{target}_{sqnr}.onnx"
+        rc, text, err = run_cli("bits", model, "--stats", stats, "--target-sqnr", sqnr, "--bits", "4,8,16",
+                                "--algorithm", "mse", "--qdq", path, "--target", target, "--json")
+        assert rc == 0, err
+        doc = json.loads(text)
+        chosen = {t["tensor"]: t["bits"] for t in doc["tensors"]}
+        stored = doc["qdq"]["stored"]
+        for name, dtype in stored.items():  # each quantized activation at the smallest stored width >= its choice
+            want = 8 if target == "tensorrt" else next(w for w in (4, 8, 16) if w >= chosen[name])
+            assert dtype.lstrip("u") == f"int{want}", (name, chosen[name], dtype)
+        if target == "tensorrt":  # the 16-bit choices stay in float
+            assert doc["qdq"]["float_tensors"] and all(chosen[n] == 16 for n in doc["qdq"]["float_tensors"])
+        m = onnx.load(str(path))
+        onnx.checker.check_model(m, full_check=True)
+        out[(target, sqnr)] = evaluate(model, path, ev, per_tensor=False, progress=False).outputs[0].sqnr_db
+    # 16-bit activations where 8 bits miss 45 dB: better than the all-8-bit model of the 35 dB target
+    assert out[("onnxruntime", 45)] > out[("onnxruntime", 35)] + 2
+    rc, _, err = run_cli("bits", "--stats", stats, "--target-sqnr", "30", "--qdq", tmp_path / "x.onnx")
+    assert rc == 2 and "--qdq needs the MODEL" in err and not (tmp_path / "x.onnx").exists()

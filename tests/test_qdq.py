@@ -810,3 +810,44 @@ def test_rtx_would_read_uint8_as_int8_so_the_tensorrt_target_never_writes_it(tmp
     write_qdq(MODEL, from_thresholds(cal.thresholds, cal.histograms), target="onnxruntime").save(path)
     _, warnings, _ = rtx_build(path, FASHION_SHAPES)
     assert any("UINT8" in w and "Defaulting to INT8" in w for w in warnings)
+
+
+# ---------------------------------------------------------------------- 4- and 16-bit activations (ONNX Runtime)
+
+
+@pytest.mark.parametrize(("bits", "qmin", "qmax", "dtype"), [(16, -32768, 32767, "int16"), (4, -8, 7, "int4")])
+def test_narrow_and_wide_activations_for_onnxruntime(bits, qmin, qmax, dtype):
+    w = channel_scaled((4, 3, 3, 3), 0)
+    model = make_model([helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+                       [vi("x", [2, 3, 6, 6])], [vi("y", [2, 4, 6, 6])], [init("W", w)])
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    amax = float(np.abs(x).max()) * 0.7
+    res = write_qdq(model, {"x": Range.symmetric(amax, bits=bits)}, target="onnxruntime")
+    assert res.opset == 21 and res.converted_from == 17 and any("opset 17 to 21" in w for w in res.warnings)
+    (act,) = res.activations
+    scale = np.float32(amax / (2 ** (bits - 1) - 1))
+    assert act.dtype == dtype and np.float32(act.scale) == scale
+    q = next(n for n in res.model.graph.node if n.op_type == "QuantizeLinear")
+    zp = next(t for t in res.model.graph.initializer if t.name == q.input[2])
+    assert zp.data_type == {16: TensorProto.INT16, 4: TensorProto.INT4}[bits]
+    # the reference: the FP32 conv on the input fake-quantized over the type's codes, int8 weights
+    ref = run(with_weights(model, W=ref_weight(w, 0)), {"x": fq(x, scale, qmin, qmax)})[0]
+    got = run(res.model, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+    back = read_qdq_scales(res.model).entry("x")
+    assert back.amax == pytest.approx(float(scale) * qmax, rel=1e-6)  # symmetric: amax = qmax * scale
+
+
+def test_one_sided_16_bit_is_uint16_and_tensorrt_refuses_other_widths():
+    model = onnx.load(str(MODEL))
+    r = Range(0.0, 5.0, 16, "test")
+    pool = "/pool1/MaxPool_output_0"  # the input of conv2
+    res = write_qdq(model, {"images": 2.0, pool: r}, target="onnxruntime")
+    acts = {q.name: q for q in res.activations}
+    assert acts[pool].dtype == "uint16" and acts["images"].dtype == "int8"
+    assert acts[pool].scale == pytest.approx(5.0 / 65535, rel=1e-7)
+    assert read_qdq_scales(res.model).entry(pool).amax == pytest.approx(5.0, rel=1e-6)
+    with pytest.raises(TrtcalError, match=r"16-bit range; TensorRT's Q/DQ is int8 only"):
+        write_qdq(model, {"images": Range.symmetric(2.0, bits=16)})
+    with pytest.raises(TrtcalError, match=r"6-bit range; target onnxruntime stores 4, 8, 16-bit"):
+        write_qdq(model, {"images": Range.symmetric(2.0, bits=6)}, target="onnxruntime")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from trtcal import thresholds
 from trtcal.histogram import Histogram
 from trtcal.metrics import sqnr_db
+from trtcal.ranges import Range
 
 FLOAT = "float"
 
@@ -54,3 +55,31 @@ def choose_bits(histograms: dict[str, Histogram], target_db: float, widths: list
                 break
         out.append(BitChoice(name, chosen[0], chosen[1], measured))
     return out
+
+
+def stored_ranges(choices: list[BitChoice], histograms: dict[str, Histogram], widths: tuple[int, ...], *,
+                  method: str = "entropy2", **options) -> tuple[dict[str, Range], dict[str, str]]:
+    """What a runtime that stores activations at ``widths`` (e.g. (8,) for TensorRT, (4, 8, 16)
+    for ONNX Runtime) can do with ``choices``: each tensor at the smallest stored width at least
+    its chosen one, with the threshold recomputed at that width (a wider code needs less
+    clipping), one-sided ([0, amax]) where its values never go below 0. Returns ``(ranges,
+    float_tensors)``: tensors that stay in float (chosen float, or wider than any stored
+    width), with the reason."""
+    ranges: dict[str, Range] = {}
+    floats: dict[str, str] = {}
+    for c in choices:
+        if c.bits == FLOAT:
+            floats[c.tensor] = "no width meets the target SQNR"
+            continue
+        stored = next((w for w in sorted(widths) if w >= c.bits), None)
+        if stored is None:
+            floats[c.tensor] = f"{c.bits}-bit, wider than the target stores ({', '.join(map(str, widths))}-bit)"
+            continue
+        hist = histograms[c.tensor]
+        amax = c.amax if stored == c.bits else thresholds.compute(method, hist, bits=stored, **options).amax
+        source = f"bits {c.bits}" + (f" stored as {stored}" if stored != c.bits else "")
+        if hist.count > 0 and hist.min >= 0 and amax > 0:
+            ranges[c.tensor] = Range(0.0, float(amax), stored, source)
+        else:
+            ranges[c.tensor] = Range.symmetric(float(amax), bits=stored, source=source)
+    return ranges, floats

@@ -22,7 +22,10 @@ into each consumer it fuses with (see docs/qdq.md). The graph keeps its node nam
 nodes get unique names derived from the tensor (``<tensor>_QuantizeLinear``).
 
 Targets: ``tensorrt`` (int8, zero point 0 everywhere) and ``onnxruntime`` (the same placement;
-one-sided ranges, ``min >= 0``, get uint8 with zero point 0 and scale ``max / 255``).
+one-sided ranges, ``min >= 0``, get uint8 with zero point 0 and scale ``max / 255``). For
+ONNX Runtime an activation range may also be 4 or 16 bits wide (``Range.bits``, as chosen by
+``trtcal bits``): int4/uint4 or int16/uint16 Q/DQ (opset 21; the model is converted), scale
+``amax / (2**(bits-1) - 1)`` (``max / (2**bits - 1)`` unsigned).
 
 Models below opset 13 (no per-axis Q/DQ) are converted with ONNX's version converter first, or
 refused when it fails. The output passes ``onnx.checker`` and loads in ONNX Runtime, or
@@ -57,6 +60,15 @@ EXCLUDABLE_OPS = QUANTIZED_OPS + ("Add",)
 TARGETS = ("tensorrt", "onnxruntime")
 #: Per-axis QuantizeLinear/DequantizeLinear (per-channel weights) exist from opset 13 on.
 MIN_OPSET = 13
+#: 4- and 16-bit QuantizeLinear/DequantizeLinear exist from opset 21 on.
+NARROW_WIDE_OPSET = 21
+#: Activation widths each target stores.
+TARGET_WIDTHS = {"tensorrt": (8,), "onnxruntime": (4, 8, 16)}
+#: (bits, unsigned) -> (dtype name, onnx.TensorProto element type) of an activation's Q/DQ.
+_ACT_TYPES = {(8, False): ("int8", 3), (8, True): ("uint8", 2), (16, False): ("int16", 5), (16, True): ("uint16", 4),
+              (4, False): ("int4", 22), (4, True): ("uint4", 21)}
+#: element type -> (qmin, qmax), for reading scales back
+_CODE_RANGES = {3: (-128, 127), 2: (0, 255), 5: (-32768, 32767), 4: (0, 65535), 22: (-8, 7), 21: (0, 15)}
 #: The key of the model metadata entry recording how the Q/DQ model was made.
 METADATA_KEY = "trtcal.qdq"
 
@@ -143,24 +155,24 @@ def default_opset(model) -> int | None:
     return None
 
 
-def _convert_opset(model, where: str) -> tuple[object, int]:
+def _convert_opset(model, where: str, need: int = MIN_OPSET, why: str = "per-channel Q/DQ") -> tuple[object, int]:
     import onnx
     from onnx import version_converter
 
     opset = default_opset(model)
     if opset is None:
         raise TrtcalError(f"{where}: the model imports no default ONNX opset")
-    if opset >= MIN_OPSET:
+    if opset >= need:
         return model, opset
     try:
-        converted = version_converter.convert_version(model, MIN_OPSET)
+        converted = version_converter.convert_version(model, need)
         onnx.checker.check_model(converted, full_check=True)
     except Exception as exc:
         message = " ".join(str(exc).split())
         message = re.sub(r"^\S+:\d+: \w+: (Assertion `.*?` failed: )?", "", message)[:200]
-        raise TrtcalError(f"{where}: opset {opset} has no per-channel Q/DQ (needs opset {MIN_OPSET}) and ONNX's "
+        raise TrtcalError(f"{where}: opset {opset} has no {why} (needs opset {need}) and ONNX's "
                           f"version converter cannot convert it ({type(exc).__name__}: {message}); "
-                          f"export the model at opset {MIN_OPSET} or later") from None
+                          f"export the model at opset {need} or later") from None
     return converted, opset
 
 
@@ -493,10 +505,11 @@ def _apply(g: _Graph, plan: _Plan) -> list[QuantizedTensor]:
 
     for name, a in plan.acts.items():
         scale = a.range.scale(unsigned=a.unsigned)
+        dtype, elem = _ACT_TYPES[(a.range.bits, a.unsigned)]
         s_name, z_name = names.fresh(f"{name}_scale"), names.fresh(f"{name}_zero_point")
         q_out, dq_out = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_dequantized")
         new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
-        new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.uint8 if a.unsigned else np.int8), z_name))
+        new_inits.append(helper.make_tensor(z_name, elem, [], [0]))
         q = helper.make_node("QuantizeLinear", [name, s_name, z_name], [q_out], name=names.fresh(f"{name}_QuantizeLinear"))
         dq = helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
                               name=names.fresh(f"{name}_DequantizeLinear"))
@@ -504,7 +517,7 @@ def _apply(g: _Graph, plan: _Plan) -> list[QuantizedTensor]:
         (after.setdefault(p, []) if p is not None else at_start).extend([q, dq])
         for use in a.uses:
             rewire[use] = dq_out
-        quantized.append(QuantizedTensor(name, "activation", "uint8" if a.unsigned else "int8", float(scale),
+        quantized.append(QuantizedTensor(name, "activation", dtype, float(scale),
                                          consumers=a.consumers, source=a.range.source,
                                          amax=float(a.range.high if a.unsigned else a.range.amax)))
 
@@ -549,11 +562,14 @@ def _apply(g: _Graph, plan: _Plan) -> list[QuantizedTensor]:
     return quantized
 
 
-def _ranges_of(ranges) -> tuple[dict[str, Range], str | None]:
+def _ranges_of(ranges, target: str) -> tuple[dict[str, Range], str | None]:
     if isinstance(ranges, CalibrationCache):
         return from_cache(ranges), ranges.header_text
     if isinstance(ranges, Mapping):
-        return coerce(ranges), None
+        widths = TARGET_WIDTHS[target]
+        why = ("TensorRT's Q/DQ is int8 only (leave the tensor in float instead)" if target == "tensorrt" else
+               f"target {target} stores {', '.join(map(str, widths))}-bit activations")
+        return coerce(ranges, widths=widths, why=why), None
     raise TrtcalError(f"ranges must be a CalibrationCache or a dict of tensor -> amax, not {type(ranges).__name__}")
 
 
@@ -584,7 +600,7 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     for op in exclude_ops:
         if op not in EXCLUDABLE_OPS:
             raise TrtcalError(f"exclude op {op!r}: the Q/DQ writer quantizes {', '.join(EXCLUDABLE_OPS)} only")
-    ranges, header = _ranges_of(ranges)
+    ranges, header = _ranges_of(ranges, target)
     if not ranges:
         raise TrtcalError("no ranges given: the cache or statistics hold no tensor")
 
@@ -595,12 +611,15 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:
         raise TrtcalError(f"{where}: onnx.checker rejects the input model: {' '.join(str(exc).split())[:200]}") from None
-    model, opset_in = _convert_opset(model, where)
+    narrow_wide = sorted({r.bits for r in ranges.values()} - {8})
+    need, why = ((NARROW_WIDE_OPSET, f"{'- and '.join(map(str, narrow_wide))}-bit Q/DQ") if narrow_wide
+                 else (MIN_OPSET, "per-channel Q/DQ"))
+    model, opset_in = _convert_opset(model, where, need, why)
     warnings: list[str] = []
-    converted_from = opset_in if opset_in < MIN_OPSET else None
+    converted_from = opset_in if opset_in < need else None
     if converted_from is not None:
-        warnings.append(f"converted the model from opset {converted_from} to {MIN_OPSET} (per-channel Q/DQ needs "
-                        f"{MIN_OPSET}) with ONNX's version converter")
+        warnings.append(f"converted the model from opset {converted_from} to {need} ({why} needs "
+                        f"{need}) with ONNX's version converter")
 
     g = _Graph(model, where)
     unknown = [n for n in ranges if n not in g.known]
@@ -667,8 +686,9 @@ def read_qdq_scales(model) -> CalibrationCache:
 
     Every QuantizeLinear on an activation with a per-tensor scale gives one entry, named after
     the quantized tensor, in graph order (the first Q of a tensor wins). An int8 zero-point-0
-    scale is kept bit for bit; a uint8 one (zero point 0) becomes ``amax = 255 * scale``; other
-    zero points give ``amax = scale * max(|qmin - zp|, |qmax - zp|)``. Weights are not activations
+    scale is kept bit for bit; other signed types with zero point 0 (int4, int16) give
+    ``amax = qmax * scale``; a uint8 one (zero point 0) becomes ``amax = 255 * scale`` (uint4,
+    uint16 alike); other zero points give ``amax = scale * max(|qmin - zp|, |qmax - zp|)``. Weights are not activations
     and are left out. A model written by :func:`write_qdq` from a cache carries that cache's
     header in its metadata, which the result keeps.
     """
@@ -697,19 +717,31 @@ def read_qdq_scales(model) -> CalibrationCache:
         scale = _scalar(model, node.input[1], inits, constants)
         if scale is None or scale.size != 1:
             continue
-        zp = _scalar(model, node.input[2], inits, constants) if len(node.input) > 2 and node.input[2] else None
-        z = 0 if zp is None else int(np.asarray(zp).reshape(-1)[0])
-        unsigned = zp is None or zp.dtype == np.uint8
+        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        zp = _scalar(model, zp_name, inits, constants) if zp_name else None
+        z = 0 if zp is None else int(np.asarray(zp).astype(np.int64).reshape(-1)[0])
+        elem = 2 if zp is None else _elem_type(zp_name, inits, constants)  # no zero point: uint8
         s = np.float32(np.asarray(scale).reshape(-1)[0])
-        if not unsigned and z == 0:
+        if elem == 3 and z == 0:  # int8, zero point 0: the cache's own scale, bit for bit
             bits = int(np.array([s], dtype=np.float32).view(np.uint32)[0])
-        else:
-            qmin, qmax = (0, 255) if unsigned else (-128, 127)
-            amax = float(s) * max(abs(qmin - z), abs(qmax - z))
+        elif elem in _CODE_RANGES:
+            qmin, qmax = _CODE_RANGES[elem]
+            # signed with zero point 0: symmetric, amax = scale * qmax (as it was written)
+            amax = float(s) * (qmax if qmin < 0 and z == 0 else max(abs(qmin - z), abs(qmax - z)))
             bits = float_to_bits(amax / 127.0)
+        else:
+            continue  # a float8 or other exotic Q: no int8 range to give
         seen.add(name)
         cache.entries.append(CacheEntry(name, bits))
     return cache
+
+
+def _elem_type(name: str, inits: dict, constants: dict) -> int:
+    """The ONNX element type of a constant tensor (initializer or Constant node's value)."""
+    if name in inits:
+        return int(inits[name].data_type)
+    attr = next((a for a in constants[name].attribute if a.name == "value"), None)
+    return int(attr.t.data_type) if attr is not None else 0
 
 
 def _is_proto(model) -> bool:

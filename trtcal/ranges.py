@@ -107,8 +107,10 @@ class Range:
 RangeLike = Range | float | int
 
 
-def coerce(ranges: Mapping[str, RangeLike], source: str = "given") -> dict[str, Range]:
-    """``{name: amax or Range}`` -> ``{name: Range}``; a plain number is a symmetric amax."""
+def coerce(ranges: Mapping[str, RangeLike], source: str = "given", *, widths=(8,),
+           why: str = "only 8-bit ranges are supported here") -> dict[str, Range]:
+    """``{name: amax or Range}`` -> ``{name: Range}``; a plain number is a symmetric amax. A
+    Range whose width is not in ``widths`` is an error, ``why`` saying what is supported."""
     out: dict[str, Range] = {}
     for name, value in ranges.items():
         if not isinstance(name, str) or not name:
@@ -119,8 +121,8 @@ def coerce(ranges: Mapping[str, RangeLike], source: str = "given") -> dict[str, 
             out[name] = Range.symmetric(float(value), source=source)
         else:
             raise TrtcalError(f"tensor {name!r}: range {value!r} is neither an amax nor a Range")
-        if out[name].bits != 8:
-            raise TrtcalError(f"tensor {name!r}: {out[name].bits}-bit range; only 8-bit ranges are supported here")
+        if out[name].bits not in widths:
+            raise TrtcalError(f"tensor {name!r}: {out[name].bits}-bit range; {why}")
     return out
 
 

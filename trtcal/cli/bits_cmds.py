@@ -26,12 +26,19 @@ def cmd_bits(args: argparse.Namespace) -> int:
     from trtcal.stats import load_stats
 
     widths = _widths(args.bits)
-    if args.output:
-        fileio.check_output(args.output, force=args.force, inputs=[args.stats])
+    if args.qdq and not args.model:
+        raise TrtcalError("--qdq needs the MODEL the statistics were collected on")
+    for out in (args.output, args.qdq):
+        if out:
+            fileio.check_output(out, force=args.force, inputs=[args.stats] + ([args.model] if args.model else []))
     histograms, _ = load_stats(args.stats)
     choices = choose_bits(histograms, args.target_sqnr, widths, method=args.method)
     doc = {"target_sqnr_db": args.target_sqnr, "widths": widths, "algorithm": args.method,
            "tensors": [c.to_dict() for c in choices]}
+    qdq = _write_qdq(args, choices, histograms) if args.qdq else None
+    if qdq is not None:
+        doc["qdq"] = {"path": args.qdq, "target": args.target, "opset": qdq.opset,
+                      "stored": {q.name: q.dtype for q in qdq.activations}, "float_tensors": qdq.float_tensors}
     if args.output:
         import json
 
@@ -48,9 +55,32 @@ def cmd_bits(args: argparse.Namespace) -> int:
     counts = Counter(c.bits for c in choices)
     parts = [f"{counts[w]} x {w}-bit" for w in widths if counts[w]] + ([f"{counts[FLOAT]} float"] if counts[FLOAT] else [])
     print(f"target {args.target_sqnr:g} dB ({args.method}): " + ", ".join(parts))
-    if args.output:
-        print(f"wrote {args.output}")
+    if qdq is not None:
+        stored = Counter(q.dtype for q in qdq.activations)
+        print(f"{args.qdq} ({args.target}, opset {qdq.opset}): activations " +
+              ", ".join(f"{n} x {d}" for d, n in sorted(stored.items())) +
+              f"; {len(qdq.float_tensors)} tensors in float, {len(qdq.float_nodes)} nodes in float")
+    for out in (args.output, args.qdq):
+        if out:
+            print(f"wrote {out}")
     return 0
+
+
+def _write_qdq(args, choices, histograms):
+    """The Q/DQ model with each activation at the width the target stores for its choice."""
+    from trtcal.bitwidth import stored_ranges
+    from trtcal.qdq import TARGET_WIDTHS, write_qdq
+
+    ranges, floats = stored_ranges(choices, histograms, TARGET_WIDTHS[args.target], method=args.method)
+    if not ranges:
+        raise TrtcalError(f"--qdq: no tensor can be quantized at {args.target_sqnr:g} dB with the widths "
+                          f"{args.target} stores; lower --target-sqnr")
+    result = write_qdq(args.model, ranges, target=args.target)
+    for name, why in floats.items():
+        if name in result.float_tensors:
+            result.float_tensors[name] = why
+    result.save(args.qdq, force=args.force, inputs=[args.model, args.stats])
+    return result
 
 
 def register(sub) -> None:
@@ -61,13 +91,20 @@ def register(sub) -> None:
                                    "symmetric quantization (threshold from --algorithm at that width) keeps the "
                                    "tensor's SQNR at or above --target-sqnr, estimated from the histogram; tensors "
                                    "that meet it at no width stay in float.")
-    p.add_argument("model", nargs="?", help="the ONNX model (optional; for the record)")
+    p.add_argument("model", nargs="?", help="the ONNX model (needed for --qdq; otherwise for the record)")
     p.add_argument("--stats", required=True, help="statistics (.npz) from trtcal calibrate --stats")
     p.add_argument("--target-sqnr", type=float, required=True, metavar="DB", help="per-tensor SQNR to meet, in dB")
     p.add_argument("--bits", default="4,6,8,16", help="candidate widths, smallest first (default %(default)s)")
     p.add_argument("--algorithm", dest="method", default="entropy2", choices=list(thresholds.METHODS),
                    help="threshold method (default %(default)s)")
     p.add_argument("-o", "--output", help="write {tensor: bits or 'float'} as JSON")
+    p.add_argument("--qdq", metavar="OUT.onnx",
+                   help="also write MODEL as a Q/DQ model with these widths: each activation at the smallest width "
+                        "the --target stores that is at least its choice (threshold recomputed there), float where "
+                        "none is")
+    p.add_argument("--target", choices=["tensorrt", "onnxruntime"], default="onnxruntime",
+                   help="for --qdq: tensorrt stores int8 only (wider choices stay float); onnxruntime stores "
+                        "int4/int8/int16 (uint for one-sided tensors) at opset 21 (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     add_json(p)
     p.set_defaults(func=cmd_bits)
