@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from trtcal.errors import TrtcalError
 
 #: Default size limit for text inputs (calibration caches, tables, overrides). The largest real
@@ -101,4 +103,39 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, force: bool = Fa
         if isinstance(exc, OSError):
             raise TrtcalError(f"{out}: cannot write: {exc.strerror or exc}") from None
         raise
+    return out
+
+
+def write_npz_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, force: bool = False,
+                     inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Named numeric arrays as a compressed .npz, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return atomic_write(path, buf.getvalue(), force=force, inputs=inputs)
+
+
+def read_npz_arrays(path: str | os.PathLike, *, what: str = "weight scales file") -> dict[str, np.ndarray]:
+    """Named float arrays from a .npz (no pickles); anything else is a one-line TrtcalError."""
+    import io
+    import zipfile
+
+    data = read_bytes(path, max_bytes=2 * 1024**3, what=what)
+    try:
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise TrtcalError(f"{path}: not a {what} (.npz): {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise TrtcalError(f"{path}: not a {what} (a single .npy array, expected .npz)")
+    out: dict[str, np.ndarray] = {}
+    with npz:
+        for key in npz.files:
+            try:
+                arr = npz[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise TrtcalError(f"{path}: array {key!r}: {' '.join(str(exc).split())[:200]}") from None
+            if arr.dtype.kind != "f":
+                raise TrtcalError(f"{path}: array {key!r} is {arr.dtype}, expected floats")
+            out[key] = arr
     return out

@@ -261,13 +261,17 @@ def _subgraph_inputs(model) -> set[str]:
     return names
 
 
-def per_channel_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+def per_channel_int8(w: np.ndarray, axis: int | None, amax: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
     """Symmetric int8 weights: ``(q, scale, zero_channels)``, ``scale = max|w| / 127`` per slice
-    along ``axis`` (float32, computed in double and rounded once), or per tensor for ``axis=None``.
+    along ``axis`` (float32, computed in double and rounded once), or per tensor for ``axis=None``;
+    ``amax`` (one per slice) replaces max|w| (e.g. from :func:`trtcal.weight_scales.channel_amax`).
     An all-zero (or denormal) slice gets scale 1 and codes 0. ``q = clip(rint(w / scale), -127, 127)``
     in float32, rounding half to even as QuantizeLinear does."""
     w = np.asarray(w, dtype=np.float32)
-    if axis is None:
+    if amax is not None:
+        m = np.asarray(amax, dtype=np.float64).reshape(-1)
+    elif axis is None:
         m = np.max(np.abs(w), keepdims=False).reshape(1) if w.size else np.zeros(1, np.float32)
     else:
         reduce = tuple(i for i in range(w.ndim) if i != axis)
@@ -490,7 +494,24 @@ def _plan(g: _Graph, ranges: dict[str, Range], unsigned: bool, excluded: dict[in
     return plan
 
 
-def _apply(g: _Graph, plan: _Plan) -> list[QuantizedTensor]:
+def _weight_amax(wp: _WeightPlan, method: str, given: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """Per-channel amax of a planned weight: given as scales (``amax = 127 * scale``), or by ``method``."""
+    from trtcal.weight_scales import channel_amax
+
+    channels = 1 if wp.axis is None else wp.array.shape[wp.axis]
+    if wp.name in given:
+        scale = np.asarray(given[wp.name], dtype=np.float64).reshape(-1)
+        if scale.size != channels:
+            raise TrtcalError(f"weight {wp.name!r}: {scale.size} scales given for {channels} channels "
+                              f"(axis {wp.axis})")
+        if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+            raise TrtcalError(f"weight {wp.name!r}: given scales must be finite and >= 0")
+        return scale * 127.0, "weights:given"
+    return channel_amax(wp.array, wp.axis, method), f"weights:{method}"
+
+
+def _apply(g: _Graph, plan: _Plan, weight_method: str = "max",
+           weight_scales: Mapping[str, np.ndarray] | None = None) -> list[QuantizedTensor]:
     """Insert the planned Q/DQ nodes; keep every other node, its name and its place."""
     from onnx import helper, numpy_helper
 
@@ -525,7 +546,8 @@ def _apply(g: _Graph, plan: _Plan) -> list[QuantizedTensor]:
     for name, _axis in plan.weights:
         axes_of[name] = axes_of.get(name, 0) + 1
     for (name, axis), wp in plan.weights.items():
-        qw, scale, zero = per_channel_int8(wp.array, axis)
+        amax, how = _weight_amax(wp, weight_method, weight_scales or {})
+        qw, scale, zero = per_channel_int8(wp.array, axis, amax)
         base = name if axes_of[name] == 1 else f"{name}_axis{axis}"
         qw_name, s_name = names.fresh(f"{base}_quantized"), names.fresh(f"{base}_scale")
         z_name, dq_out = names.fresh(f"{base}_zero_point"), names.fresh(f"{base}_dequantized")
@@ -538,7 +560,7 @@ def _apply(g: _Graph, plan: _Plan) -> list[QuantizedTensor]:
             rewire[use] = dq_out
         quantized.append(QuantizedTensor(name, "weight", "int8", None if axis is not None else float(scale),
                                          axis=axis, channels=0 if axis is None else int(scale.size),
-                                         zero_channels=zero, consumers=wp.consumers, source="weights"))
+                                         zero_channels=zero, consumers=wp.consumers, source=how))
 
     for (i, k), new in rewire.items():
         g.nodes[i].input[k] = new
@@ -575,14 +597,18 @@ def _ranges_of(ranges, target: str) -> tuple[dict[str, Range], str | None]:
 
 def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
               exclude_ops: Iterable[str] = (), unsigned: bool | None = None,
-              check_onnxruntime: bool = True) -> QdqResult:
+              check_onnxruntime: bool = True, weight_method: str = "max",
+              weight_scales: Mapping[str, np.ndarray] | None = None) -> QdqResult:
     """Insert Q/DQ into ``model`` (an FP32 ONNX ``ModelProto`` or a path) by TensorRT's rules.
 
     ``ranges``: a :class:`~trtcal.cache.CalibrationCache`, or ``{tensor: amax | Range}``.
     ``target``: ``"tensorrt"`` (int8, zero point 0) or ``"onnxruntime"`` (``unsigned``, default
     true there, gives one-sided ranges uint8 with zero point 0). ``exclude_nodes``: globs over
     node names (each must match a node); ``exclude_ops``: op types left in float (Conv,
-    ConvTranspose, Gemm, MatMul, and Add for the residual rule).
+    ConvTranspose, Gemm, MatMul, and Add for the residual rule). ``weight_method``: how weight
+    channels get their range, ``"max"`` (max|w|) or ``"mse"`` (:mod:`trtcal.weight_scales`);
+    ``weight_scales``: ``{weight initializer: per-channel scales}`` that take precedence (e.g.
+    EQ's); a name that is no quantized weight is an error.
 
     Returns a :class:`QdqResult`; the input model is not modified. Raises
     :class:`~trtcal.errors.TrtcalError` for a model or ranges it cannot use.
@@ -635,7 +661,15 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
         reasons = "; ".join(f"{n}: {why}" for n, why in list(plan.float_nodes.items())[:3])
         raise TrtcalError(f"{where}: nothing to quantize" + (f" ({reasons})" if reasons else
                           " (no Conv, ConvTranspose, Gemm or MatMul node)"))
-    quantized = _apply(g, plan)
+    from trtcal.weight_scales import WEIGHT_METHODS
+
+    if weight_method not in WEIGHT_METHODS:
+        raise TrtcalError(f"weight method {weight_method!r}: choose from {', '.join(WEIGHT_METHODS)}")
+    stray = sorted(set(weight_scales or {}) - {name for name, _axis in plan.weights})
+    if stray:
+        raise TrtcalError(f"weight scales given for {len(stray)} tensor(s) that are no quantized weight of {where}, "
+                          f"e.g. {stray[0]!r}")
+    quantized = _apply(g, plan, weight_method, weight_scales)
 
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:

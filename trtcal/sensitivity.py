@@ -55,14 +55,15 @@ def _score(model, batches, refs) -> tuple[float, float | None]:
 
 
 def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, target: str = "tensorrt",
-            greedy: bool = False, progress=None) -> tuple[Sensitivity, object]:
+            greedy: bool = False, progress=None, **qdq_options) -> tuple[Sensitivity, object]:
     """Leave-one-out sensitivity of every quantized activation; returns it and the Q/DQ result
     with the ``max_float`` most harmful tensors left in float (only those that gain).
 
     ``greedy``: instead of taking the top of the leave-one-out ranking, pick one tensor at a time,
     each time the one (among the ``3 * max_float`` best ranked) whose fallback, together with the
     ones already picked, gains most; stop when none gains. Costs about ``3 * max_float**2`` more
-    evaluations; catches tensors whose errors interact.
+    evaluations; catches tensors whose errors interact. ``qdq_options`` go to every
+    :func:`~trtcal.qdq.write_qdq` (e.g. ``weight_method``).
     """
     from trtcal.model import load_model
     from trtcal.qdq import write_qdq
@@ -78,13 +79,13 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     ref_session = _session(model)
     names = [o.name for o in ref_session.get_outputs()]
     refs = [ref_session.run(names, b) for b in batches]
-    full = write_qdq(model, ranges, target=target)
+    full = write_qdq(model, ranges, target=target, **qdq_options)
     baseline, agree0 = _score(full.model, batches, refs)
     gains: dict[str, float] = {}
     candidates = [q.name for q in full.activations]
     def score_without(dropped: set[str]) -> float:
         trial = write_qdq(model, {k: v for k, v in ranges.items() if k not in dropped}, target=target,
-                          check_onnxruntime=False)
+                          check_onnxruntime=False, **qdq_options)
         return _score(trial.model, batches, refs)[0]
 
     for name in candidates:
@@ -104,7 +105,8 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
                 break
             chosen.append(best)
             current = trials[best]
-    final = write_qdq(model, {k: v for k, v in ranges.items() if k not in set(chosen)}, target=target)
+    final = write_qdq(model, {k: v for k, v in ranges.items() if k not in set(chosen)}, target=target,
+                      **qdq_options)
     final_db, agree1 = _score(final.model, batches, refs)
     consumers = {q.name: q.consumers for q in full.activations}
     outputs_of = {(n.name or n.output[0]): n.output[0] for n in model.graph.node}

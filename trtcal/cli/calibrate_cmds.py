@@ -128,6 +128,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     fileio.check_output(out, force=args.force, inputs=[args.model])
     fileio.check_output(sidecar_path(out), force=args.force, inputs=[args.model])
+    weights_out = out.with_name(out.name + ".weights.npz")  # EQ's per-channel weight scales
+    if args.algorithm == "eq":
+        fileio.check_output(weights_out, force=args.force, inputs=[args.model])
     if args.stats:
         fileio.check_output(args.stats, force=args.force, inputs=[args.model])
     preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
@@ -139,19 +142,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                        preprocess=preprocess, random=args.random, progress=False if args.quiet else None,
                        memory_budget_mb=args.memory_budget, include_constants=args.include_constants,
                        expose_all=args.expose_all, **options)
-    if eq:
-        _apply_eq(args, result, preprocess, version)
+    weight_scales = _apply_eq(args, result, preprocess, version) if eq else None
+    if weight_scales:
+        result.metadata["eq"]["weight_scales"] = str(weights_out)
     result.cache.write(out, force=args.force, inputs=[args.model])
     write_sidecar(out, result.metadata, force=args.force)
+    if weight_scales:
+        fileio.write_npz_arrays(weights_out, weight_scales, force=args.force, inputs=[args.model])
     if args.stats:
         result.save_stats(args.stats, force=args.force)
     _print_result(result.cache, result.thresholds, result.histograms, out, args.stats, result.skipped,
                   result.warnings, args.json, result.metadata)
+    if weight_scales and not args.json:
+        print(f"wrote {weights_out} (EQ's per-channel weight scales, for trtcal qdq --weight-scales)")
     return 0
 
 
-def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> None:
-    """Refine the entropy2 result in place with EQ on the first --eq-samples samples."""
+def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
+    """Refine the entropy2 result in place with EQ on the first --eq-samples samples; return EQ's
+    per-channel weight scales (weight name -> scales), which the cache cannot hold."""
     from trtcal import eq
     from trtcal.pipeline import ranges_to_cache
     from trtcal.progress import Progress
@@ -173,6 +182,7 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> None:
     result.metadata["eq"] = {"samples": sum(next(iter(b.values())).shape[0] for b in batches),
                              "steps": args.eq_steps,
                              "cosine": {k: [round(a, 6), round(b, 6)] for k, (a, b) in refined.cosines.items()}}
+    return refined.weight_scales
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:

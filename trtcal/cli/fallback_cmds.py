@@ -9,7 +9,7 @@ from trtcal.cli.common import add_json, print_json
 
 def cmd_fallback(args: argparse.Namespace) -> int:
     from trtcal import fileio
-    from trtcal.cli.qdq_cmds import _ranges, apply_overrides
+    from trtcal.cli.qdq_cmds import _ranges, apply_overrides, weight_options
     from trtcal.progress import Progress
     from trtcal.qdq import write_qdq
     from trtcal.runner import first_samples
@@ -22,10 +22,11 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     if args.overrides:
         ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
     batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
-    count = len(write_qdq(args.model, ranges, target=args.target, check_onnxruntime=False).activations)
+    weights = weight_options(args)
+    count = len(write_qdq(args.model, ranges, target=args.target, check_onnxruntime=False, **weights).activations)
     with Progress(count, "leave-one-out", enabled=False if args.quiet else None) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
-                              greedy=args.greedy, progress=bar)
+                              greedy=args.greedy, progress=bar, **weights)
     final.save(args.output, force=args.force, inputs=[args.model])
     if args.list:
         text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"

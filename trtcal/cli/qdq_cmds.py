@@ -80,7 +80,7 @@ def cmd_qdq(args: argparse.Namespace) -> int:
     if args.overrides:
         ranges, override_warnings = apply_overrides(args.model, ranges, args.overrides, args.target)
     result = write_qdq(args.model, ranges, target=args.target, exclude_nodes=args.exclude_nodes or (),
-                       exclude_ops=_split(args.exclude_ops))
+                       exclude_ops=_split(args.exclude_ops), **weight_options(args))
     for w in override_warnings:
         print(f"warning: {w}", file=sys.stderr)
     result.save(args.output, force=args.force, inputs=[args.model, source])
@@ -138,6 +138,22 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
                         "tensors (min >= 0 in --stats)")
     p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (YAML or JSON, see docs/overrides.md), "
                    "applied over the cache or statistics")
+    p.add_argument("--weights", dest="weight_method", choices=("max", "mse"), default="max",
+                   help="per-channel weight ranges: max|w| (default, what TensorRT does) or the clipping point "
+                        "with the least squared error (helps channels with an outlying weight)")
+    p.add_argument("--weight-scales", metavar="FILE.npz",
+                   help="per-channel weight scales by weight name (e.g. <cache>.weights.npz from calibrate "
+                        "--algorithm eq); they take precedence over --weights")
+
+
+def weight_options(args: argparse.Namespace) -> dict:
+    """write_qdq's weight options from --weights and --weight-scales."""
+    scales = None
+    if args.weight_scales:
+        from trtcal.fileio import read_npz_arrays
+
+        scales = read_npz_arrays(args.weight_scales)
+    return {"weight_method": args.weight_method, "weight_scales": scales}
 
 
 def register(sub) -> None:
