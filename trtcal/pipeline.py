@@ -135,7 +135,10 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
 
     histograms: dict[str, Histogram] = {}
     checks = BatchChecks()
-    work: queue.Queue = queue.Queue(maxsize=1)  # one batch in the histograms, one in ONNX Runtime
+    # At most two batches of activations alive: one in the histograms, one coming out of ONNX
+    # Runtime (a slot is taken before a run and given back when the histograms are done with it).
+    work: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(2)
     failure: list[BaseException] = []
 
     def worker() -> None:
@@ -143,9 +146,9 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
             item = work.get()
             if item is None:
                 return
-            if failure:
-                continue
             try:
+                if failure:
+                    continue
                 item.reverse()
                 while item:  # each tensor is released as soon as it is counted
                     name, array = item.pop()
@@ -156,6 +159,9 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
                     del array
             except BaseException as exc:  # surfaced in the main thread
                 failure.append(exc)
+            finally:
+                item = None
+                slots.release()
 
     thread = threading.Thread(target=worker, name="trtcal-histograms", daemon=True)
     thread.start()
@@ -168,6 +174,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
                     break
                 batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
                 checks.observe(index, batch)
+                slots.acquire()
                 work.put(list(runner.run(batch)))
                 for name, zeros in runner.last_padding.items():
                     padded[name] = padded.get(name, 0) + zeros
