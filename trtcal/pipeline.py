@@ -76,6 +76,9 @@ def compute_thresholds(histograms: dict[str, Histogram], algorithm: str, **optio
 #: dynamic batch axis when none is given (see :func:`auto_batch_size`).
 MEMORY_BUDGET_MB = 256
 #: The largest automatic batch size.
+#: Below this many values in all (first batch x batches) the histograms use numpy: loading the
+#: compiled kernels costs about 0.8 s and 110 MB, more than they save on a small model.
+NUMBA_MIN_VALUES = 150_000_000
 MAX_AUTO_BATCH = 32
 
 
@@ -134,6 +137,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     total = source.num_batches if max_batches is None else min(max_batches, source.num_batches or max_batches)
 
     histograms: dict[str, Histogram] = {}
+    engine: list = []  # the histogram engine, chosen at the first batch (see NUMBA_MIN_VALUES)
     checks = BatchChecks()
     # At most two batches of activations alive: one in the histograms, one coming out of ONNX
     # Runtime (a slot is taken before a run and given back when the histograms are done with it).
@@ -149,13 +153,16 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
             try:
                 if failure:
                     continue
+                if not engine:
+                    values = sum(a.size for _, a in item)
+                    engine.append(None if total is None or values * total >= NUMBA_MIN_VALUES else "numpy")
                 item.reverse()
                 while item:  # each tensor is released as soon as it is counted
                     name, array = item.pop()
                     h = histograms.get(name)
                     if h is None:
                         h = histograms[name] = Histogram(bins=bins, growth=growth, name=name)
-                    h.update(array)
+                    h.update(array, engine=engine[0])
                     del array
             except BaseException as exc:  # surfaced in the main thread
                 failure.append(exc)
