@@ -144,7 +144,7 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
         cache = ranges_to_cache({n: thresholds.ThresholdResult(a, "eq") for n, a in refined.amaxes.items()},
                                 algorithm="entropy2")
         out = work / f"{name}-trtcal-eq.onnx"
-        write_qdq(spec["model"], cache).save(out, force=True)
+        write_qdq(spec["model"], cache, weight_scales=refined.weight_scales).save(out, force=True)
         rows.append({"model": name, "tool": "trtcal", "method": f"eq ({eq_steps} steps)", "calib_seconds": seconds + t_eq,
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "samples": calib.metadata["samples"], **score(spec, out)})
