@@ -13,8 +13,13 @@ their export scripts have written them under .cache/), in one run:
 - Every INT8 model is compared with FP32 on held-out data by ``trtcal.evaluate``: top-1 (with
   labels) and top-1 agreement for classifiers, output SQNR, cosine similarity.
 
+- With ``--modelopt-python PY`` (a venv with ``nvidia-modelopt[onnx]``): NVIDIA ModelOpt's ONNX PTQ,
+  int8, entropy and max calibration, on the first ``--modelopt-samples`` samples, in its own process
+  (on a copy of the model: ModelOpt 0.47 rewrites its input file).
+
 Usage: ``.venv/bin/python bench/accuracy.py [--models fashion,effnet,minilm] [--ort-samples N]
-[--json out.json]``. Results are recorded in docs/accuracy.md.
+[--modelopt-python .venv-modelopt/bin/python] [--json out.json]``. Results are recorded in
+docs/accuracy.md.
 """
 
 from __future__ import annotations
@@ -166,6 +171,40 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
     return rows
 
 
+def modelopt_rows(name: str, spec: dict, work: Path, samples: int, python: str) -> list[dict]:
+    """NVIDIA ModelOpt's ONNX PTQ (int8; entropy and max), run by ``python`` (a venv with
+    ``nvidia-modelopt[onnx]``) on a copy of the model: ModelOpt 0.47 rewrites its input file."""
+    import shutil
+
+    import numpy as np
+
+    from trtcal.runner import first_samples
+
+    batches = first_samples(spec["model"], spec["calib"], samples=samples)
+    data = work / f"{name}-modelopt-calib.npz"
+    np.savez(data, **{k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+    count = sum(len(next(iter(b.values()))) for b in batches)
+    rows = []
+    for method in ("entropy", "max"):
+        copy, out = work / f"{name}-modelopt-in-{method}.onnx", work / f"{name}-modelopt-{method}.onnx"
+        shutil.copyfile(spec["model"], copy)
+        timing = work / "modelopt.time"
+        proc = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", str(timing), python, "-m",
+                               "modelopt.onnx.quantization", f"--onnx_path={copy}", "--quantize_mode=int8",
+                               f"--calibration_data={data}", f"--calibration_method={method}",
+                               "--calibration_eps=cpu", f"--output_path={out}"], capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            rows.append({"model": name, "tool": "modelopt", "method": method, "error": tail[:300]})
+            print(f"[{name}] modelopt {method}: FAILED {tail[:300]}", flush=True)
+            continue
+        wall, kb = timing.read_text().split()[-2:]
+        rows.append({"model": name, "tool": "modelopt", "method": method, "calib_seconds": float(wall),
+                     "peak_rss_mb": float(kb) / 1024, "samples": count, **score(spec, out)})
+        print(f"[{name}] modelopt {method}: {rows[-1]}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fashion,effnet,minilm")
@@ -174,6 +213,9 @@ def main() -> None:
     parser.add_argument("--no-eq", action="store_true")
     parser.add_argument("--eq-steps", type=int, default=100)
     parser.add_argument("--no-ort", action="store_true", help="trtcal columns only")
+    parser.add_argument("--modelopt-python", metavar="PYTHON",
+                        help="a Python with nvidia-modelopt[onnx] installed: adds ModelOpt's entropy and max columns")
+    parser.add_argument("--modelopt-samples", type=int, default=512, help="calibration samples for ModelOpt")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     rows = []
@@ -184,6 +226,8 @@ def main() -> None:
                 print(f"[{name}] skipped: {spec['model']} is missing (run its export script)", flush=True)
                 continue
             rows += run_model(name, spec, Path(tmp), args.ort_samples, not args.no_eq, args.eq_steps, no_ort=args.no_ort)
+            if args.modelopt_python:
+                rows += modelopt_rows(name, spec, Path(tmp), args.modelopt_samples, args.modelopt_python)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count()}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
