@@ -58,16 +58,13 @@ class Derived:
 
 
 def _constants(model) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node outputs (``value`` attribute) with their values."""
+    """Initializers and Constant-node outputs with their values (small ones: pads, axes, values)."""
     from onnx import numpy_helper
 
-    values = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output:
-            attr = next((a for a in node.attribute if a.name == "value"), None)
-            if attr is not None:
-                values[node.output[0]] = attr.t
-    return {name: numpy_helper.to_array(t) for name, t in values.items()}
+    from trtcal.model import constant_tensors
+
+    return {name: numpy_helper.to_array(t) for name, t in constant_tensors(model).items()
+            if np.prod(t.dims, dtype=np.int64) <= 64}
 
 
 def _attr(node, name, default=None):

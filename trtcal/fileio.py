@@ -116,18 +116,26 @@ def write_npz_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, 
     return atomic_write(path, buf.getvalue(), force=force, inputs=inputs)
 
 
-def read_npz_arrays(path: str | os.PathLike, *, what: str = "weight scales file") -> dict[str, np.ndarray]:
-    """Named float arrays from a .npz (no pickles); anything else is a one-line TrtcalError."""
+def open_npz(path: str | os.PathLike, *, what: str, max_bytes: int = 2 * 1024**3):
+    """An opened .npz (never with pickles), or a one-line TrtcalError naming ``path`` as ``what``."""
     import io
     import zipfile
 
-    data = read_bytes(path, max_bytes=2 * 1024**3, what=what)
+    data = read_bytes(path, max_bytes=max_bytes, what=what)
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise TrtcalError(f"{path}: not a {what} (.npz): {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise TrtcalError(f"{path}: not a {what} (a single .npy array, expected .npz)")
+    return npz
+
+
+def read_npz_arrays(path: str | os.PathLike, *, what: str = "weight scales file") -> dict[str, np.ndarray]:
+    """Named float arrays from a .npz (no pickles); anything else is a one-line TrtcalError."""
+    import zipfile
+
+    npz = open_npz(path, what=what)
     out: dict[str, np.ndarray] = {}
     with npz:
         for key in npz.files:

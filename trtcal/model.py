@@ -97,3 +97,14 @@ def producers(model) -> dict[str, str]:
             if name:
                 out[name] = node.op_type
     return out
+
+
+def constant_tensors(model) -> dict:
+    """Initializers and Constant-node outputs (the ``value`` form), as ``{name: TensorProto}``."""
+    values = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None:
+                values[node.output[0]] = attr.t
+    return values

@@ -129,12 +129,9 @@ def matmul_constants(model) -> dict[str, np.ndarray]:
     """
     from onnx import numpy_helper
 
-    values = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output:
-            attr = next((a for a in node.attribute if a.name == "value"), None)
-            if attr is not None:
-                values[node.output[0]] = attr.t
+    from trtcal.model import constant_tensors
+
+    values = constant_tensors(model)
     out: dict[str, np.ndarray] = {}
     for node in model.graph.node:
         if node.op_type != "MatMul":

@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 
 from trtcal.errors import TrtcalError
-from trtcal.fileio import atomic_write, read_bytes
+from trtcal.fileio import atomic_write, open_npz
 from trtcal.histogram import Histogram
 
 FORMAT = "trtcal-stats"
@@ -53,13 +53,7 @@ def save_stats(path: str | os.PathLike, histograms: dict[str, Histogram], metada
 
 def load_stats(path: str | os.PathLike) -> tuple[dict[str, Histogram], dict]:
     """Read a stats file: ``(histograms, metadata)``. Anything wrong is a TrtcalError naming it."""
-    data = read_bytes(path, max_bytes=MAX_STATS_BYTES, what="stats file")
-    try:
-        npz = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise TrtcalError(f"{path}: not a trtcal stats file (.npz): {exc}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise TrtcalError(f"{path}: not a trtcal stats file (a single .npy array, expected .npz)")
+    npz = open_npz(path, what="trtcal stats file", max_bytes=MAX_STATS_BYTES)
     with npz:
         try:
             keys = set(npz.files)
