@@ -91,3 +91,44 @@ def test_cli_eq_on_the_demo_model(tmp_path):
     assert all(after >= before - 1e-6 for before, after in cos.values())
     rc, _, err = run_cli("calibrate", EXAMPLES / "fashion_cnn.onnx", "--random", "--algorithm", "eq", "-o", tmp_path / "r.cache")
     assert rc == 2 and "needs real data" in err
+
+
+def test_a_memory_budget_changes_nothing_but_the_runs():
+    """Layer inputs held a run of layers at a time give the same search as all at once."""
+    import trtcal
+    from trtcal.model import load_model
+    from trtcal.runner import first_samples
+
+    model = EXAMPLES / "fashion_cnn.onnx"
+    batches = first_samples(model, EXAMPLES / "fashion_calib.npz", samples=48, batch_size=16)
+    amaxes = {n: r.amax for n, r in trtcal.calibrate(model, EXAMPLES / "fashion_calib.npz", progress=False,
+                                                       max_batches=2).thresholds.items()}
+    names = list(dict.fromkeys(layer.x for layer in eq._layers(load_model(model, load_weights=True))))
+    tiny = 1e-6  # every layer input alone is over budget: one run per layer
+    runs = list(eq._chunks(load_model(model, load_weights=True), names, batches, tiny, None, str(model)))
+    assert runs == [[n] for n in names] and len(runs) == 4
+    whole = list(eq._chunks(load_model(model, load_weights=True), names, batches, 1e6, None, str(model)))
+    assert whole == [names]
+    a = eq.refine(model, batches, amaxes, steps=8, memory_mb=tiny)
+    b = eq.refine(model, batches, amaxes, steps=8, memory_mb=1e6)
+    assert a.amaxes == b.amaxes and a.cosines == b.cosines
+    assert a.weight_scales.keys() == b.weight_scales.keys()
+    assert all(np.array_equal(a.weight_scales[k], b.weight_scales[k]) for k in a.weight_scales)
+
+
+def test_cli_eq_can_start_from_another_method(tmp_path):
+    out = tmp_path / "eq.cache"
+    rc, text, err = run_cli("calibrate", EXAMPLES / "fashion_cnn.onnx", "--data", EXAMPLES / "fashion_calib.npz",
+                            "--algorithm", "eq", "--eq-init", "mse", "--eq-samples", "32", "--eq-steps", "8",
+                            "-o", out, "-q", "--json")
+    assert rc == 0, err
+    doc = json.loads(text)
+    assert doc["metadata"]["eq"]["init"] == "mse"
+    # the search starts at mse's ranges: the layer cosines before EQ are mse's, better than entropy2's
+    rc, text2, err = run_cli("calibrate", EXAMPLES / "fashion_cnn.onnx", "--data", EXAMPLES / "fashion_calib.npz",
+                             "--algorithm", "eq", "--eq-samples", "32", "--eq-steps", "8",
+                             "-o", tmp_path / "e2.cache", "-q", "--json")
+    assert rc == 0, err
+    before = {k: v[0] for k, v in doc["metadata"]["eq"]["cosine"].items()}
+    before_e2 = {k: v[0] for k, v in json.loads(text2)["metadata"]["eq"]["cosine"].items()}
+    assert before["/conv1/Conv"] > before_e2["/conv1/Conv"]  # entropy2 clips the demo's input hard

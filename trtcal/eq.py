@@ -24,6 +24,8 @@ import numpy as np
 
 from trtcal.errors import TrtcalError
 
+#: Default bound on the layer inputs held at once (all samples of a run of consecutive layers).
+MEMORY_MB = 512
 LAYER_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": None}  # op -> weight output-channel axis
 
 
@@ -115,12 +117,16 @@ def _single_node_session(model, layer: _Layer, x_info, threads: int | None):
 
 def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
            lo: float = 0.5, hi: float = 2.0, weights: bool = True, progress=None,
-           threads: int | None = None) -> EqResult:
-    """EQ-refine ``amaxes`` (entropy2 results) on ``batches`` (model input dicts, already checked)."""
+           threads: int | None = None, memory_mb: float = MEMORY_MB) -> EqResult:
+    """EQ-refine ``amaxes`` (entropy2 results) on ``batches`` (model input dicts, already checked).
+
+    Layer inputs over all ``batches`` are held for a run of consecutive layers at a time, as many
+    as fit ``memory_mb`` (the FP32 model runs once per run): memory is bounded by the budget, or
+    by the largest single layer input when that alone is larger.
+    """
     import onnx
 
     from trtcal.model import load_model
-    from trtcal.runner import add_outputs, cpu_session
 
     if steps < 2 or not 0 < lo < 1 < hi:
         raise TrtcalError(f"EQ search: need steps >= 2 and 0 < lo < 1 < hi, not steps={steps}, lo={lo}, hi={hi}")
@@ -128,38 +134,30 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
     layers = _layers(model)
     if not layers:
         raise TrtcalError(f"{model_path}: no Conv/ConvTranspose/Gemm/MatMul with an initializer weight: nothing for EQ")
-    # the FP32 model with every layer input exposed; samples are few, so this is small
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    session = cpu_session(add_outputs(exposed, [layer.x for layer in layers]), str(model_path), threads=threads)
-    names = [o.name for o in session.get_outputs()]
-    inputs: dict[str, list[np.ndarray]] = {}
-    for batch in batches:
-        values = dict(zip(names, session.run(names, batch)))
-        values.update(batch)
-        for layer in layers:
-            inputs.setdefault(layer.x, []).append(values[layer.x])
-    xs = {name: np.concatenate(parts) for name, parts in inputs.items()}
-
     factors = np.linspace(lo, hi, steps).astype(np.float64)
     result = EqResult(dict(amaxes))
     by_input: dict[str, list[_Layer]] = {}
     for layer in layers:
         by_input.setdefault(layer.x, []).append(layer)
-    sessions = {}
+    xs: dict[str, np.ndarray] = {}
+    chunks = iter(_chunks(model, list(by_input), batches, memory_mb, threads, str(model_path)))
     for x_name, group in by_input.items():
+        if x_name not in xs:  # the next run of layer inputs that fits the memory budget
+            xs.clear()
+            xs.update(_layer_inputs(model, next(chunks), batches, threads, str(model_path)))
         x = xs[x_name]
         a0 = amaxes.get(x_name)
         if a0 is None or not a0 > 0:
             continue
         x_info = onnx.helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, list(x.shape))
+        sessions = {}
         for layer in group:
             sessions[layer.node.output[0]] = _single_node_session(model, layer, x_info, threads)
         ref = {lay.node.output[0]: sessions[lay.node.output[0]].run(None, {x_name: x, lay.w: lay.weight})[0]
                for lay in group}
         wscale = {lay.w: _max_scale(lay.weight, lay.axis) for lay in group}
 
-        def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wscale=wscale) -> float:
+        def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wscale=wscale, sessions=sessions) -> float:
             xq = fake_quant(x, amax / 127)
             total = 0.0
             for lay in group:
@@ -185,6 +183,59 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
         if progress is not None:
             progress.update(len(group))
     return result
+
+
+def _exposing(model, names: list[str], threads: int | None, source: str):
+    import onnx
+
+    from trtcal.runner import add_outputs, cpu_session
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    return cpu_session(add_outputs(exposed, names), source, threads=threads)
+
+
+def _chunks(model, names: list[str], batches: list[dict], memory_mb: float, threads, source: str):
+    """``names`` (layer inputs, graph order) in consecutive runs whose values over all batches fit
+    ``memory_mb``, sized by one sample run through the model."""
+    samples = sum(next(iter(b.values())).shape[0] for b in batches)
+    one = {k: v[:1] for k, v in batches[0].items()}
+    inner = [n for n in names if n not in one]
+    session = _exposing(model, inner, threads, source) if inner else None
+    per_sample = {k: v.nbytes for k, v in one.items()}
+    if session is not None:
+        outs = [o.name for o in session.get_outputs()]
+        per_sample.update((n, a.nbytes) for n, a in zip(outs, session.run(outs, one)))
+    del session
+    budget = memory_mb * 2**20
+    run: list[str] = []
+    size = 0.0
+    for name in names:
+        need = per_sample[name] * samples
+        if run and size + need > budget:
+            yield run
+            run, size = [], 0.0
+        run.append(name)
+        size += need
+    if run:
+        yield run
+
+
+def _layer_inputs(model, names: list[str], batches: list[dict], threads, source: str) -> dict[str, np.ndarray]:
+    """The values of ``names`` over all batches (graph inputs from the batches themselves)."""
+    inner = [n for n in names if n not in batches[0]]
+    session = _exposing(model, inner, threads, source) if inner else None
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for batch in batches:
+        values = {}
+        if session is not None:
+            outs = [o.name for o in session.get_outputs()]
+            values = dict(zip(outs, session.run(outs, batch)))
+        values.update(batch)
+        for n in names:
+            parts[n].append(values[n])
+        del values
+    return {n: np.concatenate(p) for n, p in parts.items()}
 
 
 def _max_scale(weight: np.ndarray, axis: int) -> np.ndarray:

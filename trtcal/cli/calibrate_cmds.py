@@ -159,7 +159,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
-    """Refine the entropy2 result in place with EQ on the first --eq-samples samples; return EQ's
+    """Refine the --eq-init ranges in place with EQ on the first --eq-samples samples; return EQ's
     per-channel weight scales (weight name -> scales), which the cache cannot hold."""
     from trtcal import eq
     from trtcal.pipeline import ranges_to_cache
@@ -169,6 +169,10 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
 
     batches = first_samples(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
                         preprocess=preprocess)
+    if args.eq_init != "entropy2":  # the starting ranges: another method on the same statistics
+        from trtcal.pipeline import compute_thresholds
+
+        result.thresholds = compute_thresholds(result.histograms, args.eq_init)
     amaxes = {n: r.amax for n, r in result.thresholds.items()}
     with Progress(eq.layer_count(args.model), "EQ search", enabled=False if args.quiet else None) as bar:
         refined = eq.refine(args.model, batches, amaxes, steps=args.eq_steps, progress=bar)
@@ -176,11 +180,11 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
         if name in result.thresholds and amax != result.thresholds[name].amax:
             old = result.thresholds[name]
             result.thresholds[name] = ThresholdResult(amax, "eq", old.bits, old.unsigned,
-                                                      {"entropy2_amax": old.amax}, old.warnings)
+                                                      {f"{args.eq_init}_amax": old.amax}, old.warnings)
     result.cache = ranges_to_cache(result.thresholds, algorithm="entropy2", version=version)
     result.metadata["algorithm"] = "eq"
     result.metadata["eq"] = {"samples": sum(next(iter(b.values())).shape[0] for b in batches),
-                             "steps": args.eq_steps,
+                             "steps": args.eq_steps, "init": args.eq_init,
                              "cosine": {k: [round(a, 6), round(b, 6)] for k, (a, b) in refined.cosines.items()}}
     return refined.weight_scales
 
@@ -229,6 +233,9 @@ def register(sub) -> None:
                    "(default %(default)s)")
     p.add_argument("--eq-steps", type=int, default=100, help="for --algorithm eq: scale factors tried in "
                    "[0.5, 2] (default %(default)s)")
+    p.add_argument("--eq-init", default="entropy2", choices=[m for m in thr_methods() if m != "eq"],
+                   help="for --algorithm eq: the ranges the search starts from (default %(default)s, as EasyQuant; "
+                        "on ReLU6 networks whose entropy2 ranges collapse, start from onesided or mse)")
     p.add_argument("-o", "--output", help="cache to write (default calib_caches/<model stem>.cache)")
     p.add_argument("--stats", help="also save the statistics (.npz) for `trtcal thresholds`")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
@@ -245,3 +252,9 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     add_json(p)
     p.set_defaults(func=cmd_thresholds)
+
+
+def thr_methods() -> list[str]:
+    from trtcal import thresholds
+
+    return list(thresholds.METHODS)
