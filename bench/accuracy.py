@@ -119,7 +119,7 @@ def score(spec, int8_path) -> dict:
 
 
 def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool, eq_steps: int = 100,
-              methods: list[str] | None = None, no_ort: bool = False) -> list[dict]:
+              methods: list[str] | None = None, no_ort: bool = False, eq_init: str = "entropy2") -> list[dict]:
     from trtcal import thresholds
     from trtcal.pipeline import calibrate, ranges_to_cache
     from trtcal.qdq import write_qdq
@@ -144,13 +144,14 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
         from trtcal.runner import first_samples
 
         batches = first_samples(spec["model"], spec["calib"], samples=64)
-        amaxes = {n: r.amax for n, r in thresholds.compute_all("entropy2", calib.histograms).items()}
+        amaxes = {n: r.amax for n, r in thresholds.compute_all(eq_init, calib.histograms).items()}
         refined, t_eq = measure(lambda: eq.refine(spec["model"], batches, amaxes, steps=eq_steps))
         cache = ranges_to_cache({n: thresholds.ThresholdResult(a, "eq") for n, a in refined.amaxes.items()},
                                 algorithm="entropy2")
         out = work / f"{name}-trtcal-eq.onnx"
         write_qdq(spec["model"], cache, weight_scales=refined.weight_scales).save(out, force=True)
-        rows.append({"model": name, "tool": "trtcal", "method": f"eq ({eq_steps} steps)", "calib_seconds": seconds + t_eq,
+        label = f"eq ({eq_steps} steps" + (f", from {eq_init})" if eq_init != "entropy2" else ")")
+        rows.append({"model": name, "tool": "trtcal", "method": label, "calib_seconds": seconds + t_eq,
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "samples": calib.metadata["samples"], **score(spec, out)})
         print(f"[{name}] trtcal eq: {rows[-1]}", flush=True)
@@ -212,6 +213,9 @@ def main() -> None:
                         help="samples for quantize_static (its histogram methods keep every tensor in memory)")
     parser.add_argument("--no-eq", action="store_true")
     parser.add_argument("--eq-steps", type=int, default=100)
+    parser.add_argument("--eq-init", default="entropy2", help="the ranges EQ starts from (default entropy2)")
+    parser.add_argument("--methods", help="only these trtcal columns, comma-separated labels (e.g. 'mse,onesided'); "
+                        "'none' for none")
     parser.add_argument("--no-ort", action="store_true", help="trtcal columns only")
     parser.add_argument("--modelopt-python", metavar="PYTHON",
                         help="a Python with nvidia-modelopt[onnx] installed: adds ModelOpt's entropy and max columns")
@@ -225,7 +229,9 @@ def main() -> None:
             if not Path(spec["model"]).exists():
                 print(f"[{name}] skipped: {spec['model']} is missing (run its export script)", flush=True)
                 continue
-            rows += run_model(name, spec, Path(tmp), args.ort_samples, not args.no_eq, args.eq_steps, no_ort=args.no_ort)
+            methods = None if args.methods is None else [m for m in args.methods.split(",") if m and m != "none"]
+            rows += run_model(name, spec, Path(tmp), args.ort_samples, not args.no_eq, args.eq_steps, methods=methods,
+                              no_ort=args.no_ort, eq_init=args.eq_init)
             if args.modelopt_python:
                 rows += modelopt_rows(name, spec, Path(tmp), args.modelopt_samples, args.modelopt_python)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count()}
