@@ -83,3 +83,28 @@ def stored_ranges(choices: list[BitChoice], histograms: dict[str, Histogram], wi
         else:
             ranges[c.tensor] = Range.symmetric(float(amax), bits=stored, source=source)
     return ranges, floats
+
+
+def weight_sqnr(w, axis: int | None, bits: int) -> float:
+    """SQNR (dB) of a weight tensor under symmetric per-channel ``bits``-bit quantization with
+    each channel's max|w| as its range (the Q/DQ writer's rule), computed on the weights."""
+    import numpy as np
+
+    from trtcal.weight_scales import channel_amax
+
+    w = np.asarray(w, dtype=np.float64)
+    qmax = 2 ** (bits - 1) - 1
+    amax = channel_amax(w, axis, "max")
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    s = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32).astype(np.float64).reshape(shape if axis is not None else ())
+    noise = float(((w - np.clip(np.rint(w / s), -qmax, qmax) * s) ** 2).sum())
+    return sqnr_db(float((w**2).sum()), noise)
+
+
+def choose_weight_bits(w, axis: int | None, target_db: float, widths: list[int]) -> int:
+    """The smallest width in ``widths`` whose :func:`weight_sqnr` reaches ``target_db``, else the
+    widest (a weight cannot stay float alone: its layer would)."""
+    widths = sorted(set(widths))
+    return next((b for b in widths if weight_sqnr(w, axis, b) >= target_db), widths[-1])

@@ -261,13 +261,14 @@ def _subgraph_inputs(model) -> set[str]:
     return names
 
 
-def per_channel_int8(w: np.ndarray, axis: int | None, amax: np.ndarray | None = None
+def per_channel_int8(w: np.ndarray, axis: int | None, amax: np.ndarray | None = None, bits: int = 8
                      ) -> tuple[np.ndarray, np.ndarray, int]:
     """Symmetric int8 weights: ``(q, scale, zero_channels)``, ``scale = max|w| / 127`` per slice
     along ``axis`` (float32, computed in double and rounded once), or per tensor for ``axis=None``;
     ``amax`` (one per slice) replaces max|w| (e.g. from :func:`trtcal.weight_scales.channel_amax`).
     An all-zero (or denormal) slice gets scale 1 and codes 0. ``q = clip(rint(w / scale), -127, 127)``
-    in float32, rounding half to even as QuantizeLinear does."""
+    in float32, rounding half to even as QuantizeLinear does. ``bits=4``: the same with 7 for 127
+    (codes -7..7, returned in an int8 array)."""
     w = np.asarray(w, dtype=np.float32)
     if amax is not None:
         m = np.asarray(amax, dtype=np.float64).reshape(-1)
@@ -276,7 +277,8 @@ def per_channel_int8(w: np.ndarray, axis: int | None, amax: np.ndarray | None = 
     else:
         reduce = tuple(i for i in range(w.ndim) if i != axis)
         m = np.max(np.abs(w), axis=reduce) if w.size else np.zeros(w.shape[axis], np.float32)
-    scale = (m.astype(np.float64) / 127.0).astype(np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    scale = (m.astype(np.float64) / qmax).astype(np.float32)
     zero = ~(scale >= FLOAT32_TINY)
     scale[zero] = np.float32(1.0)
     shape = [1] * w.ndim
@@ -285,7 +287,7 @@ def per_channel_int8(w: np.ndarray, axis: int | None, amax: np.ndarray | None = 
         s = scale.reshape(shape)
     else:
         s = scale[0]
-    q = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / s), -qmax, qmax).astype(np.int8)
     return q, (scale if axis is not None else scale.reshape(())), int(zero.sum())
 
 
@@ -511,7 +513,8 @@ def _weight_amax(wp: _WeightPlan, method: str, given: Mapping[str, np.ndarray]) 
 
 
 def _apply(g: _Graph, plan: _Plan, weight_method: str = "max",
-           weight_scales: Mapping[str, np.ndarray] | None = None) -> list[QuantizedTensor]:
+           weight_scales: Mapping[str, np.ndarray] | None = None,
+           weight_bits: Mapping[str, int] | None = None) -> list[QuantizedTensor]:
     """Insert the planned Q/DQ nodes; keep every other node, its name and its place."""
     from onnx import helper, numpy_helper
 
@@ -547,18 +550,23 @@ def _apply(g: _Graph, plan: _Plan, weight_method: str = "max",
         axes_of[name] = axes_of.get(name, 0) + 1
     for (name, axis), wp in plan.weights.items():
         amax, how = _weight_amax(wp, weight_method, weight_scales or {})
-        qw, scale, zero = per_channel_int8(wp.array, axis, amax)
+        bits = (weight_bits or {}).get(name, 8)
+        qw, scale, zero = per_channel_int8(wp.array, axis, amax, bits)
         base = name if axes_of[name] == 1 else f"{name}_axis{axis}"
         qw_name, s_name = names.fresh(f"{base}_quantized"), names.fresh(f"{base}_scale")
         z_name, dq_out = names.fresh(f"{base}_zero_point"), names.fresh(f"{base}_dequantized")
-        new_inits += [numpy_helper.from_array(qw, qw_name), numpy_helper.from_array(scale.astype(np.float32), s_name),
-                      numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name)]
+        if bits == 4:  # int4 codes: ONNX packs them two to a byte
+            codes = [helper.make_tensor(qw_name, _ACT_TYPES[(4, False)][1], qw.shape, qw.reshape(-1).tolist()),
+                     helper.make_tensor(z_name, _ACT_TYPES[(4, False)][1], scale.shape, [0] * scale.size)]
+        else:
+            codes = [numpy_helper.from_array(qw, qw_name), numpy_helper.from_array(np.zeros(scale.shape, np.int8), z_name)]
+        new_inits += [codes[0], numpy_helper.from_array(scale.astype(np.float32), s_name), codes[1]]
         dq = helper.make_node("DequantizeLinear", [qw_name, s_name, z_name], [dq_out],
                               name=names.fresh(f"{base}_DequantizeLinear"), **({} if axis is None else {"axis": int(axis)}))
         before.setdefault(wp.first, []).append(dq)
         for use in wp.uses:
             rewire[use] = dq_out
-        quantized.append(QuantizedTensor(name, "weight", "int8", None if axis is not None else float(scale),
+        quantized.append(QuantizedTensor(name, "weight", f"int{bits}", None if axis is not None else float(scale),
                                          axis=axis, channels=0 if axis is None else int(scale.size),
                                          zero_channels=zero, consumers=wp.consumers, source=how))
 
@@ -598,7 +606,8 @@ def _ranges_of(ranges, target: str) -> tuple[dict[str, Range], str | None]:
 def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
               exclude_ops: Iterable[str] = (), unsigned: bool | None = None,
               check_onnxruntime: bool = True, weight_method: str = "max",
-              weight_scales: Mapping[str, np.ndarray] | None = None) -> QdqResult:
+              weight_scales: Mapping[str, np.ndarray] | None = None,
+              weight_bits: Mapping[str, int] | None = None) -> QdqResult:
     """Insert Q/DQ into ``model`` (an FP32 ONNX ``ModelProto`` or a path) by TensorRT's rules.
 
     ``ranges``: a :class:`~trtcal.cache.CalibrationCache`, or ``{tensor: amax | Range}``.
@@ -608,7 +617,8 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     ConvTranspose, Gemm, MatMul, and Add for the residual rule). ``weight_method``: how weight
     channels get their range, ``"max"`` (max|w|) or ``"mse"`` (:mod:`trtcal.weight_scales`);
     ``weight_scales``: ``{weight initializer: per-channel scales}`` that take precedence (e.g.
-    EQ's); a name that is no quantized weight is an error.
+    EQ's); a name that is no quantized weight is an error. ``weight_bits``: ``{weight: 4 or 8}``
+    (ONNX Runtime only for 4: int4 per channel, scale ``amax / 7``, opset 21); others are 8.
 
     Returns a :class:`QdqResult`; the input model is not modified. Raises
     :class:`~trtcal.errors.TrtcalError` for a model or ranges it cannot use.
@@ -637,7 +647,13 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:
         raise TrtcalError(f"{where}: onnx.checker rejects the input model: {' '.join(str(exc).split())[:200]}") from None
-    narrow_wide = sorted({r.bits for r in ranges.values()} - {8})
+    weight_bits = dict(weight_bits or {})
+    bad_bits = {n: b for n, b in weight_bits.items() if b not in ((8,) if target == "tensorrt" else (4, 8))}
+    if bad_bits:
+        name, b = next(iter(bad_bits.items()))
+        raise TrtcalError(f"weight {name!r}: {b}-bit weights; target {target} stores "
+                          f"{'8' if target == 'tensorrt' else '4 or 8'}-bit weights")
+    narrow_wide = sorted(({r.bits for r in ranges.values()} | set(weight_bits.values())) - {8})
     need, why = ((NARROW_WIDE_OPSET, f"{'- and '.join(map(str, narrow_wide))}-bit Q/DQ") if narrow_wide
                  else (MIN_OPSET, "per-channel Q/DQ"))
     model, opset_in = _convert_opset(model, where, need, why)
@@ -665,11 +681,13 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
 
     if weight_method not in WEIGHT_METHODS:
         raise TrtcalError(f"weight method {weight_method!r}: choose from {', '.join(WEIGHT_METHODS)}")
-    stray = sorted(set(weight_scales or {}) - {name for name, _axis in plan.weights})
-    if stray:
-        raise TrtcalError(f"weight scales given for {len(stray)} tensor(s) that are no quantized weight of {where}, "
-                          f"e.g. {stray[0]!r}")
-    quantized = _apply(g, plan, weight_method, weight_scales)
+    planned = {name for name, _axis in plan.weights}
+    for what, given in (("weight scales", weight_scales), ("weight bits", weight_bits)):
+        stray = sorted(set(given or {}) - planned)
+        if stray:
+            raise TrtcalError(f"{what} given for {len(stray)} tensor(s) that are no quantized weight of {where}, "
+                              f"e.g. {stray[0]!r}")
+    quantized = _apply(g, plan, weight_method, weight_scales, weight_bits)
 
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
@@ -683,23 +701,38 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     except Exception as exc:  # a bug in this module, not a user error
         raise RuntimeError(f"trtcal wrote a Q/DQ model that onnx.checker rejects: {exc}") from exc
     if check_onnxruntime:
-        _check_onnxruntime(model, where)
+        warning = _check_onnxruntime(model, where)
+        if warning:
+            warnings.append(warning)
     return QdqResult(model=model, target=target, quantized=quantized, float_tensors=plan.float_tensors,
                      float_nodes=plan.float_nodes, quantized_nodes=[g.labels[i] for i in plan.nodes],
                      warnings=warnings, unknown_ranges=unknown, opset=default_opset(model) or 0,
                      converted_from=converted_from)
 
 
-def _check_onnxruntime(model, where: str) -> None:
+def _check_onnxruntime(model, where: str) -> str | None:
+    """Load the model in ONNX Runtime; a TrtcalError if it cannot. When only the session that keeps
+    Q/DQ as written loads it (ONNX Runtime's Q/DQ rewrites fail on some 4-bit graphs), a warning."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise TrtcalError(f"{where}: ONNX Runtime rejects the Q/DQ model ({message}); nothing written") from None
+    def load(as_written: bool) -> str | None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if as_written:
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            return " ".join(str(exc).split())[:300]
+        return None
+
+    message = load(False)
+    if message is None:
+        return None
+    if load(True) is None:
+        return ("ONNX Runtime's default session rejects this model (its Q/DQ rewrites: " + message[:160] +
+                "); it runs with the session option session.disable_quant_qdq=1, as trtcal eval runs it")
+    raise TrtcalError(f"{where}: ONNX Runtime rejects the Q/DQ model ({message}); nothing written")
 
 
 # ---------------------------------------------------------------------- reading scales back

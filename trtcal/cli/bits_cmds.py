@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 
 from trtcal.cli.common import add_json, print_json
@@ -35,10 +36,11 @@ def cmd_bits(args: argparse.Namespace) -> int:
     choices = choose_bits(histograms, args.target_sqnr, widths, method=args.method)
     doc = {"target_sqnr_db": args.target_sqnr, "widths": widths, "algorithm": args.method,
            "tensors": [c.to_dict() for c in choices]}
-    qdq = _write_qdq(args, choices, histograms) if args.qdq else None
+    qdq = _write_qdq(args, choices, histograms, widths) if args.qdq else None
     if qdq is not None:
         doc["qdq"] = {"path": args.qdq, "target": args.target, "opset": qdq.opset,
-                      "stored": {q.name: q.dtype for q in qdq.activations}, "float_tensors": qdq.float_tensors}
+                      "stored": {q.name: q.dtype for q in qdq.activations},
+                      "weights": {q.name: q.dtype for q in qdq.weights}, "float_tensors": qdq.float_tensors}
     if args.output:
         import json
 
@@ -57,8 +59,10 @@ def cmd_bits(args: argparse.Namespace) -> int:
     print(f"target {args.target_sqnr:g} dB ({args.method}): " + ", ".join(parts))
     if qdq is not None:
         stored = Counter(q.dtype for q in qdq.activations)
+        wstored = Counter(q.dtype for q in qdq.weights)
         print(f"{args.qdq} ({args.target}, opset {qdq.opset}): activations " +
-              ", ".join(f"{n} x {d}" for d, n in sorted(stored.items())) +
+              ", ".join(f"{n} x {d}" for d, n in sorted(stored.items())) + "; weights " +
+              ", ".join(f"{n} x {d}" for d, n in sorted(wstored.items())) +
               f"; {len(qdq.float_tensors)} tensors in float, {len(qdq.float_nodes)} nodes in float")
     for out in (args.output, args.qdq):
         if out:
@@ -66,7 +70,25 @@ def cmd_bits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_qdq(args, choices, histograms):
+def _weight_bits(args, weights, widths) -> dict[str, int]:
+    """Per quantized weight, the width ONNX Runtime stores (4 or 8) for the smallest candidate
+    width whose per-channel quantization meets --target-sqnr."""
+    from onnx import numpy_helper
+
+    from trtcal.bitwidth import choose_weight_bits
+    from trtcal.model import load_model
+
+    arrays = {t.name: t for t in load_model(args.model, load_weights=True).graph.initializer}
+    out = {}
+    for q in weights:
+        if q.name not in arrays:
+            continue  # a Constant node's weight: left at 8 bits
+        chosen = choose_weight_bits(numpy_helper.to_array(arrays[q.name]), q.axis, args.target_sqnr, widths)
+        out[q.name] = 4 if chosen <= 4 else 8
+    return out
+
+
+def _write_qdq(args, choices, histograms, widths):
     """The Q/DQ model with each activation at the width the target stores for its choice."""
     from trtcal.bitwidth import stored_ranges
     from trtcal.qdq import TARGET_WIDTHS, write_qdq
@@ -76,9 +98,14 @@ def _write_qdq(args, choices, histograms):
         raise TrtcalError(f"--qdq: no tensor can be quantized at {args.target_sqnr:g} dB with the widths "
                           f"{args.target} stores; lower --target-sqnr")
     result = write_qdq(args.model, ranges, target=args.target)
+    weight_bits = _weight_bits(args, result.weights, widths) if args.target == "onnxruntime" else {}
+    if any(b != 8 for b in weight_bits.values()):
+        result = write_qdq(args.model, ranges, target=args.target, weight_bits=weight_bits)
     for name, why in floats.items():
         if name in result.float_tensors:
             result.float_tensors[name] = why
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     result.save(args.qdq, force=args.force, inputs=[args.model, args.stats])
     return result
 
@@ -104,7 +131,8 @@ def register(sub) -> None:
                         "none is")
     p.add_argument("--target", choices=["tensorrt", "onnxruntime"], default="onnxruntime",
                    help="for --qdq: tensorrt stores int8 only (wider choices stay float); onnxruntime stores "
-                        "int4/int8/int16 (uint for one-sided tensors) at opset 21 (default %(default)s)")
+                        "int4/int8/int16 activations (uint for one-sided tensors) and int4/int8 weights, chosen by "
+                        "the same target, at opset 21 (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     add_json(p)
     p.set_defaults(func=cmd_bits)
