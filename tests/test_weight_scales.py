@@ -86,8 +86,11 @@ def test_writer_uses_mse_and_given_scales():
     assert np.array_equal(weights_of(given.model)[dq.input[1]], conv1)
     with pytest.raises(TrtcalError, match=r"weight 'conv1.weight': 3 scales given for 16 channels"):
         write_qdq(model, ranges, weight_scales={"conv1.weight": np.ones(3, np.float32)})
-    with pytest.raises(TrtcalError, match="no quantized weight.*'nope'"):
+    with pytest.raises(TrtcalError, match="no weight of a Conv.*'nope'"):
         write_qdq(model, ranges, weight_scales={"nope": np.ones(3, np.float32)})
+    # a weight whose layer stays in float this time (no range for its input) is not an error
+    partial = write_qdq(model, {k: v for k, v in ranges.items() if k != "images"}, weight_scales={"conv1.weight": conv1})
+    assert "conv1.weight" not in {q.name for q in partial.weights}
 
 
 def test_cli_weights_options_and_eq_scales(tmp_path):
@@ -109,6 +112,17 @@ def test_cli_weights_options_and_eq_scales(tmp_path):
     for name, s in eq_scales.items():
         dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith(name))
         assert np.array_equal(inits[dq.input[1]], s.astype(np.float32))
+    # the fallback search leaves layers in float one at a time: EQ's scales for those are not an error
+    rc, out, err = run_cli("fallback", MODEL, "--cache", cache, "--weight-scales", scales_file, "--data",
+                           EXAMPLES / "fashion_eval.npz", "--samples", "64", "--max-float", "1",
+                           "-o", tmp_path / "fb.onnx", "-q")
+    assert rc == 0, err
+    fb = onnx.load(str(tmp_path / "fb.onnx"))
+    kept = {n.input[0].rsplit("_quantized", 1)[0] for n in fb.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(set(eq_scales) & kept) >= 3
+    for name in set(eq_scales) & kept:  # the layers still quantized carry EQ's scales
+        dq = next(n for n in fb.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith(name))
+        assert np.array_equal(weights_of(fb)[dq.input[1]], eq_scales[name].astype(np.float32))
     rc, out, err = run_cli("qdq", MODEL, "--cache", cache, "--weights", "mse", "-o", tmp_path / "m.onnx", "--json")
     assert rc == 0, err and '"weights:mse"' in out
     bad = tmp_path / "bad.npz"

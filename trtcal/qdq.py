@@ -681,12 +681,15 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
 
     if weight_method not in WEIGHT_METHODS:
         raise TrtcalError(f"weight method {weight_method!r}: choose from {', '.join(WEIGHT_METHODS)}")
-    planned = {name for name, _axis in plan.weights}
+    # any constant weight of a Conv/ConvTranspose/Gemm/MatMul may be named (its node may stay in
+    # float this time, e.g. in a fallback); anything else is a mistake
+    weights = {n.input[1] for n in g.nodes if n.op_type in QUANTIZED_OPS and len(n.input) > 1
+               and ((n.input[1] in g.inits and n.input[1] not in g.inputs) or n.input[1] in g.constants)}
     for what, given in (("weight scales", weight_scales), ("weight bits", weight_bits)):
-        stray = sorted(set(given or {}) - planned)
+        stray = sorted(set(given or {}) - weights)
         if stray:
-            raise TrtcalError(f"{what} given for {len(stray)} tensor(s) that are no quantized weight of {where}, "
-                              f"e.g. {stray[0]!r}")
+            raise TrtcalError(f"{what} given for {len(stray)} tensor(s) that are no weight of a Conv, ConvTranspose, "
+                              f"Gemm or MatMul of {where}, e.g. {stray[0]!r}")
     quantized = _apply(g, plan, weight_method, weight_scales, weight_bits)
 
     for prop in list(model.metadata_props):
