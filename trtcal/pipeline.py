@@ -201,6 +201,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         if d.source in histograms:
             histograms[name] = histograms[d.source].copy().add_zeros(padded.get(name, 0))
             histograms[name].name = name
+        else:  # its input turned out not to be a float tensor at run time
+            runner.plan.skipped[name] = runner.plan.skipped.get(d.source, "its input was not calibrated")
     for name, value in runner.plan.constants.items():  # the same values every batch: counted once
         histograms[name] = Histogram(bins=bins, growth=growth, name=name).update(value)
     histograms = {n: histograms[n] for n in runner.plan.calibrated if n in histograms}  # graph order
