@@ -137,7 +137,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     eq = args.algorithm == "eq"
     if eq and args.random:
         raise TrtcalError("--algorithm eq needs real data, not --random")
-    result = calibrate(args.model, args.data, algorithm="entropy2" if eq else args.algorithm,
+    result = calibrate(args.model, args.data, algorithm=args.eq_init if eq else args.algorithm,
                        batch_size=args.batch_size, max_batches=args.max_batches, trt_version=version,
                        preprocess=preprocess, random=args.random, progress=False if args.quiet else None,
                        memory_budget_mb=args.memory_budget, include_constants=args.include_constants,
@@ -169,10 +169,6 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
 
     batches = first_samples(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
                         preprocess=preprocess)
-    if args.eq_init != "entropy2":  # the starting ranges: another method on the same statistics
-        from trtcal.pipeline import compute_thresholds
-
-        result.thresholds = compute_thresholds(result.histograms, args.eq_init)
     amaxes = {n: r.amax for n, r in result.thresholds.items()}
     with Progress(eq.layer_count(args.model), "EQ search", enabled=False if args.quiet else None) as bar:
         refined = eq.refine(args.model, batches, amaxes, steps=args.eq_steps, progress=bar)
@@ -207,6 +203,8 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from trtcal import thresholds
+
     p = sub.add_parser("calibrate", help="calibrate an ONNX model on the CPU and write a TensorRT cache",
                        description="Run the FP32 model in ONNX Runtime over the calibration data with every "
                                    "tensor exposed, stream each tensor into a histogram, compute thresholds, "
@@ -233,7 +231,7 @@ def register(sub) -> None:
                    "(default %(default)s)")
     p.add_argument("--eq-steps", type=int, default=100, help="for --algorithm eq: scale factors tried in "
                    "[0.5, 2] (default %(default)s)")
-    p.add_argument("--eq-init", default="entropy2", choices=[m for m in thr_methods() if m != "eq"],
+    p.add_argument("--eq-init", default="entropy2", choices=[m for m in thresholds.METHODS if m != "eq"],
                    help="for --algorithm eq: the ranges the search starts from (default %(default)s, as EasyQuant; "
                         "on ReLU6 networks whose entropy2 ranges collapse, start from onesided or mse)")
     p.add_argument("-o", "--output", help="cache to write (default calib_caches/<model stem>.cache)")
@@ -253,8 +251,3 @@ def register(sub) -> None:
     add_json(p)
     p.set_defaults(func=cmd_thresholds)
 
-
-def thr_methods() -> list[str]:
-    from trtcal import thresholds
-
-    return list(thresholds.METHODS)
