@@ -118,7 +118,7 @@ def _single_node_session(model, layer: _Layer, x_info, threads: int | None):
 def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
            lo: float = 0.5, hi: float = 2.0, weights: bool = True, progress=None,
            threads: int | None = None, memory_mb: float = MEMORY_MB) -> EqResult:
-    """EQ-refine ``amaxes`` (entropy2 results) on ``batches`` (model input dicts, already checked).
+    """EQ-refine ``amaxes`` (entropy2 results, or another method's) on ``batches`` (model input dicts, already checked).
 
     Layer inputs over all ``batches`` are held for a run of consecutive layers at a time, as many
     as fit ``memory_mb`` (the FP32 model runs once per run): memory is bounded by the budget, or

@@ -490,30 +490,26 @@ def _load_kernels():
     consts = {np.dtype(np.float32): (np.int32, 31, 0x7FFFFFFF, 0x7F800000),
               np.dtype(np.float64): (np.int64, 63, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
-    def stats(a):
+    def keyed(kernel, a, *extra):
+        """Run a kernel that returns min/max as integer keys (fast_stats, fused) and decode them to
+        stats()'s tuple; with NaN/Inf present, careful_stats' tuple instead (counts not usable)."""
         if a.size == 0:
             return 0, 0, 0, 0, 0, math.inf, -math.inf, 0.0, 0.0, 0.0
         itype, sh, mask, expo = consts[a.dtype]
-        kmn, kmx, s, ss, sa, zeros, bad = fast_stats(a, a.view(itype), itype(sh), itype(mask), itype(expo))
+        kmn, kmx, s, ss, sa, zeros, bad = kernel(a, a.view(itype), itype(sh), itype(mask), itype(expo), *extra)
         if bad:
             return careful_stats(a)
         keys = np.array([kmn, kmx], dtype=itype)
         mn, mx = (keys ^ ((keys >> itype(sh)) & itype(mask))).view(a.dtype)
         return a.size, zeros, 0, 0, 0, float(mn), float(mx), s, ss, sa
 
+    def stats(a):
+        return keyed(fast_stats, a)
+
     def fused_update(a, inv, counts):
         """Statistics of ``a`` as ``stats`` gives them, and its bins added to ``counts``; with
         NaN/Inf present the counts are not usable and nan (or posinf, neginf) is non-zero."""
-        if a.size == 0:
-            return 0, 0, 0, 0, 0, math.inf, -math.inf, 0.0, 0.0, 0.0
-        itype, sh, mask, expo = consts[a.dtype]
-        kmn, kmx, s, ss, sa, zeros, bad = fused(a, a.view(itype), itype(sh), itype(mask), itype(expo),
-                                                float(inv), counts)
-        if bad:
-            return careful_stats(a)
-        keys = np.array([kmn, kmx], dtype=itype)
-        mn, mx = (keys ^ ((keys >> itype(sh)) & itype(mask))).view(a.dtype)
-        return a.size, zeros, 0, 0, 0, float(mn), float(mx), s, ss, sa
+        return keyed(fused, a, float(inv), counts)
 
     _KERNELS = (stats, binning, fused_update)
     return _KERNELS

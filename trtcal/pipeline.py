@@ -76,10 +76,10 @@ def compute_thresholds(histograms: dict[str, Histogram], algorithm: str, **optio
 #: dynamic batch axis when none is given (see :func:`auto_batch_size`).
 MEMORY_BUDGET_MB = 256
 #: The largest automatic batch size.
+MAX_AUTO_BATCH = 32
 #: Below this many values in all (first batch x batches) the histograms use numpy: loading the
 #: compiled kernels costs about 0.8 s and 110 MB, more than they save on a small model.
 NUMBA_MIN_VALUES = 150_000_000
-MAX_AUTO_BATCH = 32
 
 
 def auto_batch_size(runner, source, budget_mb: float = MEMORY_BUDGET_MB) -> tuple[int, int]:
