@@ -87,20 +87,18 @@ def stored_ranges(choices: list[BitChoice], histograms: dict[str, Histogram], wi
 
 def weight_sqnr(w, axis: int | None, bits: int) -> float:
     """SQNR (dB) of a weight tensor under symmetric per-channel ``bits``-bit quantization with
-    each channel's max|w| as its range (the Q/DQ writer's rule), computed on the weights."""
+    each channel's max|w| as its range, as the Q/DQ writer stores it, computed on the weights."""
     import numpy as np
 
-    from trtcal.weight_scales import channel_amax
+    from trtcal.weight_scales import per_channel_int8
 
-    w = np.asarray(w, dtype=np.float64)
-    qmax = 2 ** (bits - 1) - 1
-    amax = channel_amax(w, axis, "max")
+    w = np.asarray(w, dtype=np.float32).astype(np.float64)
+    q, scale, _ = per_channel_int8(w, axis, bits=bits)
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
-    s = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32).astype(np.float64).reshape(shape if axis is not None else ())
-    noise = float(((w - np.clip(np.rint(w / s), -qmax, qmax) * s) ** 2).sum())
-    return sqnr_db(float((w**2).sum()), noise)
+    deq = q.astype(np.float64) * scale.astype(np.float64).reshape(shape if axis is not None else ())
+    return sqnr_db(float((w**2).sum()), float(((w - deq) ** 2).sum()))
 
 
 def choose_weight_bits(w, axis: int | None, target_db: float, widths: list[int]) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trtcal.errors import TrtcalError
+from trtcal.model import node_attr
 
 ALIAS_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 
@@ -67,23 +68,14 @@ def _constants(model) -> dict[str, np.ndarray]:
             if np.prod(t.dims, dtype=np.int64) <= 64}
 
 
-def _attr(node, name, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _zero_pad(node, consts) -> tuple[tuple | None, str | None, tuple | None] | None:
     """(static pads, pads tensor, axes) when ``node`` is a zero pad that can be derived, else None."""
-    mode = _attr(node, "mode", b"constant")
+    mode = node_attr(node, "mode", b"constant")
     if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
         return None
     if len(node.input) < 2 or not node.input[1]:  # opset < 11: pads and value are attributes
-        pads = _attr(node, "pads")
-        if pads is None or float(_attr(node, "value", 0.0)) != 0.0 or min(pads, default=0) < 0:
+        pads = node_attr(node, "pads")
+        if pads is None or float(node_attr(node, "value", 0.0)) != 0.0 or min(pads, default=0) < 0:
             return None
         return tuple(int(p) for p in pads), None, None
     if len(node.input) > 2 and node.input[2]:

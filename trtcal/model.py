@@ -108,3 +108,13 @@ def constant_tensors(model) -> dict:
             if attr is not None:
                 values[node.output[0]] = attr.t
     return values
+
+
+def node_attr(node, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (as onnx.helper gives it), or ``default``."""
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default

@@ -51,7 +51,9 @@ import numpy as np
 from trtcal import patterns
 from trtcal.cache import DEFAULT_TRT_VERSION, CacheEntry, CalibrationCache, float_to_bits, parse
 from trtcal.errors import TrtcalError
-from trtcal.ranges import FLOAT32_TINY, Range, coerce, from_cache
+from trtcal.model import node_attr
+from trtcal.ranges import Range, coerce, from_cache
+from trtcal.weight_scales import WEIGHT_METHODS, channel_amax, per_channel_int8
 
 #: The operators whose inputs are quantized.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -236,15 +238,6 @@ def _constant_value(node):
     return None
 
 
-def _attr(node, name: str, default):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _subgraph_inputs(model) -> set[str]:
     """Names read inside subgraphs (If/Loop/Scan bodies): outer-scope tensors they may use."""
     names: set[str] = set()
@@ -261,36 +254,6 @@ def _subgraph_inputs(model) -> set[str]:
     return names
 
 
-def per_channel_int8(w: np.ndarray, axis: int | None, amax: np.ndarray | None = None, bits: int = 8
-                     ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Symmetric int8 weights: ``(q, scale, zero_channels)``, ``scale = max|w| / 127`` per slice
-    along ``axis`` (float32, computed in double and rounded once), or per tensor for ``axis=None``;
-    ``amax`` (one per slice) replaces max|w| (e.g. from :func:`trtcal.weight_scales.channel_amax`).
-    An all-zero (or denormal) slice gets scale 1 and codes 0. ``q = clip(rint(w / scale), -127, 127)``
-    in float32, rounding half to even as QuantizeLinear does. ``bits=4``: the same with 7 for 127
-    (codes -7..7, returned in an int8 array)."""
-    w = np.asarray(w, dtype=np.float32)
-    if amax is not None:
-        m = np.asarray(amax, dtype=np.float64).reshape(-1)
-    elif axis is None:
-        m = np.max(np.abs(w), keepdims=False).reshape(1) if w.size else np.zeros(1, np.float32)
-    else:
-        reduce = tuple(i for i in range(w.ndim) if i != axis)
-        m = np.max(np.abs(w), axis=reduce) if w.size else np.zeros(w.shape[axis], np.float32)
-    qmax = 2 ** (bits - 1) - 1
-    scale = (m.astype(np.float64) / qmax).astype(np.float32)
-    zero = ~(scale >= FLOAT32_TINY)
-    scale[zero] = np.float32(1.0)
-    shape = [1] * w.ndim
-    if axis is not None:
-        shape[axis] = -1
-        s = scale.reshape(shape)
-    else:
-        s = scale[0]
-    q = np.clip(np.rint(w / s), -qmax, qmax).astype(np.int8)
-    return q, (scale if axis is not None else scale.reshape(())), int(zero.sum())
-
-
 def weight_axis(op_type: str, node, rank: int) -> int | None:
     """The output-channel axis of a constant weight input (input 1) of a quantized node."""
     if op_type == "Conv":
@@ -298,7 +261,7 @@ def weight_axis(op_type: str, node, rank: int) -> int | None:
     if op_type == "ConvTranspose":
         return 1
     if op_type == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
+        return 0 if node_attr(node, "transB", 0) else 1
     if op_type == "MatMul":
         return rank - 1 if rank >= 2 else None
     raise ValueError(op_type)
@@ -498,8 +461,6 @@ def _plan(g: _Graph, ranges: dict[str, Range], unsigned: bool, excluded: dict[in
 
 def _weight_amax(wp: _WeightPlan, method: str, given: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
     """Per-channel amax of a planned weight: given as scales (``amax = 127 * scale``), or by ``method``."""
-    from trtcal.weight_scales import channel_amax
-
     channels = 1 if wp.axis is None else wp.array.shape[wp.axis]
     if wp.name in given:
         scale = np.asarray(given[wp.name], dtype=np.float64).reshape(-1)
@@ -677,8 +638,6 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
         reasons = "; ".join(f"{n}: {why}" for n, why in list(plan.float_nodes.items())[:3])
         raise TrtcalError(f"{where}: nothing to quantize" + (f" ({reasons})" if reasons else
                           " (no Conv, ConvTranspose, Gemm or MatMul node)"))
-    from trtcal.weight_scales import WEIGHT_METHODS
-
     if weight_method not in WEIGHT_METHODS:
         raise TrtcalError(f"weight method {weight_method!r}: choose from {', '.join(WEIGHT_METHODS)}")
     # any constant weight of a Conv/ConvTranspose/Gemm/MatMul may be named (its node may stay in

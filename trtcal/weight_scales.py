@@ -1,4 +1,5 @@
-"""Per-channel ranges of constant weights for symmetric int8 (pure numpy).
+"""Per-channel ranges of constant weights for symmetric int8 (pure numpy), and the quantization
+of weights with them (:func:`per_channel_int8`, what the Q/DQ writer stores).
 
 ``max`` (what TensorRT and most tools use): each output channel's max|w|. ``mse``: each channel's
 clipping point, searched over ``steps`` values from ``lo`` to 1 times its max|w|, that minimises
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from trtcal.errors import TrtcalError
+from trtcal.ranges import FLOAT32_TINY
 
 WEIGHT_METHODS = ("max", "mse")
 
@@ -39,3 +41,33 @@ def channel_amax(w: np.ndarray, axis: int | None, method: str = "max", *, steps:
         better = err < best_err
         best[better], best_err[better] = amax[better], err[better]
     return best
+
+
+def per_channel_int8(w: np.ndarray, axis: int | None, amax: np.ndarray | None = None, bits: int = 8
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Symmetric int8 weights: ``(q, scale, zero_channels)``, ``scale = max|w| / 127`` per slice
+    along ``axis`` (float32, computed in double and rounded once), or per tensor for ``axis=None``;
+    ``amax`` (one per slice) replaces max|w| (e.g. from :func:`channel_amax`).
+    An all-zero (or denormal) slice gets scale 1 and codes 0. ``q = clip(rint(w / scale), -127, 127)``
+    in float32, rounding half to even as QuantizeLinear does. ``bits=4``: the same with 7 for 127
+    (codes -7..7, returned in an int8 array)."""
+    w = np.asarray(w, dtype=np.float32)
+    if amax is not None:
+        m = np.asarray(amax, dtype=np.float64).reshape(-1)
+    elif axis is None:
+        m = np.max(np.abs(w), keepdims=False).reshape(1) if w.size else np.zeros(1, np.float32)
+    else:
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        m = np.max(np.abs(w), axis=reduce) if w.size else np.zeros(w.shape[axis], np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    scale = (m.astype(np.float64) / qmax).astype(np.float32)
+    zero = ~(scale >= FLOAT32_TINY)
+    scale[zero] = np.float32(1.0)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+        s = scale.reshape(shape)
+    else:
+        s = scale[0]
+    q = np.clip(np.rint(w / s), -qmax, qmax).astype(np.int8)
+    return q, (scale if axis is not None else scale.reshape(())), int(zero.sum())
