@@ -66,6 +66,8 @@ MIN_OPSET = 13
 NARROW_WIDE_OPSET = 21
 #: Activation widths each target stores.
 TARGET_WIDTHS = {"tensorrt": (8,), "onnxruntime": (4, 8, 16)}
+#: Weight widths each target stores (per channel, signed).
+TARGET_WEIGHT_WIDTHS = {"tensorrt": (8,), "onnxruntime": (4, 8)}
 #: (bits, unsigned) -> (dtype name, onnx.TensorProto element type) of an activation's Q/DQ.
 _ACT_TYPES = {(8, False): ("int8", 3), (8, True): ("uint8", 2), (16, False): ("int16", 5), (16, True): ("uint16", 4),
               (4, False): ("int4", 22), (4, True): ("uint4", 21)}
@@ -293,6 +295,10 @@ class _Graph:
         tensors = model_tensors(model)
         self.known = tensors.all_names() | {vi.name for vi in graph.output}
         self.types = _elem_types(model)
+
+    def is_const(self, name: str) -> bool:
+        """Whether ``name`` is a constant tensor (an initializer that is no graph input, or a Constant)."""
+        return (name in self.inits and name not in self.inputs) or name in self.constants
 
     def const_array(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor (an initializer that is no graph input, or a Constant)."""
@@ -609,11 +615,12 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     except Exception as exc:
         raise TrtcalError(f"{where}: onnx.checker rejects the input model: {' '.join(str(exc).split())[:200]}") from None
     weight_bits = dict(weight_bits or {})
-    bad_bits = {n: b for n, b in weight_bits.items() if b not in ((8,) if target == "tensorrt" else (4, 8))}
+    stored = TARGET_WEIGHT_WIDTHS[target]
+    bad_bits = {n: b for n, b in weight_bits.items() if b not in stored}
     if bad_bits:
         name, b = next(iter(bad_bits.items()))
         raise TrtcalError(f"weight {name!r}: {b}-bit weights; target {target} stores "
-                          f"{'8' if target == 'tensorrt' else '4 or 8'}-bit weights")
+                          f"{' or '.join(map(str, stored))}-bit weights")
     narrow_wide = sorted(({r.bits for r in ranges.values()} | set(weight_bits.values())) - {8})
     need, why = ((NARROW_WIDE_OPSET, f"{'- and '.join(map(str, narrow_wide))}-bit Q/DQ") if narrow_wide
                  else (MIN_OPSET, "per-channel Q/DQ"))
@@ -642,8 +649,7 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
         raise TrtcalError(f"weight method {weight_method!r}: choose from {', '.join(WEIGHT_METHODS)}")
     # any constant weight of a Conv/ConvTranspose/Gemm/MatMul may be named (its node may stay in
     # float this time, e.g. in a fallback); anything else is a mistake
-    weights = {n.input[1] for n in g.nodes if n.op_type in QUANTIZED_OPS and len(n.input) > 1
-               and ((n.input[1] in g.inits and n.input[1] not in g.inputs) or n.input[1] in g.constants)}
+    weights = {n.input[1] for n in g.nodes if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and g.is_const(n.input[1])}
     for what, given in (("weight scales", weight_scales), ("weight bits", weight_bits)):
         stray = sorted(set(given or {}) - weights)
         if stray:

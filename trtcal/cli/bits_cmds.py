@@ -71,12 +71,15 @@ def cmd_bits(args: argparse.Namespace) -> int:
 
 
 def _weight_bits(args, weights, widths) -> dict[str, int]:
-    """Per quantized weight, the width ONNX Runtime stores (4 or 8) for the smallest candidate
+    """Per quantized weight, the smallest width the target stores at least the smallest candidate
     width whose per-channel quantization meets --target-sqnr."""
     from onnx import numpy_helper
 
     from trtcal.bitwidth import choose_weight_bits
     from trtcal.model import load_model
+    from trtcal.qdq import TARGET_WEIGHT_WIDTHS
+
+    stored = TARGET_WEIGHT_WIDTHS[args.target]
 
     arrays = {t.name: t for t in load_model(args.model, load_weights=True).graph.initializer}
     out = {}
@@ -84,21 +87,21 @@ def _weight_bits(args, weights, widths) -> dict[str, int]:
         if q.name not in arrays:
             continue  # a Constant node's weight: left at 8 bits
         chosen = choose_weight_bits(numpy_helper.to_array(arrays[q.name]), q.axis, args.target_sqnr, widths)
-        out[q.name] = 4 if chosen <= 4 else 8
+        out[q.name] = next((w for w in stored if w >= chosen), stored[-1])
     return out
 
 
 def _write_qdq(args, choices, histograms, widths):
     """The Q/DQ model with each activation at the width the target stores for its choice."""
     from trtcal.bitwidth import stored_ranges
-    from trtcal.qdq import TARGET_WIDTHS, write_qdq
+    from trtcal.qdq import TARGET_WEIGHT_WIDTHS, TARGET_WIDTHS, write_qdq
 
     ranges, floats = stored_ranges(choices, histograms, TARGET_WIDTHS[args.target], method=args.method)
     if not ranges:
         raise TrtcalError(f"--qdq: no tensor can be quantized at {args.target_sqnr:g} dB with the widths "
                           f"{args.target} stores; lower --target-sqnr")
     result = write_qdq(args.model, ranges, target=args.target)
-    weight_bits = _weight_bits(args, result.weights, widths) if args.target == "onnxruntime" else {}
+    weight_bits = _weight_bits(args, result.weights, widths) if len(TARGET_WEIGHT_WIDTHS[args.target]) > 1 else {}
     if any(b != 8 for b in weight_bits.values()):
         result = write_qdq(args.model, ranges, target=args.target, weight_bits=weight_bits)
     for name, why in floats.items():
