@@ -12,7 +12,6 @@ version 1), all plain numeric arrays, read without pickle:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
@@ -20,7 +19,7 @@ import zipfile
 import numpy as np
 
 from trtcal.errors import TrtcalError
-from trtcal.fileio import atomic_write, open_npz
+from trtcal.fileio import open_npz, write_npz_arrays
 from trtcal.histogram import Histogram
 
 FORMAT = "trtcal-stats"
@@ -46,9 +45,7 @@ def save_stats(path: str | os.PathLike, histograms: dict[str, Histogram], metada
     for i, name in enumerate(names):
         for key, arr in histograms[name].to_arrays().items():
             arrays[f"h{i}.{key}"] = arr
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return atomic_write(path, buf.getvalue(), force=force)
+    return write_npz_arrays(path, arrays, force=force)
 
 
 def load_stats(path: str | os.PathLike) -> tuple[dict[str, Histogram], dict]:
