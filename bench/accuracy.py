@@ -47,7 +47,7 @@ MODELS = {
                    eval=ROOT / ".cache/data/minilm_eval.npz", labels=None),
 }
 
-TRTCAL_METHODS = [("entropy2", {}), ("minmax", {}), ("percentile 99.99", {"q": 0.9999}),
+TRTCAL_METHODS = [("entropy2", {}), ("entropy2 keep", {"zero_bin": "keep"}), ("minmax", {}), ("percentile 99.99", {"q": 0.9999}),
                   ("percentile 99.999", {"q": 0.99999}), ("mse", {}), ("aciq", {}), ("onesided", {})]
 
 ORT_SCRIPT = r"""

@@ -59,3 +59,13 @@ def entropy_oracle(hist: list[int], levels: int = 128) -> tuple[int, list[float]
     if best_i is None:
         best_i = n
     return best_i, kls
+
+
+def neighbour_rule(hist: list[int]) -> list[int]:
+    """entropy2's default zero-bin rule, literally: bin 0 takes bin 1's count (NVIDIA's
+    pytorch-quantization and ModelOpt do this before the same search). If that leaves no count at
+    all (every value was in bin 0), the histogram is used as it is."""
+    out = list(hist)
+    if len(out) > 1:
+        out[0] = out[1]
+    return out if any(out) else list(hist)

@@ -11,6 +11,7 @@ from oracle import entropy_oracle
 
 from trtcal import cache as trtcache
 from trtcal import calibrate
+from trtcal import thresholds as T
 from trtcal.errors import TrtcalError
 
 W = np.array([1.0, -2.0, 3.0, -0.5], np.float32)
@@ -92,6 +93,24 @@ def test_thresholds_from_saved_stats_equal_a_fresh_run(model, data, tmp_path):
         assert (tmp_path / f"{algo}.cache").read_text() == fresh.cache.to_text(), algo
     rc, _, _ = run_cli("thresholds", "--stats", stats, "-o", tmp_path / "again.cache")
     assert (tmp_path / "again.cache").read_text() == (tmp_path / "e.cache").read_text()
+
+
+def test_zero_bin_option_reaches_entropy2_and_nothing_else(model, data, tmp_path):
+    from trtcal.stats import load_stats
+
+    path, _ = data
+    stats = tmp_path / "s.npz"
+    rc, _, err = run_cli("calibrate", model, "--data", path, "--batch-size", "50", "--stats", stats,
+                         "--zero-bin", "keep", "-o", tmp_path / "k.cache", "-q")
+    assert rc == 0, err
+    histograms, _ = load_stats(stats)
+    want = {n: trtcache.scale_bits_from_amax(T.entropy2(h, zero_bin="keep").amax) for n, h in histograms.items()}
+    got = trtcache.read(tmp_path / "k.cache")
+    assert {n: got.entry(n).bits for n in want} == want
+    # the ReLU output "r" is half exact zeros: the two rules give it different ranges
+    assert T.entropy2(histograms["r"], zero_bin="keep").amax != T.entropy2(histograms["r"]).amax
+    rc, _, err = run_cli("thresholds", "--stats", stats, "--algorithm", "minmax", "--zero-bin", "keep")
+    assert rc == 2 and "--zero-bin applies to --algorithm entropy2 only" in err
 
 
 def test_batch_order_matters_only_through_range_growth(model, tmp_path):

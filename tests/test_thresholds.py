@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracle import entropy_oracle
+from oracle import entropy_oracle, neighbour_rule
 
 from trtcal import thresholds as T
 from trtcal.errors import TrtcalError
@@ -31,15 +31,18 @@ def hist_from_counts(counts, width=1.0) -> Histogram:
     return Histogram.from_arrays({"counts": counts, "ints": ints, "floats": floats})
 
 
-def assert_same_choice(counts, levels):
-    chosen, oracle_kl = entropy_oracle([int(c) for c in counts], levels)
-    fast_kl, cands = T.kl_curve(np.asarray(counts, dtype=np.int64), levels)
+def assert_same_choice(counts, levels, zero_bin="keep"):
+    searched = [int(c) for c in counts]
+    if zero_bin == "neighbour":
+        searched = neighbour_rule(searched)
+    chosen, oracle_kl = entropy_oracle(searched, levels)
+    fast_kl, cands = T.kl_curve(np.asarray(searched, dtype=np.int64), levels)
     oracle_kl = np.array(oracle_kl)
     assert np.array_equal(np.isinf(fast_kl), np.isinf(oracle_kl))
     finite = np.isfinite(oracle_kl)
     assert np.allclose(fast_kl[finite], oracle_kl[finite], rtol=1e-9, atol=1e-12)
     bits = int(math.log2(levels)) + 1
-    res = T.entropy2(hist_from_counts(counts), bits=bits)
+    res = T.entropy2(hist_from_counts(counts), bits=bits, zero_bin=zero_bin)
     got = res.diagnostics["bins_kept"]
     if got != chosen:
         a, b = oracle_kl[got - cands[0]], oracle_kl[chosen - cands[0]]
@@ -83,30 +86,31 @@ def histograms(draw, levels, max_extra, min_extra=0):
 @given(data=st.data())
 def test_entropy_matches_oracle_small_levels(data):
     levels = data.draw(st.sampled_from([2, 4, 8, 16, 32]))
-    assert_same_choice(data.draw(histograms(levels, 3 * levels + 20)), levels)
+    assert_same_choice(data.draw(histograms(levels, 3 * levels + 20)), levels, data.draw(st.sampled_from(T.ZERO_BIN_RULES)))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_entropy_matches_oracle_128_levels(data):
-    assert_same_choice(data.draw(histograms(128, 200)), 128)
+    assert_same_choice(data.draw(histograms(128, 200)), 128, data.draw(st.sampled_from(T.ZERO_BIN_RULES)))
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_entropy_matches_oracle_2048_bins_generated(data):
-    assert_same_choice(data.draw(histograms(128, 1920, 1920)), 128)
+    assert_same_choice(data.draw(histograms(128, 1920, 1920)), 128, data.draw(st.sampled_from(T.ZERO_BIN_RULES)))
 
 
+@pytest.mark.parametrize("zero_bin", ["keep", "neighbour"])
 @pytest.mark.parametrize("case", ["gaussian", "spiky"])
-def test_entropy_matches_oracle_full_2048_bins(case):
+def test_entropy_matches_oracle_full_2048_bins(case, zero_bin):
     rng = np.random.default_rng(11)
     if case == "gaussian":
         counts = histogram_of(rng.standard_normal(200_000).astype(np.float32)).counts
     else:
         counts = histogram_of(rng.laplace(size=50_000).astype(np.float32) ** 3).counts
         counts[[3, 700, 1500]] += [10**9, 10**6, 10**3]
-    assert_same_choice(counts, 128)
+    assert_same_choice(counts, 128, zero_bin)
 
 
 def scale_hex(result):
@@ -118,13 +122,43 @@ def test_real_cache_rule_bit_exact():
     x = np.linspace(0, 1, 200_001, dtype=np.float32) * m
     x[-1] = m
     h = histogram_of(x)
-    ent = T.entropy2(h)
-    assert ent.diagnostics["bins_kept"] == 2048  # the KL kept every bin
-    assert ent.amax == float(m) * 4097 / 4096
-    assert scale_hex(ent) == "3cb1ab7d"
+    for zero_bin in T.ZERO_BIN_RULES:  # no spike of zeros: both rules reproduce TensorRT's value
+        ent = T.entropy2(h, zero_bin=zero_bin)
+        assert ent.diagnostics["bins_kept"] == 2048  # the KL kept every bin
+        assert ent.amax == float(m) * 4097 / 4096
+        assert scale_hex(ent) == "3cb1ab7d"
     assert scale_hex(T.minmax(h)) == "3cb1a063"
     raw = T.entropy2(histogram_of(np.tile(np.arange(256, dtype=np.float32), 50)))
     assert scale_hex(raw) == "4000890a"
+
+
+def direct_sqnr_db(x, amax, qmax=127):
+    s = amax / qmax
+    q = np.clip(np.round(x / s), -qmax, qmax) * s
+    return 10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((x - q) ** 2))
+
+
+def test_zero_bin_rules_on_a_mostly_zero_relu6_tensor():
+    # a ReLU6 output that is 84% exact zeros, as in EfficientNet-Lite0
+    x = np.clip(np.random.default_rng(3).normal(-1, 1, 400_000) * 3, 0, 6).astype(np.float32)
+    h = histogram_of(x)
+    keep, neighbour = T.entropy2(h, zero_bin="keep"), T.entropy2(h, zero_bin="neighbour")
+    assert keep.diagnostics["bins_kept"] == 128  # the collapse: the zero spike decides, amax ~ max/16
+    assert neighbour.diagnostics["bins_kept"] == 2048 and neighbour.diagnostics["zero_bin"] == "neighbour"
+    assert T.entropy2(h).amax == neighbour.amax  # the default
+    assert direct_sqnr_db(x, neighbour.amax) > direct_sqnr_db(x, keep.amax) + 10
+    with pytest.raises(TrtcalError, match="zero_bin"):
+        T.entropy2(h, zero_bin="drop")
+
+
+def test_zero_bin_rules_agree_without_exact_zeros():
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        h = histogram_of(rng.standard_normal(100_000).astype(np.float32))
+        assert T.entropy2(h, zero_bin="keep").amax == T.entropy2(h, zero_bin="neighbour").amax
+    only_bin0 = np.zeros(2048, np.int64)
+    only_bin0[0] = 10  # nothing outside bin 0: the neighbour rule falls back to the counts as they are
+    assert T.entropy2(hist_from_counts(only_bin0)).diagnostics["bins_kept"] == 128
 
 
 def test_entropy_first_minimum_and_bit_widths():

@@ -10,6 +10,8 @@ algorithms work (REFERENCE.md section 1):
   trtcal's times a power of two, the range grew differently (batch order or size). If it is above
   anything trtcal's grid can give, TensorRT saw larger values (other data or preprocessing).
 - MinMax is ``max|x|``: above or below trtcal's says TensorRT saw other values.
+- A tensor whose TensorRT amax is what entropy2 gives with the other zero-bin rule (bin 0 kept as
+  counted, or given bin 1's count) says so: that is how to tell which rule TensorRT follows.
 - A tensor TensorRT has no range for was fused away (EntropyCalibration, unlike Entropy2,
   calibrates after fusion) or is not calibrated; a cache name the model lacks is unknown.
 """
@@ -92,6 +94,21 @@ def _entropy_reason(trt: float, hist, result) -> str:
     return f"off trtcal's histogram grid (ratio {ratio:.4g}): other data, batch size or order"
 
 
+def _zero_bin_reason(trt: float, hist, result) -> str | None:
+    """If entropy2 with the other zero-bin rule reproduces TensorRT's amax, say so."""
+    from trtcal.thresholds import ZERO_BIN_RULES, entropy2
+
+    used = result.diagnostics.get("zero_bin")
+    if used not in ZERO_BIN_RULES:
+        return None
+    other = next(r for r in ZERO_BIN_RULES if r != used)
+    alt = entropy2(hist, bits=result.bits, unsigned=result.unsigned, zero_bin=other)
+    if alt.amax > 0 and (scale_bits_from_amax(alt.amax) == scale_bits_from_amax(trt) or abs(trt / alt.amax - 1) <= 1e-6):
+        return (f"matches entropy2 with zero_bin={other} ({hist.zeros} exact zeros; trtcal used {used}): TensorRT "
+                f"counts bin 0 that way; recompute with --zero-bin {other} to reproduce this cache")
+    return None
+
+
 def _minmax_reason(trt: float, hist) -> str:
     top = hist.abs_max
     if trt > top:
@@ -126,7 +143,7 @@ def explain(cache, histograms: dict, results: dict, model_names: set[str], *, rt
         if not math.isfinite(trt) or trt <= 0:
             reason = f"TensorRT's scale is {entry.scale!r}: a broken range, not a calibration difference"
         elif method == "entropy2":
-            reason = _entropy_reason(trt, hist, results[name])
+            reason = _zero_bin_reason(trt, hist, results[name]) or _entropy_reason(trt, hist, results[name])
         elif method == "minmax":
             reason = _minmax_reason(trt, hist)
         else:

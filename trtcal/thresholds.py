@@ -80,26 +80,43 @@ def _prelude(hist: Histogram, method: str, bits: int, unsigned: bool):
 
 # -- entropy2 -----------------------------------------------------------------------------------
 
-def entropy2(hist: Histogram, bits: int = 8, unsigned: bool = False) -> ThresholdResult:
+#: How entropy2 counts bin 0 before the KL search. ``"neighbour"`` (default): bin 0 takes bin 1's
+#: count, as NVIDIA's pytorch-quantization and ModelOpt do, so that the exact zeros of ReLU, Clip
+#: and padding outputs do not decide the threshold. ``"keep"``: bin 0 as counted (REFERENCE.md
+#: section 1 read literally); on a tensor that is mostly exact zeros the search then keeps the
+#: fewest bins (about max/16): the zero spike collapse of docs/accuracy.md.
+ZERO_BIN_RULES = ("neighbour", "keep")
+
+
+def entropy2(hist: Histogram, bits: int = 8, unsigned: bool = False, zero_bin: str = "neighbour") -> ThresholdResult:
     """TensorRT's EntropyCalibration2 (REFERENCE.md section 1), for any bit width.
 
     Candidates ``i`` from ``levels`` (128 for signed 8 bits; ``2**bits`` when unsigned) to the
     number of bins inclusive; the first minimum of KL(P||Q); ``amax = (i + 0.5) * width``.
+    ``zero_bin``: see :data:`ZERO_BIN_RULES` (the two rules differ only where bin 0 differs
+    from bin 1, i.e. on tensors with many exact zeros).
     Diagnostics: ``kl`` (one value per candidate, inf where Q misses mass of P), ``candidates``,
     ``index`` (position of the choice in ``candidates``), ``bins_kept`` (the chosen ``i``),
-    ``levels``, ``width`` and ``refined`` (near-ties recomputed bin by bin).
+    ``levels``, ``width``, ``refined`` (near-ties recomputed bin by bin) and ``zero_bin``.
     """
     bits = _check_bits(bits, unsigned)
+    if zero_bin not in ZERO_BIN_RULES:
+        raise TrtcalError(f"option zero_bin must be one of {', '.join(ZERO_BIN_RULES)}, not {zero_bin!r}")
     warns, done = _prelude(hist, "entropy2", bits, unsigned)
     if done:
         return done
     levels = 2**bits if unsigned else 2 ** (bits - 1)
     h = hist.counts
+    if zero_bin == "neighbour" and h.size > 1 and h[0] != h[1]:
+        h = h.copy()
+        h[0] = h[1]
+        if not h.any():  # only bin 0 held values; nothing else to go by
+            h = hist.counts
     kl, cands = kl_curve(h, levels)
     index, refined = _first_minimum(h, levels, cands, kl)
     i = int(cands[index])
     diag = {"kl": kl, "candidates": cands, "index": index, "bins_kept": i, "levels": levels,
-            "width": hist.width, "refined": refined}
+            "width": hist.width, "refined": refined, "zero_bin": zero_bin}
     return ThresholdResult((i + 0.5) * hist.width, "entropy2", bits, bool(unsigned), diag, tuple(warns))
 
 
@@ -314,7 +331,8 @@ def onesided(hist: Histogram, bits: int = 8) -> ThresholdResult:
 
     A ReLU output gets only the ``2**(bits-1)`` non-negative codes of symmetric int8, and its
     exact zeros (often half its values) quantize exactly under any scale, yet they sit in bin 0
-    and pull entropy2's threshold down. Candidates: entropy2 as TensorRT runs it; the KL search
+    (entropy2's default zero-bin rule hides that spike from the search; ``zero_bin="keep"`` does
+    not). Candidates: entropy2 (default rule); the KL search
     on the histogram without the exact zeros, with the signed level count (what the tensor really
     gets) and with the unsigned level count (``2**bits``); and the max. The one with the smallest
     expected squared error under the symmetric quantizer (:func:`quantization_noise`, ``qmax =

@@ -26,8 +26,18 @@ def add_algorithm_args(p: argparse.ArgumentParser, *, with_eq: bool = False) -> 
                    help="for --algorithm percentile: the percentage of |x| kept, e.g. 99.99 (default)")
     p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
                    help="for --algorithm aciq: the assumed distribution (default gaussian)")
+    add_zero_bin_arg(p)
     p.add_argument("--trt-version", default=format_version(trtcache.DEFAULT_TRT_VERSION),
                    help="TensorRT release the cache is stamped for (default %(default)s)")
+
+
+def add_zero_bin_arg(p: argparse.ArgumentParser) -> None:
+    from trtcal import thresholds as thr
+
+    p.add_argument("--zero-bin", choices=thr.ZERO_BIN_RULES, default=None,
+                   help="for entropy2: how bin 0 counts in the KL search: neighbour (default; bin 0 takes bin 1's "
+                        "count, as NVIDIA's pytorch-quantization and ModelOpt do, so exact zeros of ReLU/Clip "
+                        "outputs do not collapse the range) or keep (bin 0 as counted; see docs/core.md)")
 
 
 def algorithm_options(args: argparse.Namespace) -> dict:
@@ -44,6 +54,11 @@ def algorithm_options(args: argparse.Namespace) -> dict:
         if args.algorithm != "aciq":
             raise TrtcalError("--distribution applies to --algorithm aciq only")
         options["distribution"] = args.distribution
+    if getattr(args, "zero_bin", None) is not None:
+        searched = getattr(args, "eq_init", "entropy2") if args.algorithm == "eq" else args.algorithm
+        if searched != "entropy2":
+            raise TrtcalError("--zero-bin applies to --algorithm entropy2 only (or eq started from it)")
+        options["zero_bin"] = args.zero_bin
     return options
 
 
@@ -233,7 +248,7 @@ def register(sub) -> None:
                    "[0.5, 2] (default %(default)s)")
     p.add_argument("--eq-init", default="entropy2", choices=[m for m in thresholds.METHODS if m != "eq"],
                    help="for --algorithm eq: the ranges the search starts from (default %(default)s, as EasyQuant; "
-                        "on ReLU6 networks whose entropy2 ranges collapse, start from onesided or mse)")
+                        "on ReLU6 networks onesided is the better start: docs/accuracy.md)")
     p.add_argument("-o", "--output", help="cache to write (default calib_caches/<model stem>.cache)")
     p.add_argument("--stats", help="also save the statistics (.npz) for `trtcal thresholds`")
     p.add_argument("--force", action="store_true", help="replace existing outputs")

@@ -79,8 +79,9 @@ def _explain(stats: Path) -> list[str]:
                      "int8 is symmetric, so they get 7 bits of resolution, not 8.")
         hurt = [n for n in onesided if any(f.tensor == n and f.kind == "clipped" for f in findings)]
         if hurt:
-            lines.append(f"{len(hurt)} of them are clipped hard: their exact zeros pile up in bin 0 and pull "
-                         "entropy2's threshold down. `--algorithm onesided` searches without them: "
+            lines.append(f"{len(hurt)} of them are clipped by more than 1%. `--algorithm onesided` picks, among "
+                         "entropy2's range, the KL searches without the exact zeros and the max, the one with the "
+                         "least expected error for a one-sided tensor: "
                          f"trtcal onesided {_shown(example_path(DEMO_MODEL))} --stats {_shown(stats)} --algorithm "
                          "onesided")
     clipped = sorted((f for f in findings if f.kind == "clipped"), key=lambda f: -f.value)

@@ -15,7 +15,7 @@ def _ranges(args: argparse.Namespace):
     """The ranges to write: the cache itself, or Range objects from the statistics."""
     if args.cache:
         for flag, value in (("--algorithm", args.algorithm), ("--percentile", args.percentile),
-                            ("--distribution", args.distribution)):
+                            ("--distribution", args.distribution), ("--zero-bin", args.zero_bin)):
             if value is not None:
                 raise TrtcalError(f"{flag} applies to --stats only (a cache already holds its ranges)")
         from trtcal.cache_io import read_any
@@ -123,6 +123,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
     """Where the ranges come from (a cache, or statistics and an algorithm), the overrides over
     them, and the target: shared by ``qdq`` and ``fallback``."""
     from trtcal import thresholds as thr
+    from trtcal.cli.calibrate_cmds import add_zero_bin_arg
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cache", help="calibration cache (TensorRT, JSON or ONNX Runtime tables)")
@@ -133,6 +134,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
                    help="with --algorithm percentile: the percentage of |x| kept (default 99.99)")
     p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
                    help="with --algorithm aciq: the assumed distribution (default gaussian)")
+    add_zero_bin_arg(p)
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
                    help="tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided "
                         "tensors (min >= 0 in --stats)")
