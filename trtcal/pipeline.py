@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +92,44 @@ def auto_batch_size(runner, source, budget_mb: float = MEMORY_BUDGET_MB) -> tupl
     return max(1, min(MAX_AUTO_BATCH, int(budget_mb * 2**20 // per_sample))), per_sample
 
 
+class _HistogramPool:
+    """Counts one batch's tensors into their histograms on ``workers`` threads: a tensor that
+    holds most of the batch's values is split over every thread by :meth:`Histogram.update`, the
+    others go one tensor per task, largest first. Each histogram sees its batches in order."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, min(8, int(workers)))
+        self._executor = None
+
+    def count(self, histograms: dict[str, Histogram], items: list, engine) -> None:
+        items.sort(key=lambda kv: -kv[1].size)
+        total = sum(a.size for _, a in items)
+        if items and (self.workers == 1 or 2 * items[0][1].size >= total):
+            name, array = items.pop(0)
+            histograms[name].update(array, engine=engine)  # its own threads when large
+            del array
+        if not items:
+            return
+        if self.workers == 1 or len(items) == 1:
+            for name, array in items:
+                histograms[name].update(array, engine=engine, threads=1)
+            return
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="trtcal-histograms")
+        futures = [self._executor.submit(histograms[name].update, array, engine=engine, threads=1)
+                   for name, array in items]
+        items.clear()
+        for f in futures:
+            f.result()  # re-raises a worker's error here
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
 def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *, algorithm: str = "entropy2",
               batch_size: int | None = None, max_batches: int | None = None,
               trt_version: Version = DEFAULT_TRT_VERSION, preprocess=None, random: bool = False,
@@ -137,41 +173,13 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     total = source.num_batches if max_batches is None else min(max_batches, source.num_batches or max_batches)
 
     histograms: dict[str, Histogram] = {}
-    engine: list = []  # the histogram engine, chosen at the first batch (see NUMBA_MIN_VALUES)
+    engine = None  # the histogram engine, chosen at the first batch (see NUMBA_MIN_VALUES)
     checks = BatchChecks()
-    # At most two batches of activations alive: one in the histograms, one coming out of ONNX
-    # Runtime (a slot is taken before a run and given back when the histograms are done with it).
-    work: queue.Queue = queue.Queue()
-    slots = threading.Semaphore(2)
-    failure: list[BaseException] = []
-
-    def worker() -> None:
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            try:
-                if failure:
-                    continue
-                if not engine:
-                    values = sum(a.size for _, a in item)
-                    engine.append(None if total is None or values * total >= NUMBA_MIN_VALUES else "numpy")
-                item.reverse()
-                while item:  # each tensor is released as soon as it is counted
-                    name, array = item.pop()
-                    h = histograms.get(name)
-                    if h is None:
-                        h = histograms[name] = Histogram(bins=bins, growth=growth, name=name)
-                    h.update(array, engine=engine[0])
-                    del array
-            except BaseException as exc:  # surfaced in the main thread
-                failure.append(exc)
-            finally:
-                item = None
-                slots.release()
-
-    thread = threading.Thread(target=worker, name="trtcal-histograms", daemon=True)
-    thread.start()
+    # One batch at a time: ONNX Runtime runs it on every core, then the histograms count it on
+    # every core (tensors spread over a thread pool; numba and numpy release the GIL). Running
+    # the two side by side was slower on 2 cores (ONNX Runtime's parallel sections wait for a
+    # thread the histograms hold: docs/benchmarks.md), and this keeps one batch alive, not two.
+    pool = _HistogramPool(os.cpu_count() or 1)
     batches = 0
     padded: dict[str, int] = {}  # derived pad -> zeros it added over all batches
     try:
@@ -181,19 +189,22 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
                     break
                 batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
                 checks.observe(index, batch)
-                slots.acquire()
-                work.put(list(runner.run(batch)))
+                items = list(runner.run(batch))
+                del batch
+                if index == 0:
+                    values = sum(a.size for _, a in items)
+                    engine = None if total is None or values * total >= NUMBA_MIN_VALUES else "numpy"
+                for name, _ in items:
+                    if name not in histograms:
+                        histograms[name] = Histogram(bins=bins, growth=growth, name=name)
+                pool.count(histograms, items, engine)
+                del items
                 for name, zeros in runner.last_padding.items():
                     padded[name] = padded.get(name, 0) + zeros
                 batches += 1
                 bar.update()
-                if failure:
-                    break
     finally:
-        work.put(None)
-        thread.join()
-    if failure:
-        raise failure[0]
+        pool.close()
     if batches == 0:
         raise TrtcalError(f"{source.description}: produced no batches")
 
