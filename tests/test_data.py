@@ -145,3 +145,7 @@ def test_checks_catch_the_classic_mistakes():
 def test_random_data_is_marked_fake():
     ds = random_data(IMG, batch_size=4, num_batches=2)
     assert ds.fake and [b["images"].shape for b in ds] == [(4, 1, 28, 28)] * 2
+    batch = next(iter(random_data(TWO + [InputSpec("m", np.bool_, (None, 2))], batch_size=64)))
+    assert batch["a"].dtype == np.float32 and -1 <= batch["a"].min() < 0 < batch["a"].max() <= 1
+    for name, dtype in (("b", np.int64), ("m", np.bool_)):  # not the all-zero cast of [-1, 1]
+        assert batch[name].dtype == dtype and set(np.unique(batch[name]).astype(int)) == {0, 1}

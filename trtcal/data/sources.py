@@ -240,7 +240,9 @@ def _script_source(text: str, inputs: Sequence) -> DataSource:
 
 def random_data(inputs: Sequence, *, batch_size: int | None = None, num_batches: int = 8,
                 seed: int = 0) -> DataSource:
-    """Uniform random batches in [-1, 1]: only for smoke tests; the result is marked as fake."""
+    """Random batches, only for smoke tests (the result is marked as fake): float inputs uniform
+    in [-1, 1]; integer and boolean inputs 0 or 1 at random (valid as token ids, attention masks
+    and type ids, where a cast of [-1, 1] would give all zeros)."""
     bs = batch_size or _default_batch(inputs)
 
     def gen() -> Iterator[Batch]:
@@ -249,7 +251,10 @@ def random_data(inputs: Sequence, *, batch_size: int | None = None, num_batches:
             batch = {}
             for spec in inputs:
                 shape = [bs] + [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape[1:]]
-                batch[spec.name] = rng.uniform(-1, 1, shape).astype(spec.dtype)
+                if np.dtype(spec.dtype).kind in "iub":
+                    batch[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+                else:
+                    batch[spec.name] = rng.uniform(-1, 1, shape).astype(spec.dtype)
             yield batch
 
     return DataSource(f"random data ({num_batches} batches of {bs}, seed {seed})", gen, num_batches, fake=True)
