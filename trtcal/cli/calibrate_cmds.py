@@ -248,7 +248,7 @@ def register(sub) -> None:
                    "[0.5, 2] (default %(default)s)")
     p.add_argument("--eq-init", default="entropy2", choices=[m for m in thresholds.METHODS if m != "eq"],
                    help="for --algorithm eq: the ranges the search starts from (default %(default)s, as EasyQuant; "
-                        "on ReLU6 networks onesided is the better start: docs/accuracy.md)")
+                        "docs/accuracy.md compares starting points)")
     p.add_argument("-o", "--output", help="cache to write (default calib_caches/<model stem>.cache)")
     p.add_argument("--stats", help="also save the statistics (.npz) for `trtcal thresholds`")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
