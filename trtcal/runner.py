@@ -175,7 +175,7 @@ class Runner:
         pads_inputs = [d.pads_input for d in self.plan.derived.values() if d.pads_input]
         add_outputs(model, [n for n in self.plan.calibrated if n not in self.plan.constants
                             and n not in self.plan.derived] + pads_inputs)
-        # no spinning: idle ONNX Runtime threads leave their core to the histogram thread
+        # no spinning: idle ONNX Runtime threads leave their cores to the histogram threads
         self.session = cpu_session(model, self.source, threads=threads, extended=True, spinning=False)
         self.inputs = input_specs(self.session, self.input_names)
         self.output_names = [o.name for o in self.session.get_outputs()]
