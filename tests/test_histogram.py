@@ -229,3 +229,19 @@ def test_import_does_not_load_numba():
     code = "import sys, trtcal.histogram, trtcal.thresholds, trtcal.stats; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("engine", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_update_all_on_threads_equals_one_at_a_time(engine):
+    # a dominant tensor (counted first, alone) and small ones (side by side), over batches whose
+    # range grows: each histogram must see its batches in order whatever the worker count
+    rng = np.random.default_rng(4)
+    batches = [{"big": rng.normal(size=5000) * s, "a": rng.normal(size=300) * s, "b": np.maximum(rng.normal(size=200), 0) * s,
+                "c": rng.laplace(size=100) * s} for s in (1.0, 3.0, 0.5, 9.0)]
+    one, many = {}, {}
+    for batch in batches:
+        update_all(one, batch, engine=engine)
+        update_all(many, batch, engine=engine, workers=4)
+    assert list(one) == list(many) == ["big", "a", "b", "c"]
+    for name in one:
+        assert one[name] == many[name], name

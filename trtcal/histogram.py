@@ -522,13 +522,26 @@ def histogram_of(array, bins: int = DEFAULT_BINS, growth: str = "power2", *,
 
 
 def update_all(histograms: dict[str, Histogram], batch: dict, *, bins: int = DEFAULT_BINS,
-               growth: str = "power2", engine: str | None = None) -> dict[str, Histogram]:
-    """Update ``histograms`` (name -> Histogram) with a batch (name -> array), adding new names."""
-    for name, array in batch.items():
-        hist = histograms.get(name)
-        if hist is None:
-            hist = histograms[name] = Histogram(bins, growth, name=name)
-        hist.update(array, engine=engine)
+               growth: str = "power2", engine: str | None = None, workers: int = 1) -> dict[str, Histogram]:
+    """Update ``histograms`` (name -> Histogram) with a batch (name -> array), adding new names.
+
+    ``workers`` > 1: the tensors are counted side by side on this module's thread pool, largest
+    first (numba and numpy release the GIL); a tensor holding at least half of the batch's values
+    goes first, alone, split over threads by :meth:`Histogram.update`. Each histogram gets its
+    one array of the batch, so the result does not depend on ``workers``."""
+    for name in batch:
+        if name not in histograms:
+            histograms[name] = Histogram(bins, growth, name=name)
+    if workers <= 1:
+        for name, array in batch.items():
+            histograms[name].update(array, engine=engine)
+        return histograms
+    items = sorted(batch.items(), key=lambda kv: -np.size(kv[1]))
+    if items and 2 * np.size(items[0][1]) >= sum(np.size(a) for _, a in items):
+        name, array = items.pop(0)
+        histograms[name].update(array, engine=engine)  # its own threads when large
+    if items:
+        _run(lambda kv: histograms[kv[0]].update(kv[1], engine=engine, threads=1), items)
     return histograms
 
 

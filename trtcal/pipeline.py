@@ -18,7 +18,7 @@ from trtcal.data import open_data, random_data
 from trtcal.data.checks import BatchChecks
 from trtcal.data.sources import check_batch, is_loader_script
 from trtcal.errors import TrtcalError
-from trtcal.histogram import Histogram
+from trtcal.histogram import Histogram, update_all
 from trtcal.progress import Progress
 
 #: The header name each algorithm's cache carries. TensorRT has no MSE or ACIQ calibrator; their
@@ -92,44 +92,6 @@ def auto_batch_size(runner, source, budget_mb: float = MEMORY_BUDGET_MB) -> tupl
     return max(1, min(MAX_AUTO_BATCH, int(budget_mb * 2**20 // per_sample))), per_sample
 
 
-class _HistogramPool:
-    """Counts one batch's tensors into their histograms on ``workers`` threads: a tensor that
-    holds most of the batch's values is split over every thread by :meth:`Histogram.update`, the
-    others go one tensor per task, largest first. Each histogram sees its batches in order."""
-
-    def __init__(self, workers: int):
-        self.workers = max(1, min(8, int(workers)))
-        self._executor = None
-
-    def count(self, histograms: dict[str, Histogram], items: list, engine) -> None:
-        items.sort(key=lambda kv: -kv[1].size)
-        total = sum(a.size for _, a in items)
-        if items and (self.workers == 1 or 2 * items[0][1].size >= total):
-            name, array = items.pop(0)
-            histograms[name].update(array, engine=engine)  # its own threads when large
-            del array
-        if not items:
-            return
-        if self.workers == 1 or len(items) == 1:
-            for name, array in items:
-                histograms[name].update(array, engine=engine, threads=1)
-            return
-        if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="trtcal-histograms")
-        futures = [self._executor.submit(histograms[name].update, array, engine=engine, threads=1)
-                   for name, array in items]
-        items.clear()
-        for f in futures:
-            f.result()  # re-raises a worker's error here
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-
 def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *, algorithm: str = "entropy2",
               batch_size: int | None = None, max_batches: int | None = None,
               trt_version: Version = DEFAULT_TRT_VERSION, preprocess=None, random: bool = False,
@@ -176,35 +138,29 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     engine = None  # the histogram engine, chosen at the first batch (see NUMBA_MIN_VALUES)
     checks = BatchChecks()
     # One batch at a time: ONNX Runtime runs it on every core, then the histograms count it on
-    # every core (tensors spread over a thread pool; numba and numpy release the GIL). Running
-    # the two side by side was slower on 2 cores (ONNX Runtime's parallel sections wait for a
-    # thread the histograms hold: docs/benchmarks.md), and this keeps one batch alive, not two.
-    pool = _HistogramPool(os.cpu_count() or 1)
+    # every core (update_all spreads the tensors over a thread pool). Running the two side by
+    # side was slower on 2 cores (ONNX Runtime's parallel sections wait for a thread the
+    # histograms hold: docs/benchmarks.md), and this keeps one batch alive, not two.
+    workers = os.cpu_count() or 1
     batches = 0
     padded: dict[str, int] = {}  # derived pad -> zeros it added over all batches
-    try:
-        with Progress(total, "calibrating", enabled=progress) as bar:
-            for index, batch in enumerate(source):
-                if max_batches is not None and index >= max_batches:
-                    break
-                batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
-                checks.observe(index, batch)
-                items = list(runner.run(batch))
-                del batch
-                if index == 0:
-                    values = sum(a.size for _, a in items)
-                    engine = None if total is None or values * total >= NUMBA_MIN_VALUES else "numpy"
-                for name, _ in items:
-                    if name not in histograms:
-                        histograms[name] = Histogram(bins=bins, growth=growth, name=name)
-                pool.count(histograms, items, engine)
-                del items
-                for name, zeros in runner.last_padding.items():
-                    padded[name] = padded.get(name, 0) + zeros
-                batches += 1
-                bar.update()
-    finally:
-        pool.close()
+    with Progress(total, "calibrating", enabled=progress) as bar:
+        for index, batch in enumerate(source):
+            if max_batches is not None and index >= max_batches:
+                break
+            batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
+            checks.observe(index, batch)
+            tensors = dict(runner.run(batch))
+            del batch
+            if index == 0:
+                values = sum(a.size for a in tensors.values())
+                engine = None if total is None or values * total >= NUMBA_MIN_VALUES else "numpy"
+            update_all(histograms, tensors, bins=bins, growth=growth, engine=engine, workers=workers)
+            del tensors
+            for name, zeros in runner.last_padding.items():
+                padded[name] = padded.get(name, 0) + zeros
+            batches += 1
+            bar.update()
     if batches == 0:
         raise TrtcalError(f"{source.description}: produced no batches")
 
