@@ -79,7 +79,9 @@ def binning(a, inv, counts):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def fused_chunk(a, b, sh, mask, expo, inv, lastf, last, idx):  # pragma: no cover - compiled
-    # fast_stats plus each value's bin, into idx: vectorisable. The bin is clamped in float
+    # fast_stats plus each value's bin, into idx: vectorisable. It repeats fast_stats' loop body
+    # on purpose: calling fast_stats and then a bin loop over the same (L1-resident) chunk measured
+    # 5-8% slower for the whole update on a 8 M-value tensor (2026-11-25, min of 5 in-process). The bin is clamped in float
     # and again as an integer, so whatever fast-math does with NaN/Inf, idx stays in range
     # (a result with NaN/Inf is discarded by the caller anyway).
     kmn = mask
