@@ -265,4 +265,3 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     add_json(p)
     p.set_defaults(func=cmd_thresholds)
-

@@ -124,6 +124,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
     them, and the target: shared by ``qdq`` and ``fallback``."""
     from trtcal import thresholds as thr
     from trtcal.cli.calibrate_cmds import add_zero_bin_arg
+    from trtcal.weight_scales import WEIGHT_METHODS
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cache", help="calibration cache (TensorRT, JSON or ONNX Runtime tables)")
@@ -140,7 +141,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
                         "tensors (min >= 0 in --stats)")
     p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (YAML or JSON, see docs/overrides.md), "
                    "applied over the cache or statistics")
-    p.add_argument("--weights", dest="weight_method", choices=("max", "mse"), default="max",
+    p.add_argument("--weights", dest="weight_method", choices=WEIGHT_METHODS, default="max",
                    help="per-channel weight ranges: max|w| (default, what TensorRT does) or the clipping point "
                         "with the least squared error (helps channels with an outlying weight)")
     p.add_argument("--weight-scales", metavar="FILE.npz",
