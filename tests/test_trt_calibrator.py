@@ -394,3 +394,13 @@ def test_without_pycuda_the_device_path_fails_in_one_clear_line(monkeypatch):
     assert isinstance(cal.failure, TrtcalError) and "needs pycuda" in str(cal.failure)
     with pytest.raises(TrtcalError, match="needs pycuda"):
         next(run_engine("any.engine", []))
+
+
+def test_a_new_tensorrt_module_never_gets_a_stale_class():
+    # classes are cached per module; a freed module's id may be reused by the next object
+    for _ in range(50):
+        trt = fake_trt(*(base for base, _ in ALGORITHMS.values()))
+        calibrator_class(trt, "entropy2")
+        del trt
+        with pytest.raises(TrtcalError, match="no IInt8EntropyCalibrator2"):
+            calibrator_class(fake_trt(version="11.0.0.1"), "entropy2")

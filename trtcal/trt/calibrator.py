@@ -425,7 +425,9 @@ class Calibrator:
 
 # ---------------------------------------------------------------------- TensorRT's classes
 
-_CLASSES: dict[tuple[int, str], type] = {}
+#: (id(trt module), algorithm) -> (the module, its class). The module is kept so that its id
+#: cannot be reused by another object while the entry exists (a stale class for a new module).
+_CLASSES: dict[tuple[int, str], tuple[object, type]] = {}
 
 
 def calibrator_class(trt, algorithm: str = "entropy2") -> type:
@@ -435,7 +437,7 @@ def calibrator_class(trt, algorithm: str = "entropy2") -> type:
         raise TrtcalError(f"calibrator algorithm {algorithm!r}: choose from {', '.join(ALGORITHMS)}")
     key = (id(trt), algorithm)
     if key in _CLASSES:
-        return _CLASSES[key]
+        return _CLASSES[key][1]
     base_name = ALGORITHMS[algorithm][0]
     base = getattr(trt, base_name, None)
     if base is None:
@@ -465,7 +467,7 @@ def calibrator_class(trt, algorithm: str = "entropy2") -> type:
         })
     cls = types.new_class(base_name[len("IInt8"):], (base,), exec_body=lambda ns: ns.update(methods))
     cls.__module__ = __name__
-    _CLASSES[key] = cls
+    _CLASSES[key] = (trt, cls)
     return cls
 
 
