@@ -10,11 +10,19 @@ efficientnet-lite-pytorch``. Writes, under ``.cache/`` (git ignores it):
 - ``.cache/data/effnet_calib/`` and ``.cache/data/effnet_eval/``: ``.npy`` batch files of 32
   preprocessed samples (shorter side to 256 bilinear, centre crop 224, ``(x - 127) / 128``, NCHW
   RGB, float32). Samples are random crops (25-100% of the area, aspect 3/4-4/3) and flips of real
-  photos shipped by scikit-image, scikit-learn and matplotlib; calibration and evaluation photos
-  are disjoint (split by source photo). ``--calib N`` and ``--eval N`` set the counts (default
-  1024 and 256).
+  photos; calibration and evaluation photos are disjoint (split by source photo). ``--calib N``
+  and ``--eval N`` set the counts (default 1024 and 512).
 
-Usage: ``.venv-train/bin/python scripts/export_efficientnet_lite0.py`` (about a minute on 2 cores).
+The photos: those shipped by scikit-image, scikit-learn and matplotlib (21 of them usable; 5 kept
+for evaluation, ``EVAL_PHOTOS``), and 30 natural photos from the Debian packages ``darknet`` and
+``opencv-doc`` (``DEBIAN_PHOTOS``: the chessboards, logos, drawings, text and near-duplicate pairs
+of opencv-doc are left out), fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into
+``.cache/photos/`` (nothing installed); sorted by name, every second one is an evaluation photo.
+``--no-debian`` gives the first photo set (16 calibration and 5 evaluation photos, the set of the
+accuracy figures measured before 2026-11-25 evening; with ``--eval 256``).
+
+Usage: ``.venv-train/bin/python scripts/export_efficientnet_lite0.py [--data-only]`` (about a
+minute on 2 cores).
 """
 
 from __future__ import annotations
@@ -28,6 +36,18 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_MODEL = ROOT / ".cache" / "models" / "efficientnet_lite0.onnx"
 OUT_DATA = ROOT / ".cache" / "data"
 EVAL_PHOTOS = {"chelsea", "rocket", "flower.jpg", "grace_hopper", "motorcycle_right", "coins"}
+#: Debian package -> its natural photos (paths inside the package)
+DEBIAN_PHOTOS = {
+    "darknet": [f"usr/share/darknet/data/{n}.jpg"
+                for n in ("dog", "eagle", "giraffe", "horses", "kite", "person", "scream")],
+    "opencv-doc": [f"usr/share/doc/opencv-doc/examples/data/{n}"
+                   for n in ("aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg",
+                             "box_in_scene.png", "building.jpg", "butterfly.jpg", "chicky_512.png",
+                             "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg", "leuvenA.jpg",
+                             "licenseplate_motion.jpg", "messi5.jpg", "orange.jpg", "rubberwhale1.png",
+                             "smarties.png", "squirrel_cls.jpg", "starry_night.jpg", "stuff.jpg")],
+}
+PHOTO_CACHE = ROOT / ".cache" / "photos"
 BATCH = 32
 
 
@@ -59,6 +79,43 @@ def photos() -> dict[str, np.ndarray]:
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
         out["grace_hopper"] = np.asarray(Image.open(fh).convert("RGB"))
     return out
+
+
+def debian_photos() -> dict[str, np.ndarray]:
+    """name -> HxWx3 uint8 RGB for DEBIAN_PHOTOS; packages fetched once into PHOTO_CACHE."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    out = {}
+    for package, paths in DEBIAN_PHOTOS.items():
+        root = PHOTO_CACHE / package
+        if not all((root / p).is_file() for p in paths):
+            PHOTO_CACHE.mkdir(parents=True, exist_ok=True)
+            for old in PHOTO_CACHE.glob(f"{package}_*.deb"):
+                old.unlink()
+            subprocess.run(["apt-get", "download", package], cwd=PHOTO_CACHE, check=True)
+            (deb,) = PHOTO_CACHE.glob(f"{package}_*.deb")
+            unpacked = PHOTO_CACHE / f"{package}.unpacked"
+            shutil.rmtree(unpacked, ignore_errors=True)
+            subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
+            for p in paths:  # keep the photos only (opencv-doc unpacks to 300 MB)
+                (root / p).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(unpacked / p, root / p)
+            shutil.rmtree(unpacked)
+            deb.unlink()
+        for p in paths:
+            out[Path(p).name] = np.asarray(Image.open(root / p).convert("RGB"))
+    return out
+
+
+def split(imgs: dict[str, np.ndarray], debian: set[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(calibration, evaluation) photos, disjoint: EVAL_PHOTOS, and every second Debian photo by name."""
+    every_second = set(sorted(debian)[1::2])
+    evals = EVAL_PHOTOS | every_second
+    return ([v for k, v in sorted(imgs.items()) if k not in evals],
+            [v for k, v in sorted(imgs.items()) if k in evals])
 
 
 def preprocess(img: np.ndarray) -> np.ndarray:
@@ -117,12 +174,16 @@ def export() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib", type=int, default=1024)
-    parser.add_argument("--eval", type=int, default=256)
+    parser.add_argument("--eval", type=int, default=512)
+    parser.add_argument("--no-debian", action="store_true", help="only the photos of the Python packages")
+    parser.add_argument("--data-only", action="store_true", help="keep an exported model, write the data only")
     args = parser.parse_args()
-    export()
+    if not (args.data_only and OUT_MODEL.is_file()):
+        export()
     imgs = photos()
-    calib = [v for k, v in sorted(imgs.items()) if k not in EVAL_PHOTOS]
-    evals = [v for k, v in sorted(imgs.items()) if k in EVAL_PHOTOS]
+    debian = {} if args.no_debian else debian_photos()
+    imgs.update(debian)
+    calib, evals = split(imgs, set(debian))
     write_set(OUT_DATA / "effnet_calib", calib, args.calib, seed=0)
     write_set(OUT_DATA / "effnet_eval", evals, args.eval, seed=1)
     print(f"wrote {OUT_MODEL}; {args.calib} calibration samples from {len(calib)} photos, {args.eval} evaluation "

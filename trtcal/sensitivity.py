@@ -83,6 +83,9 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     baseline, agree0 = _score(full.model, batches, refs)
     gains: dict[str, float] = {}
     candidates = [q.name for q in full.activations]
+    if progress is not None and getattr(progress, "total", 0) is None:
+        progress.total = len(candidates)  # known only now: a caller need not write the model to size its bar
+
     def score_without(dropped: set[str]) -> float:
         trial = write_qdq(model, {k: v for k, v in ranges.items() if k not in dropped}, target=target,
                           check_onnxruntime=False, **qdq_options)

@@ -11,7 +11,6 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     from trtcal import fileio
     from trtcal.cli.qdq_cmds import _ranges, apply_overrides, weight_options
     from trtcal.progress import Progress
-    from trtcal.qdq import write_qdq
     from trtcal.runner import first_samples
     from trtcal.sensitivity import analyse
 
@@ -23,8 +22,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
     batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
     weights = weight_options(args)
-    count = len(write_qdq(args.model, ranges, target=args.target, check_onnxruntime=False, **weights).activations)
-    with Progress(count, "leave-one-out", enabled=False if args.quiet else None) as bar:
+    with Progress(None, "leave-one-out", enabled=False if args.quiet else None) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
                               greedy=args.greedy, progress=bar, **weights)
     final.save(args.output, force=args.force, inputs=[args.model])
