@@ -51,6 +51,26 @@ def test_streamed_metrics_equal_direct_formulas():
     assert d["top1_test"] == np.mean(test.argmax(1) == labels)
     assert d["max_abs_error"] == np.abs(ref - test).max()
 
+    def literal_kl(a, b):  # softmax and KL written out, one sample at a time
+        pa = [math.exp(v) for v in a]
+        pb = [math.exp(v) for v in b]
+        pa = [v / sum(pa) for v in pa]
+        pb = [v / sum(pb) for v in pb]
+        return sum(p * math.log(p / q) for p, q in zip(pa, pb))
+
+    assert d["kl_mean"] == pytest.approx(sum(literal_kl(a, b) for a, b in zip(ref, test)) / 300, rel=1e-9)
+    assert d["kl_mean"] > 0.01
+
+
+def test_kl_is_zero_for_a_shift_and_large_logits_do_not_overflow():
+    c = Comparison("logits")
+    ref = np.array([[1000.0, 990.0, -5.0], [3.0, 2.0, 1.0]])
+    c.update(ref, ref + 7.0)  # softmax ignores a constant shift of a row
+    assert c.kl_mean == pytest.approx(0.0, abs=1e-12)
+    c.update(np.array([[800.0, 0.0, 0.0]]), np.array([[0.0, 800.0, 0.0]]))
+    assert math.isfinite(c.kl_mean) and c.kl_mean == pytest.approx(800.0 / 3, rel=1e-9)
+    assert math.isnan(Comparison("v").kl_mean)
+
 
 def test_metric_edge_cases():
     same = Comparison("a")
@@ -169,12 +189,13 @@ def test_cli_text_json_and_plot(int8_model, tmp_path):
     png = tmp_path / "sqnr.png"
     rc, out, err = run_cli("eval", MODEL, int8_model, "--data", EVAL, "--labels", EVAL, "--plot", png, "-q")
     assert rc == 0, err
-    assert "logits" in out and "per-tensor SQNR" in out and "/fc1/Gemm_output_0" in out
+    assert "logits" in out and "per-tensor SQNR" in out and "/fc1/Gemm_output_0" in out and "KL nats" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rc, out, err = run_cli("eval", MODEL, int8_model, "--data", EVAL, "--no-per-tensor", "--json")
     assert rc == 0, err
     doc = json.loads(out)
     assert doc["outputs"][0]["name"] == "logits" and doc["tensors"] == []
+    assert 0 < doc["outputs"][0]["kl_mean"] < 0.1
     before = png.read_bytes()
     rc, out, err = run_cli("eval", MODEL, int8_model, "--data", EVAL, "--plot", png)
     assert rc == 2 and str(png) in err and png.read_bytes() == before

@@ -16,6 +16,10 @@ def _db(x: float) -> str:
     return "-" if x is None or math.isnan(x) else ("inf" if math.isinf(x) and x > 0 else f"{x:.2f}")
 
 
+def _kl(x: float | None) -> str:
+    return "" if x is None else f"{x:.2g}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from trtcal.data.images import Preprocess
     from trtcal.evaluate import evaluate
@@ -39,12 +43,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     meta = result.metadata
     print(f"{meta['test']} vs {meta['reference']} on {meta['samples']} samples ({meta['data']})")
-    print(f"{'output':<24} {'SQNR dB':>8} {'cosine':>8} {'min cos':>8} {'top-1 agree':>11} "
+    print(f"{'output':<24} {'SQNR dB':>8} {'cosine':>8} {'min cos':>8} {'top-1 agree':>11} {'KL nats':>8} "
           f"{'top-1 ref':>9} {'top-1 test':>10}")
     for c in result.outputs:
         d = c.to_dict()
         print(f"{c.name:<24} {_db(c.sqnr_db):>8} {c.cosine_mean:>8.4f} {d['cosine_min']:>8.4f} "
-              f"{_pct(d.get('top1_agreement')):>11} {_pct(d.get('top1_reference')):>9} {_pct(d.get('top1_test')):>10}")
+              f"{_pct(d.get('top1_agreement')):>11} {_kl(d.get('kl_mean')):>8} {_pct(d.get('top1_reference')):>9} "
+              f"{_pct(d.get('top1_test')):>10}")
     if result.tensors:
         shown = result.tensors if args.all else result.tensors[:args.top]
         print(f"\nper-tensor SQNR (dB), worst first ({len(shown)} of {len(result.tensors)}; "
