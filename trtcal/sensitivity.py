@@ -2,9 +2,14 @@
 
 For a Q/DQ model written from some ranges, each quantized activation tensor is left in float in
 turn (its consuming layers then run in float, weights included, as TensorRT would run a layer
-kept in higher precision), and the model's output SQNR against FP32 is measured on a few
+kept in higher precision), and the model's output error against FP32 is measured on a few
 evaluation batches. The tensors whose removal gains the most are the ones to keep in float. The
 chosen set is then applied together and measured again.
+
+The error (``metric``): ``"sqnr"``, the SQNR of all outputs (any model); or ``"kl"``, the mean
+KL divergence of the softmaxes of the first output (classifiers: it weighs the logits by the
+reference's probabilities, as top-1 flips do, where SQNR weighs all 1000 logits alike). Gains are
+in dB either way: the SQNR gained, or ``10 log10`` of the factor the KL divergence shrinks by.
 
 Everything runs in ONNX Runtime on the CPU: the FP32 outputs are computed once; each candidate is
 a fresh session over an in-memory model.
@@ -18,20 +23,40 @@ from dataclasses import dataclass, field
 from trtcal.errors import TrtcalError
 from trtcal.metrics import Comparison
 
+METRICS = ("sqnr", "kl")
+
+
+@dataclass
+class Score:
+    """One model's outputs against FP32 on the evaluation batches."""
+
+    sqnr_db: float  # over all outputs
+    agreement: float | None = None  # top-1 agreement of the first output, for classifiers
+    kl: float | None = None  # mean KL(softmax(ref) || softmax(test)) of the first output, for classifiers
+
+    def value(self, metric: str) -> float:
+        """Larger is better, in dB: the SQNR, or -10 log10 of the KL divergence."""
+        if metric == "sqnr":
+            return self.sqnr_db
+        return math.inf if self.kl == 0 else -10.0 * math.log10(self.kl)
+
 
 @dataclass
 class Sensitivity:
     baseline_db: float  # output SQNR with every tensor quantized
-    gains: dict[str, float]  # tensor -> SQNR gain (dB) when it alone stays in float, largest first
+    gains: dict[str, float]  # tensor -> gain (dB, see metric) when it alone stays in float, largest first
     chosen: list[str] = field(default_factory=list)
     final_db: float = math.nan  # output SQNR with the chosen tensors in float
     agreement: tuple[float, float] | None = None  # top-1 agreement (baseline, final) for classifiers
     layers: list[str] = field(default_factory=list)  # outputs of the nodes left in float (a fallback list)
+    metric: str = "sqnr"  # what the gains measure
+    kl: tuple[float, float] | None = None  # mean KL divergence (baseline, final) for classifiers
 
     def to_dict(self) -> dict:
-        return {"baseline_sqnr_db": self.baseline_db, "final_sqnr_db": self.final_db, "chosen": self.chosen,
-                "fallback_layers": self.layers,
-                "gains_db": self.gains, "top1_agreement": list(self.agreement) if self.agreement else None}
+        return {"metric": self.metric, "baseline_sqnr_db": self.baseline_db, "final_sqnr_db": self.final_db,
+                "chosen": self.chosen, "fallback_layers": self.layers, "gains_db": self.gains,
+                "top1_agreement": list(self.agreement) if self.agreement else None,
+                "kl_mean": list(self.kl) if self.kl else None}
 
 
 def _session(model):
@@ -40,7 +65,7 @@ def _session(model):
     return cpu_session(model, "the Q/DQ model under test", int8_kernels=False)  # TensorRT's arithmetic
 
 
-def _score(model, batches, refs) -> tuple[float, float | None]:
+def _score(model, batches, refs) -> Score:
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
     total = Comparison("all")
@@ -50,12 +75,14 @@ def _score(model, batches, refs) -> tuple[float, float | None]:
         for r, g in zip(ref, got):
             total.update(r.reshape(r.shape[0], -1) if r.ndim > 1 else r, g.reshape(g.shape[0], -1) if g.ndim > 1 else g)
         first.update(ref[0], got[0])
-    agree = first.to_dict().get("top1_agreement")
-    return total.sqnr_db, agree
+    if not first.classifier:
+        return Score(total.sqnr_db)
+    return Score(total.sqnr_db, first.agree / first.samples, first.kl_mean)
 
 
 def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, target: str = "tensorrt",
-            greedy: bool = False, progress=None, **qdq_options) -> tuple[Sensitivity, object]:
+            greedy: bool = False, metric: str = "sqnr", progress=None,
+            **qdq_options) -> tuple[Sensitivity, object]:
     """Leave-one-out sensitivity of every quantized activation; returns it and the Q/DQ result
     with the ``max_float`` most harmful tensors left in float (only those that gain).
 
@@ -71,6 +98,8 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
 
     if max_float < 0:
         raise TrtcalError(f"--max-float {max_float}: must be >= 0")
+    if metric not in METRICS:
+        raise TrtcalError(f"metric {metric!r}: choose from {', '.join(METRICS)}")
     if not batches:
         raise TrtcalError("no evaluation batches for the sensitivity analysis")
     model = load_model(model_path, load_weights=True)
@@ -80,7 +109,11 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     names = [o.name for o in ref_session.get_outputs()]
     refs = [ref_session.run(names, b) for b in batches]
     full = write_qdq(model, ranges, target=target, **qdq_options)
-    baseline, agree0 = _score(full.model, batches, refs)
+    base = _score(full.model, batches, refs)
+    if metric == "kl" and base.kl is None:
+        raise TrtcalError(f"metric kl needs a classifier as the first output ({names[0]!r}: rank 2, "
+                          "more than one class); use sqnr")
+    baseline = base.value(metric)
     gains: dict[str, float] = {}
     candidates = [q.name for q in full.activations]
     if progress is not None and getattr(progress, "total", 0) is None:
@@ -89,7 +122,7 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     def score_without(dropped: set[str]) -> float:
         trial = write_qdq(model, {k: v for k, v in ranges.items() if k not in dropped}, target=target,
                           check_onnxruntime=False, **qdq_options)
-        return _score(trial.model, batches, refs)[0]
+        return _score(trial.model, batches, refs).value(metric)
 
     for name in candidates:
         db = score_without({name})
@@ -110,7 +143,7 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
             current = trials[best]
     final = write_qdq(model, {k: v for k, v in ranges.items() if k not in set(chosen)}, target=target,
                       **qdq_options)
-    final_db, agree1 = _score(final.model, batches, refs)
+    end = _score(final.model, batches, refs)
     consumers = {q.name: q.consumers for q in full.activations}
     outputs_of = {(n.name or n.output[0]): n.output[0] for n in model.graph.node}
     layers = []
@@ -119,8 +152,9 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
             node = c.replace(" (residual)", "")
             if node in outputs_of and outputs_of[node] not in layers:
                 layers.append(outputs_of[node])
-    result = Sensitivity(baseline, ordered, chosen, final_db,
-                         (agree0, agree1) if agree0 is not None else None, layers)
+    result = Sensitivity(base.sqnr_db, ordered, chosen, end.sqnr_db,
+                         (base.agreement, end.agreement) if base.agreement is not None else None, layers,
+                         metric, (base.kl, end.kl) if base.kl is not None else None)
     return result, final
 
 

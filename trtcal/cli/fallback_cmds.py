@@ -24,7 +24,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     weights = weight_options(args)
     with Progress(None, "leave-one-out", enabled=False if args.quiet else None) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
-                              greedy=args.greedy, progress=bar, **weights)
+                              greedy=args.greedy, metric=args.metric, progress=bar, **weights)
     final.save(args.output, force=args.force, inputs=[args.model])
     if args.list:
         text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"
@@ -35,13 +35,17 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         doc.update(output=str(args.output), list=args.list, samples=sum(len(next(iter(b.values()))) for b in batches))
         print_json(doc)
         return 0
-    print(f"{'gain dB':>8}  tensor left in float (output SQNR {sens.baseline_db:.2f} dB with everything quantized)")
+    measure = "KL divergence shrinks by, in dB" if sens.metric == "kl" else "output SQNR gain"
+    print(f"{'gain dB':>8}  tensor left in float ({measure}; output SQNR {sens.baseline_db:.2f} dB with "
+          "everything quantized)")
     for name, gain in list(sens.gains.items())[:max(args.max_float, 10)]:
         mark = "  <- float" if name in sens.chosen else ""
         print(f"{gain:>8.2f}  {name}{mark}")
     agree = ""
     if sens.agreement:
         agree = f"; top-1 agreement {100 * sens.agreement[0]:.2f}% -> {100 * sens.agreement[1]:.2f}%"
+    if sens.kl:
+        agree += f"; KL {sens.kl[0]:.2g} -> {sens.kl[1]:.2g} nats"
     print(f"{len(sens.chosen)} tensor(s) in float: output SQNR {sens.baseline_db:.2f} -> {sens.final_db:.2f} dB{agree}")
     print(f"wrote {args.output}" + (f" and {args.list}" if args.list else ""))
     return 0
@@ -49,11 +53,12 @@ def cmd_fallback(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from trtcal.cli.qdq_cmds import add_ranges_args
+    from trtcal.sensitivity import METRICS
 
     p = sub.add_parser("fallback", help="find the tensors whose quantization hurts most and keep them in float",
                        description="Leave-one-out sensitivity: for each quantized activation of the Q/DQ model, "
-                                   "measure the output SQNR against FP32 with that tensor (and so its consuming "
-                                   "layers) in float; keep the --max-float most harmful in float. Writes the Q/DQ "
+                                   "measure the output error against FP32 (--metric) with that tensor (and so its "
+                                   "consuming layers) in float; keep the --max-float most harmful in float. Writes the Q/DQ "
                                    "model and, with --list, the layers to keep in float for trtcal build "
                                    "--fallback-list (TensorRT 10 layer precisions).")
     p.add_argument("model", help="FP32 ONNX model")
@@ -64,6 +69,10 @@ def register(sub) -> None:
     p.add_argument("--max-float", type=int, default=5, help="tensors to keep in float at most (default %(default)s)")
     p.add_argument("--greedy", action="store_true", help="pick one tensor at a time, re-measuring with the ones "
                    "already picked (slower; catches interacting errors)")
+    p.add_argument("--metric", choices=list(METRICS), default="sqnr",
+                   help="what a tensor's fallback must improve: sqnr, the output SQNR (any model), or kl, the mean "
+                        "KL divergence of the first output's softmax (classifiers; follows top-1 agreement more "
+                        "closely; default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="the Q/DQ model with the fallback applied")
     p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
