@@ -62,6 +62,21 @@ def test_streamed_metrics_equal_direct_formulas():
     assert d["kl_mean"] > 0.01
 
 
+def test_agreement_on_sure_samples_counts_only_those():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(scale=2.0, size=(200, 5))
+    test = ref + rng.normal(scale=0.8, size=ref.shape)
+    c = Comparison("logits", confidence=0.6)
+    for start in range(0, 200, 64):
+        c.update(ref[start:start + 64], test[start:start + 64])
+    top_prob = [max(math.exp(v) for v in row) / sum(math.exp(v) for v in row) for row in ref]
+    sure = [i for i, p in enumerate(top_prob) if p >= 0.6]
+    d = c.to_dict()
+    assert 0 < d["sure_samples"] == len(sure) < 200
+    assert d["top1_agreement_sure"] == sum(ref[i].argmax() == test[i].argmax() for i in sure) / len(sure)
+    assert d["top1_agreement_sure"] > d["top1_agreement"]  # the flips are near-ties
+
+
 def test_kl_is_zero_for_a_shift_and_large_logits_do_not_overflow():
     c = Comparison("logits")
     ref = np.array([[1000.0, 990.0, -5.0], [3.0, 2.0, 1.0]])
@@ -190,12 +205,14 @@ def test_cli_text_json_and_plot(int8_model, tmp_path):
     rc, out, err = run_cli("eval", MODEL, int8_model, "--data", EVAL, "--labels", EVAL, "--plot", png, "-q")
     assert rc == 0, err
     assert "logits" in out and "per-tensor SQNR" in out and "/fc1/Gemm_output_0" in out and "KL nats" in out
+    assert "samples the reference is sure of (top-1 probability >= 0.5)" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rc, out, err = run_cli("eval", MODEL, int8_model, "--data", EVAL, "--no-per-tensor", "--json")
     assert rc == 0, err
     doc = json.loads(out)
     assert doc["outputs"][0]["name"] == "logits" and doc["tensors"] == []
     assert 0 < doc["outputs"][0]["kl_mean"] < 0.1
+    assert doc["outputs"][0]["confidence"] == 0.5 and 0 < doc["outputs"][0]["sure_samples"] <= 1000
     before = png.read_bytes()
     rc, out, err = run_cli("eval", MODEL, int8_model, "--data", EVAL, "--plot", png)
     assert rc == 2 and str(png) in err and png.read_bytes() == before
@@ -217,6 +234,7 @@ def test_bad_inputs_one_line_exit_2(int8_model, tmp_path):
         (["eval", MODEL, int8_model, "--data", EVAL, "--labels", bad_txt], f"{bad_txt}:3"),
         (["eval", MODEL, int8_model, "--data", EVAL, "--labels", f"{EVAL}:nope"], "no array 'nope'"),
         (["eval", MODEL, tmp_path / "missing.onnx", "--data", EVAL], "no such model file"),
+        (["eval", MODEL, int8_model, "--data", EVAL, "--confidence", "1.5"], "confidence 1.5: must be a probability"),
     ]
     for argv, message in cases:
         rc, out, err = run_cli(*argv)

@@ -85,7 +85,7 @@ def dequantized_views(model) -> dict[str, str]:
 def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | os.PathLike, *,
              labels=None, batch_size: int | None = None, max_batches: int | None = None,
              per_tensor: bool = True, preprocess=None, progress: bool | None = None,
-             threads: int | None = None, int8_kernels: bool = False) -> Evaluation:
+             threads: int | None = None, int8_kernels: bool = False, confidence: float = 0.5) -> Evaluation:
     """Compare ``test`` (e.g. a Q/DQ INT8 model) with ``reference`` (its FP32 original) on ``data``.
 
     The Q/DQ model runs as written (quantize, dequantize, float op: TensorRT's int8 arithmetic to
@@ -93,7 +93,9 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
     own integer kernels instead (what an ONNX Runtime deployment runs; CPU-dependent).
 
     ``labels``: a 1-D integer array (or a path for :func:`trtcal.data.sources.load_labels`), one
-    per sample in data order, for top-1 accuracy of classifier outputs.
+    per sample in data order, for top-1 accuracy of classifier outputs. ``confidence``: classifier
+    outputs also report top-1 agreement over the samples whose reference top-1 probability is at
+    least this (see :mod:`trtcal.metrics`).
     """
     from trtcal.data.sources import check_batch, load_labels, open_data
     from trtcal.model import load_model, model_tensors
@@ -130,7 +132,9 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
     source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
     total = source.num_batches if max_batches is None else min(max_batches, source.num_batches or max_batches)
 
-    outputs = {n: Comparison(n) for n in ref_outputs}
+    if not 0 < confidence <= 1:
+        raise TrtcalError(f"confidence {confidence!r}: must be a probability in (0, 1]")
+    outputs = {n: Comparison(n, confidence=confidence) for n in ref_outputs}
     inputs_viewed = [n for n in views if n not in shared]  # quantized graph inputs: exact until Q/DQ
     tensors = {n: Comparison(n) for n in inputs_viewed + shared}
     quantized = {n: Comparison(n) for n in views}

@@ -9,7 +9,10 @@ Pure numpy. Each :class:`Comparison` keeps a few sums, so memory does not grow w
 - for classifier outputs (rank 2, more than one class): top-1 agreement of the two argmaxes, the
   mean KL divergence ``KL(softmax(ref) || softmax(test))`` per sample in nats (it weighs the
   classes by the reference's probabilities, so it follows top-1 flips more closely than SQNR,
-  which weighs all logits alike), and top-1 accuracy of each against labels when labels are given.
+  which weighs all logits alike), the top-1 agreement over the samples the reference is sure of
+  (its top-1 softmax probability at least ``confidence``: on unlabelled, out-of-distribution data
+  most flips are near-ties, and this separates them), and top-1 accuracy of each against labels
+  when labels are given.
 
 Sums are accumulated in float64. Non-finite values are counted and left out of the sums.
 """
@@ -51,6 +54,9 @@ class Comparison:
     correct_test: int = 0
     labelled: int = 0
     shape: tuple = field(default_factory=tuple)
+    confidence: float = 0.5  # reference top-1 probability from which a sample counts as sure
+    sure: int = 0  # samples the reference is sure of
+    sure_agree: int = 0
 
     def update(self, ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None = None) -> None:
         ref = np.asarray(ref)
@@ -89,7 +95,11 @@ class Comparison:
             top_r = np.argmax(np.where(np.isfinite(ref), ref, -np.inf), axis=1)
             top_t = np.argmax(np.where(np.isfinite(test), test, -np.inf), axis=1)
             self.agree += int(np.count_nonzero(top_r == top_t))
-            self.kl_sum += float(_kl_rows(r, t).sum())
+            lr = _log_softmax(r)
+            self.kl_sum += float(_kl_rows(r, t, lr).sum())
+            sure = np.exp(lr.max(axis=1)) >= self.confidence
+            self.sure += int(np.count_nonzero(sure))
+            self.sure_agree += int(np.count_nonzero(sure & (top_r == top_t)))
             if labels is not None:
                 labels = np.asarray(labels).reshape(-1)
                 if labels.shape[0] != r.shape[0]:
@@ -118,6 +128,9 @@ class Comparison:
         if self.classifier:
             out["top1_agreement"] = self.agree / self.samples if self.samples else math.nan
             out["kl_mean"] = self.kl_mean
+            out["confidence"] = self.confidence
+            out["sure_samples"] = self.sure
+            out["top1_agreement_sure"] = self.sure_agree / self.sure if self.sure else math.nan
             if self.labelled:
                 out["top1_reference"] = self.correct_ref / self.labelled
                 out["top1_test"] = self.correct_test / self.labelled
@@ -130,7 +143,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _kl_rows(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """KL(softmax(ref) || softmax(test)) of each row (float64 inputs), nats, >= 0."""
-    lr, lt = _log_softmax(ref), _log_softmax(test)
+def _kl_rows(ref: np.ndarray, test: np.ndarray, lr: np.ndarray | None = None) -> np.ndarray:
+    """KL(softmax(ref) || softmax(test)) of each row (float64 inputs), nats, >= 0; ``lr``: ref's
+    log-softmax if already computed."""
+    lr = _log_softmax(ref) if lr is None else lr
+    lt = _log_softmax(test)
     return np.maximum(np.einsum("ij,ij->i", np.exp(lr), lr - lt), 0.0)

@@ -33,7 +33,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _pyplot()
     result = evaluate(args.reference, args.test, args.data, labels=args.labels, batch_size=args.batch_size,
                       max_batches=args.max_batches, per_tensor=not args.no_per_tensor, preprocess=preprocess,
-                      progress=False if args.quiet else None, int8_kernels=args.int8_kernels)
+                      progress=False if args.quiet else None, int8_kernels=args.int8_kernels,
+                      confidence=args.confidence)
     if args.plot:
         from trtcal.report.plots import plot_sqnr
 
@@ -50,6 +51,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{c.name:<24} {_db(c.sqnr_db):>8} {c.cosine_mean:>8.4f} {d['cosine_min']:>8.4f} "
               f"{_pct(d.get('top1_agreement')):>11} {_kl(d.get('kl_mean')):>8} {_pct(d.get('top1_reference')):>9} "
               f"{_pct(d.get('top1_test')):>10}")
+    for c in result.outputs:
+        d = c.to_dict()
+        if d.get("sure_samples") is not None:
+            print(f"{c.name}: top-1 agreement on the {d['sure_samples']} of {c.samples} samples the reference is "
+                  f"sure of (top-1 probability >= {c.confidence:g}): {_pct(d['top1_agreement_sure'])}")
     if result.tensors:
         shown = result.tensors if args.all else result.tensors[:args.top]
         print(f"\nper-tensor SQNR (dB), worst first ({len(shown)} of {len(result.tensors)}; "
@@ -79,6 +85,9 @@ def register(sub) -> None:
     p.add_argument("--int8-kernels", action="store_true",
                    help="let ONNX Runtime fuse Q/DQ into its integer kernels (what an ONNX Runtime deployment "
                         "runs; results depend on the CPU). Default: run Q/DQ as written, TensorRT's arithmetic")
+    p.add_argument("--confidence", type=float, default=0.5, metavar="P",
+                   help="classifiers: also report top-1 agreement over the samples whose FP32 top-1 probability is "
+                        "at least P (separates near-ties from real flips on unlabelled data; default %(default)s)")
     p.add_argument("--no-per-tensor", action="store_true", help="compare the outputs only (faster)")
     p.add_argument("--top", type=int, default=15, help="per-tensor rows to print (default %(default)s)")
     p.add_argument("--all", action="store_true", help="print every tensor")
