@@ -11,7 +11,8 @@ their export scripts have written them under .cache/), in one run:
   128 bins and at 2048 bins, Percentile 99.99. Each runs in its own process; wall time and peak
   RSS are measured there.
 - Every INT8 model is compared with FP32 on held-out data by ``trtcal.evaluate``: top-1 (with
-  labels) and top-1 agreement for classifiers, output SQNR, cosine similarity.
+  labels) and top-1 agreement for classifiers (over all samples, and over those FP32 is sure of:
+  top-1 probability at least 0.5), mean KL divergence of the softmaxes, output SQNR, cosine similarity.
 
 - With ``--modelopt-python PY`` (a venv with ``nvidia-modelopt[onnx]``): NVIDIA ModelOpt's ONNX PTQ,
   int8, entropy and max calibration, on the first ``--modelopt-samples`` samples, in its own process
@@ -115,7 +116,8 @@ def score(spec, int8_path) -> dict:
 
     ev = evaluate(spec["model"], int8_path, spec["eval"], labels=spec["labels"], per_tensor=False, progress=False)
     d = ev.outputs[0].to_dict()
-    return {k: d.get(k) for k in ("sqnr_db", "cosine_mean", "top1_agreement", "top1_reference", "top1_test")}
+    return {k: d.get(k) for k in ("sqnr_db", "cosine_mean", "top1_agreement", "top1_reference", "top1_test",
+                                  "kl_mean", "top1_agreement_sure", "sure_samples")}
 
 
 def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool, eq_steps: int = 100,
@@ -237,16 +239,18 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count()}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    print(f"\n{'model':<8} {'tool':<12} {'method':<18} {'top-1':>7} {'agree':>7} {'SQNR dB':>8} {'cosine':>7} "
-          f"{'calib s':>8} {'peak MB':>8}")
+    print(f"\n{'model':<8} {'tool':<12} {'method':<18} {'top-1':>7} {'agree':>7} {'sure':>7} {'KL':>7} {'SQNR dB':>8} "
+          f"{'cosine':>7} {'calib s':>8} {'peak MB':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['model']:<8} {r['tool']:<12} {r['method']:<18} failed: {r['error'][:60]}")
             continue
         top1 = f"{100 * r['top1_test']:.2f}" if r.get("top1_test") is not None else "-"
         agree = f"{100 * r['top1_agreement']:.2f}" if r.get("top1_agreement") is not None else "-"
-        print(f"{r['model']:<8} {r['tool']:<12} {r['method']:<18} {top1:>7} {agree:>7} {r['sqnr_db']:>8.2f} "
-              f"{r['cosine_mean']:>7.4f} {r['calib_seconds']:>8.1f} {r['peak_rss_mb']:>8.0f}")
+        sure = f"{100 * r['top1_agreement_sure']:.2f}" if r.get("sure_samples") else "-"
+        kl = f"{r['kl_mean']:.4f}" if r.get("kl_mean") is not None else "-"
+        print(f"{r['model']:<8} {r['tool']:<12} {r['method']:<18} {top1:>7} {agree:>7} {sure:>7} {kl:>7} "
+              f"{r['sqnr_db']:>8.2f} {r['cosine_mean']:>7.4f} {r['calib_seconds']:>8.1f} {r['peak_rss_mb']:>8.0f}")
 
 
 if __name__ == "__main__":
