@@ -72,8 +72,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="compare an INT8 (Q/DQ) model with its FP32 original on real data",
                        description="Run both models in ONNX Runtime on the CPU over the same data and report, per "
-                                   "output, SQNR, cosine similarity, top-1 agreement and (with --labels) top-1 "
-                                   "accuracy; and the SQNR of every tensor the two models share, worst first.")
+                                   "output, SQNR, cosine similarity and, for classifiers, top-1 agreement (over "
+                                   "all samples and over those FP32 is sure of), the mean KL divergence of the "
+                                   "softmaxes and (with --labels) top-1 accuracy; and the SQNR of every tensor "
+                                   "the two models share, worst first.")
     p.add_argument("reference", help="the FP32 ONNX model")
     p.add_argument("test", help="the INT8 model to judge (Q/DQ ONNX), or any model with the same outputs")
     p.add_argument("--data", required=True, help="evaluation data (as for trtcal calibrate)")
