@@ -28,6 +28,7 @@ minute on 2 cores).
 from __future__ import annotations
 
 import argparse
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,6 @@ def photos() -> dict[str, np.ndarray]:
 def debian_photos() -> dict[str, np.ndarray]:
     """name -> HxWx3 uint8 RGB for DEBIAN_PHOTOS; packages fetched once into PHOTO_CACHE."""
     import shutil
-    import subprocess
 
     from PIL import Image
 
@@ -181,7 +181,11 @@ def main() -> None:
     if not (args.data_only and OUT_MODEL.is_file()):
         export()
     imgs = photos()
-    debian = {} if args.no_debian else debian_photos()
+    try:
+        debian = {} if args.no_debian else debian_photos()
+    except (OSError, subprocess.CalledProcessError, ValueError) as exc:  # no apt-get, no network, no package
+        raise SystemExit(f"could not fetch the Debian photos ({exc}); on a machine without Debian's apt, "
+                         "--no-debian builds the smaller first photo set") from None
     imgs.update(debian)
     calib, evals = split(imgs, set(debian))
     write_set(OUT_DATA / "effnet_calib", calib, args.calib, seed=0)
