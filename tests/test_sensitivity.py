@@ -101,6 +101,24 @@ def test_kl_metric_needs_a_classifier(setup, tmp_path):
         analyse(MODEL, cache, batches[:1], max_float=1, metric="top1")
 
 
+def test_one_at_a_time_gains_come_from_each_tensor_quantized_alone(setup):
+    cache, batches, x = setup
+    sens, final = analyse(MODEL, cache, batches, max_float=2, mode="one-at-a-time")
+    assert sens.mode == "one-at-a-time" and sens.to_dict()["mode"] == "one-at-a-time"
+    ranges = {e.name: e.amax for e in cache.entries}
+    noise_all = 10 ** (-sqnr(write_qdq(MODEL, cache).model, x) / 10)  # error power over signal power
+    for name in list(sens.gains)[:4]:
+        alone = 10 ** (-sqnr(write_qdq(MODEL, {name: ranges[name]}).model, x) / 10)
+        share = alone / noise_all
+        expected = math.inf if share >= 1 else -10 * math.log10(1 - share)
+        assert sens.gains[name] == pytest.approx(expected, rel=1e-6)
+    assert list(sens.gains.values()) == sorted(sens.gains.values(), reverse=True)
+    assert sens.chosen == [n for n, g in sens.gains.items() if g > 0][:2]
+    assert sens.final_db == pytest.approx(sqnr(final.model, x), abs=1e-6)
+    with pytest.raises(TrtcalError, match="choose from leave-one-out, one-at-a-time"):
+        analyse(MODEL, cache, batches[:1], mode="bisect")
+
+
 def test_progress_total_is_set_by_analyse(setup):
     cache, batches, _ = setup
 
@@ -132,6 +150,10 @@ def test_cli_writes_model_and_fallback_list(setup, tmp_path):
                             "--max-float", "1", "--metric", "kl", "-o", tmp_path / "kl.onnx", "-q")
     assert rc == 0, err
     assert "KL divergence shrinks by" in text and "nats" in text and (tmp_path / "kl.onnx").exists()
+    rc, text, err = run_cli("fallback", MODEL, "--cache", tmp_path / "c.cache", "--data", EVAL, "--samples", "100",
+                            "--max-float", "1", "--mode", "one-at-a-time", "-o", tmp_path / "one.onnx", "--json")
+    assert rc == 0, err
+    assert json.loads(text)["mode"] == "one-at-a-time" and (tmp_path / "one.onnx").exists()
     rc, _, err = run_cli("fallback", MODEL, "--cache", tmp_path / "c.cache", "--data", EVAL, "--max-float", "-1",
                          "-o", tmp_path / "x.onnx")
     assert rc == 2 and "--max-float" in err and not (tmp_path / "x.onnx").exists()

@@ -6,6 +6,13 @@ kept in higher precision), and the model's output error against FP32 is measured
 evaluation batches. The tensors whose removal gains the most are the ones to keep in float. The
 chosen set is then applied together and measured again.
 
+Two ways to measure a tensor (``mode``): ``"leave-one-out"`` quantizes everything but that
+tensor and measures the gain directly; ``"one-at-a-time"`` quantizes that tensor alone (and so
+its consuming layers) and turns the error it causes into the gain its fallback would bring if
+the tensors' errors added up (the share ``s`` of the all-INT8 error it causes alone gives
+``-10 log10(1 - s)`` dB; infinite when it alone causes at least as much). Leave-one-out sees
+interactions with the other quantized tensors; one-at-a-time sees each tensor on clean inputs.
+
 The error (``metric``): ``"sqnr"``, the SQNR of all outputs (any model); or ``"kl"``, the mean
 KL divergence of the softmaxes of the first output (classifiers: it weighs the logits by the
 reference's probabilities, as top-1 flips do, where SQNR weighs all 1000 logits alike). Gains are
@@ -24,6 +31,7 @@ from trtcal.errors import TrtcalError
 from trtcal.metrics import Comparison
 
 METRICS = ("sqnr", "kl")
+MODES = ("leave-one-out", "one-at-a-time")
 
 
 @dataclass
@@ -50,10 +58,11 @@ class Sensitivity:
     agreement: tuple[float, float] | None = None  # top-1 agreement (baseline, final) for classifiers
     layers: list[str] = field(default_factory=list)  # outputs of the nodes left in float (a fallback list)
     metric: str = "sqnr"  # what the gains measure
+    mode: str = "leave-one-out"  # how they were measured
     kl: tuple[float, float] | None = None  # mean KL divergence (baseline, final) for classifiers
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "baseline_sqnr_db": self.baseline_db, "final_sqnr_db": self.final_db,
+        return {"metric": self.metric, "mode": self.mode, "baseline_sqnr_db": self.baseline_db, "final_sqnr_db": self.final_db,
                 "chosen": self.chosen, "fallback_layers": self.layers, "gains_db": self.gains,
                 "top1_agreement": list(self.agreement) if self.agreement else None,
                 "kl_mean": list(self.kl) if self.kl else None}
@@ -81,7 +90,7 @@ def _score(model, batches, refs) -> Score:
 
 
 def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, target: str = "tensorrt",
-            greedy: bool = False, metric: str = "sqnr", progress=None,
+            greedy: bool = False, metric: str = "sqnr", mode: str = "leave-one-out", progress=None,
             **qdq_options) -> tuple[Sensitivity, object]:
     """Leave-one-out sensitivity of every quantized activation; returns it and the Q/DQ result
     with the ``max_float`` most harmful tensors left in float (only those that gain).
@@ -100,6 +109,8 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
         raise TrtcalError(f"--max-float {max_float}: must be >= 0")
     if metric not in METRICS:
         raise TrtcalError(f"metric {metric!r}: choose from {', '.join(METRICS)}")
+    if mode not in MODES:
+        raise TrtcalError(f"mode {mode!r}: choose from {', '.join(MODES)}")
     if not batches:
         raise TrtcalError("no evaluation batches for the sensitivity analysis")
     model = load_model(model_path, load_weights=True)
@@ -125,8 +136,11 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
         return _score(trial.model, batches, refs).value(metric)
 
     for name in candidates:
-        db = score_without({name})
-        gains[name] = db - baseline
+        if mode == "leave-one-out":
+            gains[name] = score_without({name}) - baseline
+        else:
+            alone = write_qdq(model, {name: ranges[name]}, target=target, check_onnxruntime=False, **qdq_options)
+            gains[name] = _additive_gain(baseline, _score(alone.model, batches, refs).value(metric))
         if progress is not None:
             progress.update()
     ordered = dict(sorted(gains.items(), key=lambda kv: (-_finite(kv[1]), kv[0])))
@@ -154,8 +168,19 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
                 layers.append(outputs_of[node])
     result = Sensitivity(base.sqnr_db, ordered, chosen, end.sqnr_db,
                          (base.agreement, end.agreement) if base.agreement is not None else None, layers,
-                         metric, (base.kl, end.kl) if base.kl is not None else None)
+                         metric, mode, (base.kl, end.kl) if base.kl is not None else None)
     return result, final
+
+
+def _additive_gain(all_db: float, alone_db: float) -> float:
+    """The gain (dB) of removing an error source that alone scores ``alone_db`` from a whole that
+    scores ``all_db`` (scores: larger is better, 10 log10 of signal over error), if errors add."""
+    if alone_db == math.inf:
+        return 0.0  # it causes no error alone
+    if all_db == math.inf:
+        return math.inf
+    share = 10.0 ** ((all_db - alone_db) / 10.0)
+    return math.inf if share >= 1.0 else -10.0 * math.log10(1.0 - share)
 
 
 def _finite(x: float) -> float:

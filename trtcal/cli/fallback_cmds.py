@@ -24,7 +24,8 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     weights = weight_options(args)
     with Progress(None, "leave-one-out", enabled=False if args.quiet else None) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
-                              greedy=args.greedy, metric=args.metric, progress=bar, **weights)
+                              greedy=args.greedy, metric=args.metric, mode=args.mode, progress=bar,
+                              **weights)
     final.save(args.output, force=args.force, inputs=[args.model])
     if args.list:
         text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"
@@ -36,6 +37,8 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         print_json(doc)
         return 0
     measure = "KL divergence shrinks by, in dB" if sens.metric == "kl" else "output SQNR gain"
+    if sens.mode == "one-at-a-time":
+        measure += ", estimated from its error alone"
     print(f"{'gain dB':>8}  tensor left in float ({measure}; output SQNR {sens.baseline_db:.2f} dB with "
           "everything quantized)")
     for name, gain in list(sens.gains.items())[:max(args.max_float, 10)]:
@@ -53,12 +56,13 @@ def cmd_fallback(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from trtcal.cli.qdq_cmds import add_ranges_args
-    from trtcal.sensitivity import METRICS
+    from trtcal.sensitivity import METRICS, MODES
 
     p = sub.add_parser("fallback", help="find the tensors whose quantization hurts most and keep them in float",
-                       description="Leave-one-out sensitivity: for each quantized activation of the Q/DQ model, "
-                                   "measure the output error against FP32 (--metric) with that tensor (and so its "
-                                   "consuming layers) in float; keep the --max-float most harmful in float. Writes the Q/DQ "
+                       description="Sensitivity: for each quantized activation of the Q/DQ model, measure the "
+                                   "output error against FP32 (--metric) with that tensor (and so its consuming "
+                                   "layers) in float, or with it alone quantized (--mode); keep the --max-float "
+                                   "most harmful in float. Writes the Q/DQ "
                                    "model and, with --list, the layers to keep in float for trtcal build "
                                    "--fallback-list (TensorRT 10 layer precisions).")
     p.add_argument("model", help="FP32 ONNX model")
@@ -73,6 +77,10 @@ def register(sub) -> None:
                    help="what a tensor's fallback must improve: sqnr, the output SQNR (any model), or kl, the mean "
                         "KL divergence of the first output's softmax (classifiers; follows top-1 agreement more "
                         "closely; default %(default)s)")
+    p.add_argument("--mode", choices=list(MODES), default="leave-one-out",
+                   help="leave-one-out: measure each tensor's fallback with everything else quantized; "
+                        "one-at-a-time: quantize each tensor alone and estimate its fallback's gain from the "
+                        "share of the error it causes (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="the Q/DQ model with the fallback applied")
     p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
