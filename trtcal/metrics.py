@@ -96,7 +96,7 @@ class Comparison:
             top_t = np.argmax(np.where(np.isfinite(test), test, -np.inf), axis=1)
             self.agree += int(np.count_nonzero(top_r == top_t))
             lr = _log_softmax(r)
-            self.kl_sum += float(_kl_rows(r, t, lr).sum())
+            self.kl_sum += float(_kl_rows(lr, t).sum())
             sure = np.exp(lr.max(axis=1)) >= self.confidence
             self.sure += int(np.count_nonzero(sure))
             self.sure_agree += int(np.count_nonzero(sure & (top_r == top_t)))
@@ -143,9 +143,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _kl_rows(ref: np.ndarray, test: np.ndarray, lr: np.ndarray | None = None) -> np.ndarray:
-    """KL(softmax(ref) || softmax(test)) of each row (float64 inputs), nats, >= 0; ``lr``: ref's
-    log-softmax if already computed."""
-    lr = _log_softmax(ref) if lr is None else lr
+def _kl_rows(lr: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """KL(softmax(ref) || softmax(test)) of each row, nats, >= 0, from ``lr`` = ref's log-softmax
+    (float64 inputs)."""
     lt = _log_softmax(test)
     return np.maximum(np.einsum("ij,ij->i", np.exp(lr), lr - lt), 0.0)

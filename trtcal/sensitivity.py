@@ -92,10 +92,11 @@ def _score(model, batches, refs) -> Score:
 def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, target: str = "tensorrt",
             greedy: bool = False, metric: str = "sqnr", mode: str = "leave-one-out", progress=None,
             **qdq_options) -> tuple[Sensitivity, object]:
-    """Leave-one-out sensitivity of every quantized activation; returns it and the Q/DQ result
-    with the ``max_float`` most harmful tensors left in float (only those that gain).
+    """Sensitivity of every quantized activation (``mode`` and ``metric``: see the module doc);
+    returns it and the Q/DQ result with the ``max_float`` most harmful tensors left in float (only
+    those that gain).
 
-    ``greedy``: instead of taking the top of the leave-one-out ranking, pick one tensor at a time,
+    ``greedy``: instead of taking the top of the ranking, pick one tensor at a time,
     each time the one (among the ``3 * max_float`` best ranked) whose fallback, together with the
     ones already picked, gains most; stop when none gains. Costs about ``3 * max_float**2`` more
     evaluations; catches tensors whose errors interact. ``qdq_options`` go to every
@@ -130,17 +131,19 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     if progress is not None and getattr(progress, "total", 0) is None:
         progress.total = len(candidates)  # known only now: a caller need not write the model to size its bar
 
-    def score_without(dropped: set[str]) -> float:
-        trial = write_qdq(model, {k: v for k, v in ranges.items() if k not in dropped}, target=target,
-                          check_onnxruntime=False, **qdq_options)
+    def score_of(subset: dict) -> float:
+        """The metric's value with only ``subset`` of the ranges quantized."""
+        trial = write_qdq(model, subset, target=target, check_onnxruntime=False, **qdq_options)
         return _score(trial.model, batches, refs).value(metric)
+
+    def score_without(dropped: set[str]) -> float:
+        return score_of({k: v for k, v in ranges.items() if k not in dropped})
 
     for name in candidates:
         if mode == "leave-one-out":
             gains[name] = score_without({name}) - baseline
         else:
-            alone = write_qdq(model, {name: ranges[name]}, target=target, check_onnxruntime=False, **qdq_options)
-            gains[name] = _additive_gain(baseline, _score(alone.model, batches, refs).value(metric))
+            gains[name] = _additive_gain(baseline, score_of({name: ranges[name]}))
         if progress is not None:
             progress.update()
     ordered = dict(sorted(gains.items(), key=lambda kv: (-_finite(kv[1]), kv[0])))

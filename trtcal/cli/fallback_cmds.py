@@ -22,7 +22,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
     batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
     weights = weight_options(args)
-    with Progress(None, "leave-one-out", enabled=False if args.quiet else None) as bar:
+    with Progress(None, args.mode, enabled=False if args.quiet else None) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
                               greedy=args.greedy, metric=args.metric, mode=args.mode, progress=bar,
                               **weights)
