@@ -46,15 +46,25 @@ def kl_for_candidate(hist: list[int], i: int, levels: int) -> float:
     return kl
 
 
+def nonempty_bins(hist: list[int], i: int) -> int:
+    """How many of the first ``i`` bins hold a value."""
+    return sum(1 for k in range(i) if hist[k] != 0)
+
+
 def entropy_oracle(hist: list[int], levels: int = 128) -> tuple[int, list[float]]:
-    """(chosen number of bins i, KL per candidate) over candidates min(levels, n)..n inclusive."""
+    """(chosen number of bins i, KL per candidate) over candidates min(levels, n)..n inclusive.
+
+    The first minimum among the candidates that keep more than one non-empty bin (a candidate
+    whose kept bins are one spike has KL 0 trivially; TensorRT's caches skip it, REFERENCE.md
+    section 1). When no candidate keeps two non-empty bins, the first minimum of them all.
+    The KL list holds every candidate's KL as defined, degenerate ones included."""
     n = len(hist)
+    kls = [kl_for_candidate(hist, i, levels) for i in range(min(levels, n), n + 1)]
+    cands = list(range(min(levels, n), n + 1))
+    allowed = [c for c in cands if nonempty_bins(hist, c) > 1] or cands
     best_i, best_kl = None, math.inf
-    kls = []
-    for i in range(min(levels, n), n + 1):
-        kl = kl_for_candidate(hist, i, levels)
-        kls.append(kl)
-        if kl < best_kl:  # strict: the first minimum wins
+    for i, kl in zip(cands, kls):
+        if i in allowed and kl < best_kl:  # strict: the first minimum wins
             best_i, best_kl = i, kl
     if best_i is None:
         best_i = n

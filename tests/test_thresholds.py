@@ -53,7 +53,8 @@ def assert_same_choice(counts, levels, zero_bin="keep"):
 @st.composite
 def histograms(draw, levels, max_extra, min_extra=0):
     n = draw(st.integers(levels + min_extra, levels + max_extra))
-    kind = draw(st.sampled_from(["dense", "sparse", "spiky", "one_bin", "mostly_zero", "huge", "decay", "tail"]))
+    kind = draw(st.sampled_from(["dense", "sparse", "spiky", "one_bin", "mostly_zero", "huge", "decay", "tail",
+                                 "far", "two_bins"]))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     if kind == "dense":
@@ -73,6 +74,13 @@ def histograms(draw, levels, max_extra, min_extra=0):
         h = rng.integers(0, 10**15, n)
     elif kind == "decay":
         h = (10**draw(st.integers(2, 13)) * np.exp(-np.arange(n) / draw(st.floats(1, n)))).astype(np.int64)
+    elif kind == "far":  # every value far from zero (sigmoid-like, [4, 16]): empty bins below
+        h = rng.integers(0, 1000, n)
+        h[:draw(st.integers(1, n - 1))] = 0
+    elif kind == "two_bins":  # two spikes, the first one alone in many candidates' kept bins
+        h = np.zeros(n, np.int64)
+        a = draw(st.integers(0, n - 2))
+        h[a], h[draw(st.integers(a + 1, n - 1))] = rng.integers(1, 10**9, 2)
     else:  # a long empty tail with a few outliers at the end
         h = (1000 * np.exp(-np.arange(n) / 20)).astype(np.int64)
         h[-draw(st.integers(1, min(5, n)))] = draw(st.integers(1, 100))
@@ -159,6 +167,24 @@ def test_zero_bin_rules_agree_without_exact_zeros():
     only_bin0 = np.zeros(2048, np.int64)
     only_bin0[0] = 10  # nothing outside bin 0: the neighbour rule falls back to the counts as they are
     assert T.entropy2(hist_from_counts(only_bin0)).diagnostics["bins_kept"] == 128
+
+
+@pytest.mark.parametrize("low,high", [(4.0, 16.0), (0.15, 0.93), (1000.0, 1001.0)])
+def test_entropy_skips_single_bin_candidates_on_tensors_far_from_zero(low, high):
+    # values all far from zero (a conv of positive inputs, a landmark regressor, token counts): the
+    # first candidate that keeps a non-empty bin keeps exactly one, KL 0 trivially; TensorRT's
+    # cache keeps the best candidate with more than one non-empty bin (REFERENCE.md section 1)
+    x = np.random.default_rng(7).uniform(low, high, 200_000).astype(np.float32)
+    h = histogram_of(x)
+    first = int(np.flatnonzero(h.counts)[0]) + 1
+    kl, cands = T.kl_curve(h.counts, 128)
+    assert kl[first - cands[0]] == 0.0  # the degenerate candidate the literal first minimum takes
+    r = T.entropy2(h)
+    assert r.diagnostics["single_bin"] >= 1 and r.diagnostics["bins_kept"] > first
+    assert r.diagnostics["bins_kept"] == entropy_oracle(neighbour_rule(h.counts.tolist()))[0]
+    assert np.mean(x > r.amax) < 0.01  # not 94-100% clipped
+    # onesided's own KL searches follow the same rule
+    assert np.mean(x > T.onesided(h).amax) < 0.01
 
 
 def test_entropy_first_minimum_and_bit_widths():

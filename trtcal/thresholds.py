@@ -92,12 +92,14 @@ def entropy2(hist: Histogram, bits: int = 8, unsigned: bool = False, zero_bin: s
     """TensorRT's EntropyCalibration2 (REFERENCE.md section 1), for any bit width.
 
     Candidates ``i`` from ``levels`` (128 for signed 8 bits; ``2**bits`` when unsigned) to the
-    number of bins inclusive; the first minimum of KL(P||Q); ``amax = (i + 0.5) * width``.
+    number of bins inclusive; the first minimum of KL(P||Q) among the candidates that keep more
+    than one non-empty bin (see :func:`kl_search`); ``amax = (i + 0.5) * width``.
     ``zero_bin``: see :data:`ZERO_BIN_RULES` (the two rules differ only where bin 0 differs
     from bin 1, i.e. on tensors with many exact zeros).
     Diagnostics: ``kl`` (one value per candidate, inf where Q misses mass of P), ``candidates``,
     ``index`` (position of the choice in ``candidates``), ``bins_kept`` (the chosen ``i``),
-    ``levels``, ``width``, ``refined`` (near-ties recomputed bin by bin) and ``zero_bin``.
+    ``levels``, ``width``, ``refined`` (near-ties recomputed bin by bin), ``zero_bin`` and
+    ``single_bin`` (degenerate candidates excluded, their ``kl`` set to inf).
     """
     bits = _check_bits(bits, unsigned)
     if zero_bin not in ZERO_BIN_RULES:
@@ -112,12 +114,34 @@ def entropy2(hist: Histogram, bits: int = 8, unsigned: bool = False, zero_bin: s
         h[0] = h[1]
         if not h.any():  # only bin 0 held values; nothing else to go by
             h = hist.counts
-    kl, cands = kl_curve(h, levels)
-    index, refined = _first_minimum(h, levels, cands, kl)
+    kl, cands, index, refined, single = kl_search(h, levels)
     i = int(cands[index])
     diag = {"kl": kl, "candidates": cands, "index": index, "bins_kept": i, "levels": levels,
-            "width": hist.width, "refined": refined, "zero_bin": zero_bin}
+            "width": hist.width, "refined": refined, "zero_bin": zero_bin, "single_bin": single}
     return ThresholdResult((i + 0.5) * hist.width, "entropy2", bits, bool(unsigned), diag, tuple(warns))
+
+
+def kl_search(counts: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """The KL search of entropy2 on ``counts``: ``(kl, candidates, index, refined, single_bin)``.
+
+    A candidate whose kept bins ``counts[:i]`` hold a single non-empty bin is *degenerate*: P and
+    Q are the same spike, KL = 0 trivially, and the first-minimum rule would pick it and clip
+    nearly every value of a tensor that lies far from zero (all values in [4, 16]: amax about 4).
+    TensorRT's caches keep the best candidate among those with more than one non-empty kept bin
+    (REFERENCE.md section 1), so degenerate candidates are excluded (their ``kl`` is set to inf;
+    ``single_bin`` counts them). If every candidate is degenerate (one non-empty bin in all), the
+    search runs on the curve as it is.
+    """
+    kl, cands = kl_curve(counts, levels)
+    nonempty = np.concatenate([[0], np.cumsum(np.asarray(counts) > 0)])[cands]
+    single = nonempty <= 1
+    excluded = int(np.count_nonzero(single & np.isfinite(kl)))
+    if excluded and not np.all(single):
+        kl[single] = np.inf
+    else:
+        excluded = 0
+    index, refined = _first_minimum(counts, levels, cands, kl)
+    return kl, cands, index, refined, excluded
 
 
 def kl_curve(counts: np.ndarray, levels: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -353,8 +377,7 @@ def onesided(hist: Histogram, bits: int = 8) -> ThresholdResult:
     if nonzero.counts.sum() > 0:
         for name, levels in (("kl-nonzero", 2 ** (bits - 1)), ("kl-unsigned", 2**bits)):
             if levels <= nonzero.bins:
-                kl, cands = kl_curve(nonzero.counts, levels)
-                index, _ = _first_minimum(nonzero.counts, levels, cands, kl)
+                _, cands, index, _, _ = kl_search(nonzero.counts, levels)
                 candidates[name] = (int(cands[index]) + 0.5) * hist.width
     noise = {name: quantization_noise(hist, a, qmax) for name, a in candidates.items()}
     chosen = min(noise, key=lambda n: (noise[n], n != "entropy2"))
