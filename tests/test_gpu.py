@@ -1,14 +1,19 @@
 """On a GPU with TensorRT: the real calibrator, the cache cross-check, INT8/FP16/FP32/Q/DQ engines.
 
-Run in the Docker image (``docker/gpu-ci.sh``) or anywhere with TensorRT, pycuda and an NVIDIA
-GPU: ``python -m pytest -m gpu``. Everything here skips cleanly without them. On TensorRT 11 the
-implicit-INT8 tests skip (no calibrators) and the Q/DQ and FP32 ones run.
+Run in the Docker image (``docker/gpu-ci.sh``) or anywhere with TensorRT, pycuda or cuda-python
+and an NVIDIA GPU: ``python -m pytest -m gpu``. Everything here skips cleanly without them. On
+TensorRT 11 the implicit-INT8 tests skip (no calibrators) and the Q/DQ and FP32 ones run.
 
 What is checked, on the bundled Fashion-MNIST CNN:
 
-- TensorRT's own EntropyCalibration2, fed by trtcal's calibrator (pycuda, primary context),
-  writes a cache that trtcal's numpy recomputation on the same batches (same batch size and
-  order, TensorRT's power-of-two histogram growth) agrees with;
+- TensorRT's own EntropyCalibration2, fed by trtcal's calibrator (``--cuda auto``, primary
+  context), writes a cache that trtcal's numpy recomputation on the same batches (same batch
+  size and order, TensorRT's power-of-two histogram growth) agrees with;
+- each installed CUDA backend (pycuda, cuda-python; one that is not installed skips) feeds
+  TensorRT's MinMaxCalibration the exact bytes: the input's range in its cache is numpy's
+  max |x| of the calibration data, and its engine runs through the same backend; torch CUDA
+  tensors from a data-loader script (when torch with CUDA is installed) go in as device
+  pointers and give the same cache as the ``.npz``;
 - INT8 (entropy2 and minmax), FP16, FP32 and Q/DQ engines run, and their logits are compared with
   ONNX Runtime's FP32 logits (top-1 agreement, accuracy on the labeled eval set).
 """
@@ -47,17 +52,25 @@ def backend():
         be = load_backend("tensorrt")
     except TrtcalError as exc:
         _unavailable(f"no TensorRT: {exc}")
-    try:
-        import pycuda.driver as cuda
+    from trtcal.trt.device import open_device
 
-        cuda.init()
-        if cuda.Device.count() < 1:
-            _unavailable("no NVIDIA GPU")
-    except ImportError:
-        _unavailable("no pycuda")
-    except Exception as exc:  # pycuda's own errors without a driver
-        _unavailable(f"CUDA not usable: {exc}")
+    try:
+        open_device("auto").close()  # pycuda, else cuda-python; a clear message without a GPU
+    except TrtcalError as exc:
+        _unavailable(str(exc))
     return be
+
+
+@pytest.fixture(params=["pycuda", "cuda-python"])
+def cuda_backend(request, backend):
+    """Each CUDA backend that is installed here (the other one skips)."""
+    from trtcal.trt.device import CudaMissing, open_device
+
+    try:
+        open_device(request.param).close()
+    except CudaMissing as exc:
+        pytest.skip(str(exc))
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +96,11 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("gpu")
 
 
-def engine_logits(engine: Path, images: np.ndarray) -> np.ndarray:
+def engine_logits(engine: Path, images: np.ndarray, cuda: str = "auto") -> np.ndarray:
     from trtcal.trt.runtime import run_engine
 
     batches = ({"images": images[i:i + BATCH]} for i in range(0, len(images), BATCH))
-    return np.concatenate([next(iter(out.values())) for out in run_engine(engine, batches)])
+    return np.concatenate([next(iter(out.values())) for out in run_engine(engine, batches, cuda=cuda)])
 
 
 def compare(logits: np.ndarray, eval_data) -> dict:
@@ -170,6 +183,53 @@ def test_int8_engines_against_onnxruntime_fp32(entropy2_engine, workdir, eval_da
     # entropy2 ranges gives about 0.90 agreement, 0.85 accuracy); minmax about 0.99.
     assert entropy2["agreement"] >= 0.80 and entropy2["accuracy"] >= entropy2["fp32_accuracy"] - 0.10
     assert minmax["agreement"] >= 0.95 and minmax["accuracy"] >= minmax["fp32_accuracy"] - 0.02
+
+
+def calibration_amax() -> float:
+    """What MinMaxCalibration must find for the input: numpy's max |x| over the 8 batches."""
+    with np.load(CALIB) as z:
+        return float(np.abs(z["images"][:8 * BATCH]).max())
+
+
+def test_each_cuda_backend_feeds_tensorrt_the_exact_bytes(implicit, cuda_backend, workdir, eval_data):
+    from trtcal.cache import read
+
+    cache = workdir / f"minmax-{cuda_backend}.trt.cache"
+    engine = build_engine(workdir, f"int8-minmax-{cuda_backend}", "--int8", "--data", str(CALIB), "--algorithm",
+                          "minmax", "--cuda", cuda_backend, "--save-cache", str(cache))
+    record = json.loads(Path(str(cache) + ".trtcal.json").read_text())
+    assert record["cuda"] == cuda_backend and record["batches"] == 8
+    assert read(cache).amax("images") == pytest.approx(calibration_amax(), rel=1e-6)
+    result = compare(engine_logits(engine, eval_data[0], cuda=cuda_backend), eval_data)
+    print(f"minmax INT8 through {cuda_backend}: {result}")
+    assert result["agreement"] >= 0.95 and result["accuracy"] >= result["fp32_accuracy"] - 0.02
+
+
+def test_torch_cuda_tensors_from_a_loader_script_calibrate_like_the_npz(implicit, workdir):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    from trtcal.cache import read
+
+    script = workdir / "torch_loader.py"
+    script.write_text(
+        "import numpy as np\nimport torch\n\n\ndef batches():\n"
+        f"    images = np.load({str(CALIB)!r})['images']\n"
+        f"    for i in range(0, 8 * {BATCH}, {BATCH}):\n"
+        f"        yield {{'images': torch.from_numpy(images[i:i + {BATCH}]).cuda()}}\n")
+    caches = {}
+    for name, data in (("torch", f"{script}:batches"), ("npz", str(CALIB))):
+        caches[name] = workdir / f"minmax-{name}.trt.cache"
+        build_engine(workdir, f"int8-minmax-{name}", "--int8", "--data", data, "--algorithm", "minmax",
+                     "--save-cache", str(caches[name]))
+    record = json.loads(Path(str(caches["torch"]) + ".trtcal.json").read_text())
+    assert record["cuda_tensor_inputs"] == ["images"] and record["cuda"] is None  # no copy at all
+    assert record["batches"] == 8 and record["samples"] == 8 * BATCH
+    from_torch, from_npz = read(caches["torch"]), read(caches["npz"])
+    assert from_torch.amax("images") == pytest.approx(calibration_amax(), rel=1e-6)
+    assert sorted(e.name for e in from_torch.entries) == sorted(e.name for e in from_npz.entries)
+    for entry in from_npz.entries:
+        assert from_torch.amax(entry.name) == pytest.approx(from_npz.amax(entry.name), rel=1e-3), entry.name
 
 
 def test_fallback_and_overrides_build(entropy2_engine, workdir, eval_data):

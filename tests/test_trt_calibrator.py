@@ -5,12 +5,23 @@ calls ``get_batch(names)`` until it returns None, then ``write_calibration_cache
 next build reads the cache. :func:`drive` does the same, and reads the bytes behind every
 pointer through the raw address (as TensorRT would on the device), so the tests check that each
 pointer points at the right bytes of the right batch.
+
+The protocol tests run on every device backend: :class:`HostMemory`, and pycuda and cuda-python
+(both import paths) through fake modules in ``sys.modules`` whose "device" memory is host memory
+and which record every call (allocations, host-to-device copies, frees) and refuse wrong ones
+(a copy into memory they did not allocate, a wrong copy direction, a double free). CUDA tensors
+from a data loader are stood in for by :class:`FakeCudaTensor` (no torch needed).
 """
 
 from __future__ import annotations
 
+import ctypes
+import enum
+import gc
 import json
+import sys
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +37,15 @@ from trtcal.trt.calibrator import (
     onnx_inputs,
     open_calibrator,
 )
-from trtcal.trt.device import HostMemory
+from trtcal.trt.device import (
+    CudaMissing,
+    CudaPythonMemory,
+    HostMemory,
+    LazyDevice,
+    PycudaMemory,
+    gpu_info,
+    open_device,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "trtcal" / "examples"
 
@@ -75,14 +94,279 @@ def expected_bytes(array: np.ndarray, dtype) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
+
+# ---------------------------------------------------------------------- fake CUDA backends
+
+
+class FakeDeviceHeap:
+    """"Device" memory for the fake backends: host buffers, found by any address inside them."""
+
+    def __init__(self):
+        self.buffers: dict[int, np.ndarray] = {}
+        self.calls: list[tuple] = []
+
+    def alloc(self, nbytes: int) -> int:
+        buf = np.zeros(nbytes, np.uint8)
+        self.buffers[buf.ctypes.data] = buf
+        return buf.ctypes.data
+
+    def owns(self, address: int, count: int) -> bool:
+        return any(base <= address and address + count <= base + buf.size for base, buf in self.buffers.items())
+
+    def stats(self) -> dict:
+        names = [c[0] for c in self.calls if c[:2] != ("cudaFree", 0)]  # cudaFree(0) initialises CUDA
+        return {"allocations": sum(n in ("cudaMalloc", "mem_alloc") for n in names),
+                "uploads": sum(n in ("htod", "memcpy_htod") for n in names),
+                "frees": sum(n in ("cudaFree", "free") for n in names),
+                "live": len(self.buffers)}
+
+
+def fake_cudart(heap: FakeDeviceHeap, *, name: str = "cuda.bindings.runtime", devices: int = 1,
+                driver: bool = True, memory: int = 2**20, dlopen_fails: bool = False) -> types.ModuleType:
+    """cuda-python's runtime module as far as trtcal uses it: every call returns ``(error, value...)``;
+    ``dlopen_fails``: as cuda-python 12.x without a driver, the first call raises instead."""
+    rt = types.ModuleType(name)
+    err = rt.cudaError_t = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorInvalidValue": 1,
+                                                        "cudaErrorMemoryAllocation": 2,
+                                                        "cudaErrorInsufficientDriver": 35})
+    kind = rt.cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToHost": 0, "cudaMemcpyHostToDevice": 1,
+                                                               "cudaMemcpyDeviceToHost": 2})
+    ok = err.cudaSuccess
+    no_driver = (err.cudaErrorInsufficientDriver,)
+
+    class cudaStream_t:  # noqa: N801 - cuda-python's name
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __int__(self):
+            return self.handle
+
+    def cudaGetDeviceCount():
+        heap.calls.append(("cudaGetDeviceCount",))
+        if dlopen_fails:
+            raise RuntimeError("Failed to dlopen libcuda.so.1")
+        return (err.cudaErrorInsufficientDriver, None) if not driver else (ok, devices)
+
+    def cudaMalloc(nbytes):
+        heap.calls.append(("cudaMalloc", nbytes))
+        if not driver:
+            return (err.cudaErrorInsufficientDriver, None)
+        if nbytes > memory:
+            return (err.cudaErrorMemoryAllocation, None)
+        return (ok, heap.alloc(nbytes))
+
+    def cudaMemcpy(dst, src, count, direction):
+        if direction == kind.cudaMemcpyHostToDevice and heap.owns(dst, count):
+            heap.calls.append(("htod", dst, count))
+        elif direction == kind.cudaMemcpyDeviceToHost and heap.owns(src, count):
+            heap.calls.append(("dtoh", src, count))
+        else:
+            return (err.cudaErrorInvalidValue,)
+        ctypes.memmove(dst, src, count)
+        return (ok,)
+
+    def cudaFree(pointer):
+        heap.calls.append(("cudaFree", pointer))
+        if not driver:
+            return no_driver
+        if pointer == 0:
+            return (ok,)
+        return (ok,) if heap.buffers.pop(pointer, None) is not None else (err.cudaErrorInvalidValue,)
+
+    def cudaStreamCreate():
+        heap.calls.append(("cudaStreamCreate",))
+        return (ok, cudaStream_t(0x5EED))
+
+    def cudaStreamSynchronize(stream):
+        heap.calls.append(("cudaStreamSynchronize", int(stream)))
+        return (ok,)
+
+    def cudaStreamDestroy(stream):
+        heap.calls.append(("cudaStreamDestroy", int(stream)))
+        return (ok,)
+
+    def cudaGetErrorName(e):
+        return (ok, err(e).name.encode())
+
+    def cudaGetErrorString(e):
+        return (ok, {35: b"CUDA driver version is insufficient for CUDA runtime version",
+                     2: b"out of memory"}.get(int(e), b"invalid argument"))
+
+    def cudaGetDeviceProperties(index):
+        if not driver:
+            return (err.cudaErrorInsufficientDriver, None)
+        return (ok, types.SimpleNamespace(name=b"Fake H100\x00\x00\x00", major=9, minor=0))
+
+    for f in (cudaGetDeviceCount, cudaMalloc, cudaMemcpy, cudaFree, cudaStreamCreate, cudaStreamSynchronize,
+              cudaStreamDestroy, cudaGetErrorName, cudaGetErrorString, cudaGetDeviceProperties):
+        setattr(rt, f.__name__, f)
+    rt.cudaStream_t = cudaStream_t
+    return rt
+
+
+def install_cuda_python(monkeypatch, heap: FakeDeviceHeap, *, old_path: bool = False, **options):
+    """The fake runtime under ``cuda.bindings.runtime`` (cuda-python >= 12.8), or only under
+    ``cuda.cudart`` (before)."""
+    rt = fake_cudart(heap, name="cuda.cudart" if old_path else "cuda.bindings.runtime", **options)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None if old_path else rt)
+    monkeypatch.setitem(sys.modules, "cuda.cudart", rt if old_path else None)
+    return rt
+
+
+def no_cuda_python(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    monkeypatch.setitem(sys.modules, "cuda.cudart", None)
+
+
+def install_pycuda(monkeypatch, heap: FakeDeviceHeap, *, context_error: Exception | None = None):
+    """pycuda as far as trtcal uses it (``autoprimaryctx``, ``driver.mem_alloc``/``memcpy_*``/``Stream``)."""
+    driver = types.ModuleType("pycuda.driver")
+
+    class DeviceAllocation:
+        def __init__(self, pointer):
+            self.pointer = pointer
+
+        def __int__(self):
+            return self.pointer
+
+        def free(self):
+            heap.calls.append(("free", self.pointer))
+            if heap.buffers.pop(self.pointer, None) is None:
+                raise RuntimeError("double free")
+
+    def mem_alloc(nbytes):
+        heap.calls.append(("mem_alloc", nbytes))
+        return DeviceAllocation(heap.alloc(nbytes))
+
+    def memcpy_htod(dest, src):
+        assert isinstance(dest, DeviceAllocation) and heap.owns(int(dest), src.nbytes)
+        heap.calls.append(("memcpy_htod", int(dest), src.nbytes))
+        ctypes.memmove(int(dest), src.ctypes.data, src.nbytes)
+
+    def memcpy_dtoh(dest, src):
+        assert isinstance(src, DeviceAllocation) and heap.owns(int(src), dest.nbytes)
+        ctypes.memmove(dest.ctypes.data, int(src), dest.nbytes)
+
+    class Stream:
+        handle = 0xCAFE
+
+        def synchronize(self):
+            heap.calls.append(("synchronize",))
+
+    class Device:
+        def __init__(self, index):
+            pass
+
+        def name(self):
+            return "Fake A100"
+
+        def compute_capability(self):
+            return (8, 0)
+
+    driver.mem_alloc, driver.memcpy_htod, driver.memcpy_dtoh = mem_alloc, memcpy_htod, memcpy_dtoh
+    driver.Stream, driver.Device, driver.init = Stream, Device, lambda: None
+    package = types.ModuleType("pycuda")
+    package.driver, package.__path__ = driver, []
+    monkeypatch.setitem(sys.modules, "pycuda", package)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    if context_error is None:
+        monkeypatch.setitem(sys.modules, "pycuda.autoprimaryctx", types.ModuleType("pycuda.autoprimaryctx"))
+    else:
+        monkeypatch.delitem(sys.modules, "pycuda.autoprimaryctx", raising=False)
+
+        class RaisingFinder:  # the import of autoprimaryctx fails as pycuda's does without a GPU
+            @staticmethod
+            def find_spec(name, path=None, target=None):
+                if name == "pycuda.autoprimaryctx":
+                    raise context_error
+                return None
+
+        monkeypatch.setattr(sys, "meta_path", [RaisingFinder, *sys.meta_path])
+    return driver
+
+
+def no_pycuda(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+
+
+class Backend:
+    """What a protocol test passes as ``device`` and how it counts what the device did."""
+
+    def __init__(self, name: str, device, stats):
+        self.name, self.device, self._stats = name, device, stats
+
+    def stats(self) -> dict:
+        return self._stats()
+
+
+@pytest.fixture(params=["host", "pycuda", "cuda-python", "cuda.cudart"])
+def backend(request, monkeypatch) -> Backend:
+    if request.param == "host":
+        device = HostMemory()
+        return Backend("host", device, lambda: {"allocations": device.allocations, "uploads": device.uploads,
+                                                "frees": device.frees, "live": device.live})
+    heap = FakeDeviceHeap()
+    if request.param == "pycuda":
+        install_pycuda(monkeypatch, heap)
+        no_cuda_python(monkeypatch)
+        return Backend("pycuda", "pycuda", heap.stats)
+    no_pycuda(monkeypatch)  # auto must find cuda-python on its own
+    install_cuda_python(monkeypatch, heap, old_path=request.param == "cuda.cudart")
+    return Backend("cuda-python", "auto", heap.stats)
+
+
+class TorchDtype:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __str__(self):
+        return f"torch.{self.name}"
+
+
+class FakeCudaTensor:
+    """A torch CUDA tensor as the calibrator sees one; its "device" memory is the numpy array's."""
+
+    is_cuda = True
+
+    def __init__(self, array: np.ndarray, *, dtype: str | None = None, contiguous: bool | None = None):
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = TorchDtype(dtype or array.dtype.name)
+        self.device = "cuda:0"
+        self._contiguous = array.flags.c_contiguous if contiguous is None else contiguous
+
+    def is_contiguous(self):
+        return self._contiguous
+
+    def data_ptr(self):
+        return self.array.ctypes.data
+
+
+class FakeCpuTensor:
+    """A torch CPU tensor: ``detach().numpy()`` gives the data (``__array__`` is not relied on)."""
+
+    is_cuda = False
+
+    def __init__(self, array: np.ndarray, error: Exception | None = None):
+        self.array, self.error = array, error
+
+    def detach(self):
+        return self
+
+    def numpy(self):
+        if self.error is not None:
+            raise self.error
+        return self.array
+
+
 # ---------------------------------------------------------------------- batches and pointers
 
 
-def test_every_pointer_points_at_the_right_bytes_of_the_right_batch():
+def test_every_pointer_points_at_the_right_bytes_of_the_right_batch(backend):
     data = make_data(70)
-    device = HostMemory()
     names = ["ids", "x"]  # TensorRT's order, not the model's
-    with Calibrator(batches_of(data, 16), INPUTS, batch_size=16, device=device) as cal:
+    with Calibrator(batches_of(data, 16), INPUTS, batch_size=16, device=backend.device) as cal:
         seen = drive(cal, names)
         assert seen["batch_size"] == 16 and seen["cache"] is None
         assert len(seen["batches"]) == 4  # 70 = 4 x 16 + 6: the short last batch is dropped
@@ -94,22 +378,22 @@ def test_every_pointer_points_at_the_right_bytes_of_the_right_batch():
         # one buffer per input, allocated once and reused for every batch
         pointers = {name: {b[name][0] for b in seen["batches"]} for name in names}
         assert all(len(p) == 1 for p in pointers.values())
-        assert device.allocations == 2 and device.uploads == 8
+        assert backend.stats() == {"allocations": 2, "uploads": 8, "frees": 0, "live": 2}
         assert cal.batches == 4 and cal.samples == 64 and cal.dropped_samples == 6
         assert any("last batch has 6 samples" in w and "dropped" in w for w in cal.warnings)
         assert cal.failure is None
         assert cal.get_batch(names) is None  # stays finished
-    assert device.frees == 2 and device.live == 0  # freed on close
+        assert cal.record()["cuda"] == backend.name
+    assert backend.stats() == {"allocations": 2, "uploads": 8, "frees": 2, "live": 0}  # freed on close
     cal.close()  # idempotent
-    assert device.frees == 2
+    assert backend.stats()["frees"] == 2
 
 
-def test_host_copies_are_contiguous_and_of_the_input_dtype():
+def test_host_copies_are_contiguous_and_of_the_input_dtype(backend):
     base = np.random.default_rng(1).normal(size=(8, 4, 3)).astype(np.float64)
     x = base.transpose(0, 2, 1)  # float64 and not contiguous
     ids = np.arange(16, dtype=np.int32).reshape(8, 2)  # int32 where the model wants int64
-    device = HostMemory()
-    with Calibrator([{"x": x, "ids": ids}], INPUTS, batch_size=8, device=device) as cal:
+    with Calibrator([{"x": x, "ids": ids}], INPUTS, batch_size=8, device=backend.device) as cal:
         seen = drive(cal, ["x", "ids"])
     (batch,) = seen["batches"]
     assert batch["x"][1] == expected_bytes(x, np.float32)
@@ -305,16 +589,15 @@ def test_a_cache_transform_changes_what_tensorrt_reads(tmp_path):
 # ---------------------------------------------------------------------- a real data source
 
 
-def test_open_calibrator_feeds_the_bundled_calibration_data_exactly():
+def test_open_calibrator_feeds_the_bundled_calibration_data_exactly(backend):
     images = np.load(EXAMPLES / "fashion_calib.npz")["images"]
-    device = HostMemory()
     with open_calibrator(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", batch_size=100,
-                         device=device) as cal:
+                         device=backend.device) as cal:
         seen = drive(cal, ["images"])
     assert len(seen["batches"]) == 5 and cal.dropped_samples == 12  # 512 = 5 x 100 + 12
     for i, batch in enumerate(seen["batches"]):
         assert batch["images"][1] == images[100 * i:100 * (i + 1)].tobytes()
-    assert device.allocations == 1 and device.live == 0
+    assert backend.stats() == {"allocations": 1, "uploads": 5, "frees": 1, "live": 0}
     assert cal.metadata["model_sha256"] and cal.metadata["data_sha256"]
     assert "fashion_calib.npz" in cal.description
 
@@ -383,17 +666,25 @@ def test_host_memory_behaves_like_device_memory():
         device.upload(ptr, data)
 
 
-def test_without_pycuda_the_device_path_fails_in_one_clear_line(monkeypatch):
-    import sys
-
+def test_without_pycuda_or_cuda_python_the_device_path_fails_in_one_clear_line(monkeypatch):
     from trtcal.trt.runtime import run_engine
 
-    monkeypatch.setitem(sys.modules, "pycuda", None)
-    cal = Calibrator(batches_of(make_data(16), 16), INPUTS, batch_size=16)  # the default device: pycuda
+    no_pycuda(monkeypatch)
+    no_cuda_python(monkeypatch)
+    cal = Calibrator(batches_of(make_data(16), 16), INPUTS, batch_size=16)  # the default device: auto
     assert cal.get_batch(["x", "ids"]) is None
-    assert isinstance(cal.failure, TrtcalError) and "needs pycuda" in str(cal.failure)
-    with pytest.raises(TrtcalError, match="needs pycuda"):
+    message = str(cal.failure)
+    assert isinstance(cal.failure, CudaMissing) and "\n" not in message
+    assert "needs pycuda or cuda-python" in message and "pip install cuda-python" in message
+    assert "trtcal[gpu]" in message
+    with pytest.raises(TrtcalError, match="needs pycuda or cuda-python"):
         next(run_engine("any.engine", []))
+    with pytest.raises(CudaMissing, match=r"--cuda pycuda: pycuda is not installed \(pip install 'trtcal\[gpu\]'"):
+        open_device("pycuda")
+    with pytest.raises(CudaMissing, match=r"--cuda cuda-python: cuda-python is not installed \(pip install cuda-python"):
+        open_device("cuda-python")
+    cal = Calibrator(batches_of(make_data(16), 16), INPUTS, batch_size=16, device="cuda-python")
+    assert cal.get_batch(["x"]) is None and "cuda-python is not installed" in str(cal.failure)
 
 
 def test_a_new_tensorrt_module_never_gets_a_stale_class():
@@ -404,3 +695,377 @@ def test_a_new_tensorrt_module_never_gets_a_stale_class():
         del trt
         with pytest.raises(TrtcalError, match="no IInt8EntropyCalibrator2"):
             calibrator_class(fake_trt(version="11.0.0.1"), "entropy2")
+
+
+# ---------------------------------------------------------------------- cuda-python and the choice of backend
+
+
+@pytest.mark.parametrize("old_path", [False, True], ids=["cuda.bindings.runtime", "cuda.cudart"])
+def test_cuda_python_memory_round_trip_and_streams(monkeypatch, old_path):
+    heap = FakeDeviceHeap()
+    install_cuda_python(monkeypatch, heap, old_path=old_path)
+    device = CudaPythonMemory()
+    assert heap.calls[:2] == [("cudaGetDeviceCount",), ("cudaFree", 0)]  # the runtime is initialised first
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    pointer = device.alloc(data.nbytes)
+    assert isinstance(pointer, int) and heap.calls[-1] == ("cudaMalloc", 48)
+    device.upload(pointer, data)
+    assert heap.calls[-1] == ("htod", pointer, 48) and HostMemory.read(pointer, 48) == data.tobytes()
+    back = np.zeros_like(data)
+    device.download(pointer, back)
+    assert heap.calls[-1] == ("dtoh", pointer, 48) and np.array_equal(back, data)
+    stream = device.create_stream()
+    assert stream == 0x5EED
+    device.synchronize(stream)
+    device.destroy_stream(stream)
+    assert heap.calls[-2:] == [("cudaStreamSynchronize", 0x5EED), ("cudaStreamDestroy", 0x5EED)]
+    device.free(pointer)
+    assert heap.calls[-1] == ("cudaFree", pointer) and not heap.buffers
+    device.free(pointer)  # a second free of the same pointer does not reach CUDA
+    assert heap.calls[-1] == ("cudaFree", pointer) and sum(c == ("cudaFree", pointer) for c in heap.calls) == 1
+
+
+def test_cuda_python_refuses_bad_copies_before_calling_cuda(monkeypatch):
+    heap = FakeDeviceHeap()
+    install_cuda_python(monkeypatch, heap)
+    device = CudaPythonMemory()
+    pointer = device.alloc(16)
+    calls = len(heap.calls)
+    with pytest.raises(TrtcalError, match="upload of 20 bytes with a 16-byte device buffer"):
+        device.upload(pointer, np.zeros(5, np.float32))
+    with pytest.raises(TrtcalError, match="not contiguous"):
+        device.upload(pointer, np.zeros((2, 4), np.float16)[:, ::2])
+    device.free(pointer)
+    with pytest.raises(TrtcalError, match="not an allocated buffer"):
+        device.upload(pointer, np.zeros(4, np.float32))
+    assert not [c for c in heap.calls[calls:] if c[0] == "htod"]
+
+
+def test_cuda_python_errors_are_one_line_naming_the_call_and_cuda_s_error(monkeypatch):
+    heap = FakeDeviceHeap()
+    install_cuda_python(monkeypatch, heap, driver=False)
+    with pytest.raises(TrtcalError) as info:
+        open_device("cuda-python")
+    assert str(info.value) == ("CUDA is not usable here through cuda-python (cudaGetDeviceCount: "
+                               "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime "
+                               "version); calibrating or running engines with TensorRT needs an NVIDIA GPU and driver")
+    install_cuda_python(monkeypatch, FakeDeviceHeap(), devices=0)
+    with pytest.raises(TrtcalError, match=r"no NVIDIA GPU: cudaGetDeviceCount\(\) is 0"):
+        open_device("cuda-python")
+    install_cuda_python(monkeypatch, FakeDeviceHeap(), old_path=True, dlopen_fails=True)
+    with pytest.raises(TrtcalError, match=r"through cuda-python \(cudaGetDeviceCount: RuntimeError: Failed to "
+                                          r"dlopen libcuda.so.1\); calibrating"):
+        open_device("cuda-python")
+    # out of device memory, inside TensorRT's callback: kept, calibration ends, one line
+    heap = FakeDeviceHeap()
+    install_cuda_python(monkeypatch, heap, memory=512)
+    cal = Calibrator(batches_of(make_data(16), 16), INPUTS, batch_size=16, device="cuda-python")
+    assert cal.get_batch(["x", "ids"]) is None
+    assert str(cal.failure) == ("CUDA error in cudaMalloc (cuda-python): cudaErrorMemoryAllocation: out of memory")
+    assert ("cudaMalloc", 16 * 3 * 4 * 4) in heap.calls
+    cal.close()
+
+
+def test_auto_takes_pycuda_if_installed_else_cuda_python(monkeypatch):
+    pycuda_heap, cudart_heap = FakeDeviceHeap(), FakeDeviceHeap()
+    install_pycuda(monkeypatch, pycuda_heap)
+    install_cuda_python(monkeypatch, cudart_heap)
+    assert type(open_device("auto")) is PycudaMemory and not cudart_heap.calls
+    assert type(open_device("cuda-python")) is CudaPythonMemory  # asked for by name
+    no_pycuda(monkeypatch)
+    assert type(open_device("auto")) is CudaPythonMemory
+    with pytest.raises(TrtcalError, match=r"--cuda 'cupy': choose auto, pycuda, cuda-python"):
+        open_device("cupy")
+    with pytest.raises(TrtcalError, match=r"--cuda 'cupy'"):
+        Calibrator([], INPUTS, batch_size=4, device="cupy")  # checked at once, not at the first batch
+
+
+def test_an_installed_pycuda_that_cannot_start_is_reported_not_skipped(monkeypatch):
+    # pycuda is there but CUDA is not: that is the answer, not a reason to try cuda-python
+    heap = FakeDeviceHeap()
+    install_pycuda(monkeypatch, heap, context_error=RuntimeError("cuInit failed: no CUDA-capable device is detected"))
+    install_cuda_python(monkeypatch, FakeDeviceHeap())
+    with pytest.raises(TrtcalError) as info:
+        open_device("auto")
+    assert not isinstance(info.value, CudaMissing)
+    assert "through pycuda (RuntimeError: cuInit failed: no CUDA-capable device is detected)" in str(info.value)
+
+
+def test_lazy_device_initialises_cuda_only_when_memory_is_needed(monkeypatch, tmp_path):
+    heap = FakeDeviceHeap()
+    no_pycuda(monkeypatch)
+    install_cuda_python(monkeypatch, heap)
+    lazy = LazyDevice("auto")
+    assert lazy.name == "auto" and not heap.calls
+    # a reused cache: TensorRT asks for no batch, so CUDA is never touched
+    path = tmp_path / "c.cache"
+    path.write_bytes(cache_text({"x": 1.0}))
+    with Calibrator(batches_of(make_data(16), 16), INPUTS, batch_size=16, device=lazy, cache=path) as cal:
+        assert drive(cal, ["x", "ids"])["cache"] is not None
+    assert not heap.calls and cal.record()["cuda"] is None
+    pointer = lazy.alloc(8)
+    assert lazy.name == "cuda-python" and ("cudaMalloc", 8) in heap.calls
+    lazy.free(pointer)
+
+
+def test_gpu_info_reads_cuda_python_when_pycuda_is_missing(monkeypatch):
+    no_pycuda(monkeypatch)
+    install_cuda_python(monkeypatch, FakeDeviceHeap())
+    assert gpu_info() == {"name": "Fake H100", "compute_capability": "9.0"}
+    install_pycuda(monkeypatch, FakeDeviceHeap())
+    assert gpu_info() == {"name": "Fake A100", "compute_capability": "8.0"}
+
+
+def fake_engine_trt(heap_log: list) -> types.SimpleNamespace:
+    """TensorRT's runtime for an engine with input "x" [N, 4] float32 and output "y" = 2 x, which
+    reads and writes through the raw device addresses it is given."""
+
+    class Context:
+        def __init__(self):
+            self.addresses, self.shape = {}, None
+
+        def set_input_shape(self, name, shape):
+            self.shape = tuple(shape)
+            return len(shape) == 2 and shape[1] == 4
+
+        def get_tensor_shape(self, name):
+            return self.shape
+
+        def set_tensor_address(self, name, pointer):
+            self.addresses[name] = pointer
+
+        def execute_async_v3(self, stream):
+            heap_log.append(("execute_async_v3", stream))
+            n = int(np.prod(self.shape)) * 4
+            x = np.frombuffer(ctypes.string_at(self.addresses["x"], n), np.float32)
+            ctypes.memmove(self.addresses["y"], (2 * x).tobytes(), n)
+            return True
+
+    plan = types.SimpleNamespace(
+        num_io_tensors=2, get_tensor_name=["x", "y"].__getitem__,
+        get_tensor_mode=lambda name: "in" if name == "x" else "out",
+        get_tensor_dtype=lambda name: "f32", create_execution_context=Context)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            return plan if blob == b"plan" else None
+
+    logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    return types.SimpleNamespace(Logger=logger, Runtime=Runtime, TensorIOMode=types.SimpleNamespace(INPUT="in"),
+                                 nptype=lambda dtype: np.float32)
+
+
+def test_run_engine_on_cuda_python(monkeypatch, tmp_path):
+    from trtcal.trt.runtime import run_engine
+
+    heap = FakeDeviceHeap()
+    no_pycuda(monkeypatch)
+    install_cuda_python(monkeypatch, heap)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    batches = [{"x": np.arange(8, dtype=np.float32).reshape(2, 4)}, {"x": np.ones((3, 4), np.float64)}]
+    outputs = list(run_engine(engine, batches, trt=fake_engine_trt(heap.calls)))
+    assert [sorted(o) for o in outputs] == [["y"], ["y"]]
+    assert np.array_equal(outputs[0]["y"], 2 * batches[0]["x"]) and np.array_equal(outputs[1]["y"], np.full((3, 4), 2.0))
+    names = [c[0] for c in heap.calls]
+    assert ("execute_async_v3", 0x5EED) in heap.calls  # TensorRT runs on the stream cuda-python made
+    first = names.index("execute_async_v3")
+    assert names[first + 1] == "cudaStreamSynchronize" and names[first + 2] == "dtoh"  # outputs read after the sync
+    assert names[-1] == "cudaStreamDestroy" and not heap.buffers  # every buffer freed, the stream destroyed
+    assert names.count("cudaMalloc") == 4 and names.count("htod") == 2
+
+
+# ---------------------------------------------------------------------- CUDA tensors from a data loader
+
+
+def cuda_batches(data: dict, size: int, on_device=("x",)) -> list[dict]:
+    return [{k: FakeCudaTensor(np.ascontiguousarray(v)) if k in on_device else v for k, v in b.items()}
+            for b in batches_of(data, size)]
+
+
+def test_cuda_tensors_go_to_tensorrt_as_their_own_pointers_without_a_copy(backend):
+    data = make_data(48)
+    source = cuda_batches(data, 16)
+    with Calibrator(source, INPUTS, batch_size=16, device=backend.device) as cal:
+        seen = drive(cal, ["x", "ids"])
+        assert len(seen["batches"]) == 3
+        for i, batch in enumerate(seen["batches"]):
+            assert batch["x"][0] == source[i]["x"].data_ptr()  # the tensor's own memory: no copy
+            assert batch["x"][1] == data["x"][16 * i:16 * (i + 1)].tobytes()
+            assert batch["ids"][1] == expected_bytes(data["ids"][16 * i:16 * (i + 1)], np.int64)
+        # only "ids" went through the device backend: one buffer, three copies
+        assert backend.stats() == {"allocations": 1, "uploads": 3, "frees": 0, "live": 1}
+        record = cal.record()
+        assert record["cuda_tensor_inputs"] == ["x"] and record["cuda"] == backend.name
+        assert record["inputs"] == {"x": [16, 3, 4], "ids": [16, 2]} and record["samples"] == 48
+
+
+def test_all_cuda_tensor_batches_need_no_cuda_backend(monkeypatch):
+    no_pycuda(monkeypatch)
+    no_cuda_python(monkeypatch)
+    data = make_data(32)
+    with Calibrator(cuda_batches(data, 16, on_device=("x", "ids")), INPUTS, batch_size=16) as cal:
+        seen = drive(cal, ["ids", "x"])
+    assert cal.failure is None and len(seen["batches"]) == 2
+    assert seen["batches"][1]["ids"][1] == data["ids"][16:32].tobytes()
+    assert cal.record()["cuda"] is None and cal.record()["cuda_tensor_inputs"] == ["ids", "x"]
+
+
+def test_a_cuda_tensor_stays_alive_until_tensorrt_asks_for_the_next_batch():
+    rng = np.random.default_rng(5)
+    made = []
+
+    def make() -> FakeCudaTensor:
+        tensor = FakeCudaTensor(rng.normal(size=(16, 3, 4)).astype(np.float32))
+        made.append(weakref.ref(tensor))
+        return tensor
+
+    def loader():  # keeps no reference to what it yields
+        for _ in range(3):
+            yield {"x": make(), "ids": np.zeros((16, 2), np.int64)}
+
+    def alive() -> list[bool]:
+        gc.collect()
+        return [ref() is not None for ref in made]
+
+    cal = Calibrator(loader(), INPUTS, batch_size=16, device=HostMemory())
+    cal.get_batch(["x", "ids"])
+    assert alive() == [True]  # TensorRT may still be reading it
+    cal.get_batch(["x", "ids"])
+    assert alive() == [False, True]
+    cal.close()
+    assert alive() == [False, False]
+
+
+def test_torch_s_queued_work_is_waited_for_before_tensorrt_reads(monkeypatch):
+    synchronized = []
+    torch = types.ModuleType("torch")
+    torch.cuda = types.SimpleNamespace(synchronize=lambda device=None: synchronized.append(device))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    TorchTensor = type("Tensor", (FakeCudaTensor,), {"__module__": "torch"})  # noqa: N806
+    source = [{"x": TorchTensor(np.zeros((16, 3, 4), np.float32)), "ids": TorchTensor(np.zeros((16, 2), np.int64))}
+              for _ in range(2)]
+    with Calibrator(source, INPUTS, batch_size=16, device=HostMemory()) as cal:
+        assert cal.get_batch(["x", "ids"]) is not None
+        assert synchronized == ["cuda:0"]  # once per device, before the pointers go back
+        assert cal.get_batch(["x", "ids"]) is not None
+        assert synchronized == ["cuda:0", "cuda:0"]
+
+
+@pytest.mark.parametrize("tensor, message", [
+    (FakeCudaTensor(np.zeros((16, 3, 4), np.float64)),
+     "input 'x' is a CUDA tensor of torch.float64, the model wants float32; a CUDA tensor goes to TensorRT as it is"),
+    (FakeCudaTensor(np.zeros((16, 3, 4), np.float16), dtype="bfloat16"), "CUDA tensor of torch.bfloat16"),
+    (FakeCudaTensor(np.zeros((16, 12), np.float32)), "CUDA tensor of shape [16, 12], the model wants rank 3 [N, 3, 4]"),
+    (FakeCudaTensor(np.zeros((16, 4, 4), np.float32)), "the model wants [N, 3, 4] (axis 1 must be 3)"),
+    (FakeCudaTensor(np.zeros((16, 3, 4), np.float32), contiguous=False), "not contiguous"),
+    (FakeCudaTensor(np.zeros((32, 3, 4), np.float32)), "inputs hold different numbers of samples: {'ids': 16, 'x': 32}"),
+])
+def test_a_cuda_tensor_that_does_not_fit_the_input_is_an_error_naming_batch_and_input(tensor, message):
+    with Calibrator([{"x": tensor, "ids": np.zeros((16, 2), np.int64)}], INPUTS, batch_size=16,
+                    device=HostMemory(), description="load.py:batches") as cal:
+        assert cal.get_batch(["x", "ids"]) is None
+    assert isinstance(cal.failure, TrtcalError) and message in str(cal.failure)
+    assert "load.py:batches: batch 0" in str(cal.failure)
+
+
+def test_a_cuda_tensor_for_no_input_and_a_changing_shape_are_errors():
+    extra = {"x": np.zeros((16, 3, 4), np.float32), "ids": np.zeros((16, 2), np.int64),
+             "mask": FakeCudaTensor(np.zeros((16, 2), np.float32))}
+    with Calibrator([extra], INPUTS, batch_size=16, device=HostMemory()) as cal:
+        assert cal.get_batch(["x", "ids"]) is None
+    assert "data for 'mask', which the model has no input for" in str(cal.failure)
+    specs = [InputSpec("x", np.float32, ("N", 3, "H", "W"))]
+    source = [{"x": FakeCudaTensor(np.zeros((4, 3, 8, 8), np.float32))},
+              {"x": FakeCudaTensor(np.zeros((4, 3, 8, 9), np.float32))}]
+    with Calibrator(source, specs, batch_size=4, device=HostMemory()) as cal:
+        assert cal.get_batch(["x"]) is not None and cal.get_batch(["x"]) is None
+    assert "has shape [4, 3, 8, 9], but calibration runs at [4, 3, 8, 8]" in str(cal.failure)
+    both = {"x": FakeCudaTensor(np.zeros((32, 3, 4), np.float32)), "ids": FakeCudaTensor(np.zeros((32, 2), np.int64))}
+    with Calibrator([both], INPUTS, batch_size=16, device=HostMemory()) as cal:
+        assert cal.get_batch(["x", "ids"]) is None
+    assert "batch 0: 32 samples, but TensorRT takes exactly 16 per batch" in str(cal.failure)
+
+
+def test_cpu_torch_tensors_are_copied_like_arrays():
+    data = make_data(16)
+    x64 = data["x"].astype(np.float64)
+    source = [{"x": FakeCpuTensor(x64), "ids": FakeCpuTensor(data["ids"].astype(np.int32))}]
+    device = HostMemory()
+    with Calibrator(source, INPUTS, batch_size=16, device=device) as cal:
+        (batch,) = drive(cal, ["x", "ids"])["batches"]
+        assert batch["x"][1] == expected_bytes(x64, np.float32) and batch["ids"][1] == expected_bytes(data["ids"], np.int64)
+        assert device.uploads == 2 and "cuda_tensor_inputs" not in cal.record()
+    bad = [{"x": FakeCpuTensor(None, TypeError("Got unsupported ScalarType BFloat16")), "ids": data["ids"]}]
+    with Calibrator(bad, INPUTS, batch_size=16, device=HostMemory()) as cal:
+        assert cal.get_batch(["x", "ids"]) is None
+    assert str(cal.failure).endswith("input 'x': cannot read the tensor as a numpy array "
+                                     "(TypeError: Got unsupported ScalarType BFloat16)")
+
+
+# ---------------------------------------------------------------------- trtcal build --cuda
+
+
+def test_cli_build_with_cuda_python(tmp_path, monkeypatch):
+    from conftest import run_cli
+    from test_trt_builder import DATA, MODEL, fake_tensorrt
+
+    heap = FakeDeviceHeap()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    install_pycuda(monkeypatch, FakeDeviceHeap())  # installed, but --cuda asks for cuda-python
+    install_cuda_python(monkeypatch, heap)
+    out = tmp_path / "m.engine"
+    rc, stdout, err = run_cli("build", MODEL, "--int8", "--data", DATA, "--batch-size", "128", "-o", out,
+                              "--save-cache", tmp_path / "m.cache", "--cuda", "cuda-python")
+    assert rc == 0, err
+    assert "calibrated 4 batches of 128 (512 samples)" in stdout
+    assert json.loads((tmp_path / "m.engine.trtcal.json").read_text())["gpu"]["name"] == "Fake A100"
+    assert json.loads((tmp_path / "m.cache.trtcal.json").read_text())["cuda"] == "cuda-python"
+    assert [c[0] for c in heap.calls].count("htod") == 4 and not heap.buffers
+    rc, _, err = run_cli("build", MODEL, "--int8", "--data", DATA, "-o", tmp_path / "n.engine", "--cuda", "cupy")
+    assert rc == 2 and err.count("\n") == 1 and "--cuda" in err and "invalid choice" in err
+
+
+def test_cli_build_from_a_loader_script_of_cuda_tensors_needs_no_cuda_backend(tmp_path, monkeypatch):
+    from conftest import run_cli
+    from test_trt_builder import DATA, MODEL, fake_tensorrt
+
+    from trtcal.cache import read
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
+    no_pycuda(monkeypatch)
+    no_cuda_python(monkeypatch)
+    script = tmp_path / "loader.py"
+    script.write_text(f"""import numpy as np
+
+
+class Tensor:  # what a torch CUDA tensor shows the calibrator
+    is_cuda = True
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.device = array, array.shape, "torch.float32", "cuda:0"
+
+    def is_contiguous(self):
+        return True
+
+    def data_ptr(self):
+        return self.array.ctypes.data
+
+
+def batches():
+    images = np.load({str(DATA)!r})["images"]
+    for i in range(0, 512, 128):
+        yield {{"images": Tensor(np.ascontiguousarray(images[i:i + 128]))}}
+""")
+    rc, stdout, err = run_cli("build", MODEL, "--int8", "--data", f"{script}:batches", "--batch-size", "128",
+                              "-o", tmp_path / "m.engine", "--save-cache", tmp_path / "m.cache")
+    assert rc == 0, err
+    assert "calibrated 4 batches of 128 (512 samples)" in stdout
+    # the stand-in read max |x| through the tensors' own pointers
+    images = np.load(DATA)["images"]
+    assert read(tmp_path / "m.cache").amax("images") == pytest.approx(float(np.abs(images).max()), rel=1e-6)
+    record = json.loads((tmp_path / "m.cache.trtcal.json").read_text())
+    assert record["cuda_tensor_inputs"] == ["images"] and record["cuda"] is None

@@ -10,6 +10,7 @@ from trtcal.cli.common import add_json, print_json
 
 def cmd_build(args: argparse.Namespace) -> int:
     from trtcal.trt.builder import build, parse_shapes
+    from trtcal.trt.device import LazyDevice
 
     preprocess = None
     if args.preprocess:
@@ -22,8 +23,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                    algorithm=args.algorithm, quantile=args.quantile, regression_cutoff=args.regression_cutoff,
                    save_cache=args.save_cache, overrides=args.overrides, fallback=args.fallback_list,
                    timing_cache=args.timing_cache, workspace_mb=args.workspace, shapes=parse_shapes(args.shapes),
-                   backend=args.backend, ignore_provenance=args.ignore_provenance, force=args.force,
-                   verbose=args.verbose, log=lambda line: print(line, file=stream))
+                   backend=args.backend, device=LazyDevice(args.cuda), ignore_provenance=args.ignore_provenance,
+                   force=args.force, verbose=args.verbose, log=lambda line: print(line, file=stream))
     if args.json:
         print_json({"engine": str(result.engine), "provenance": str(result.record_path), **result.record})
         return 0
@@ -85,6 +86,9 @@ def register(sub) -> None:
                         "(repeat per input; NAME:SHAPE sets all three)")
     p.add_argument("--backend", choices=("auto", "tensorrt", "rtx"), default="auto",
                    help="tensorrt, rtx (tensorrt_rtx), or auto: tensorrt if it imports, else rtx (default)")
+    p.add_argument("--cuda", choices=("auto", "pycuda", "cuda-python"), default="auto",
+                   help="CUDA backend for the calibration buffers: pycuda, cuda-python (as TensorRT's samples "
+                        "since 10.14), or auto: pycuda if installed, else cuda-python (default)")
     p.add_argument("--ignore-provenance", action="store_true",
                    help="reuse a cache even if its provenance record names another model or data")
     p.add_argument("--force", action="store_true", help="replace existing outputs")

@@ -12,7 +12,13 @@ What it guarantees:
 
 - Batches come from the same loaders as ``trtcal calibrate`` and are checked against the model's
   inputs; each is converted to a contiguous host array of the input's dtype and copied into one
-  device buffer per input, allocated once (at the first batch) and reused. Every batch holds
+  device buffer per input, allocated once (at the first batch) and reused. CPU torch tensors are
+  host arrays too. A CUDA tensor (an object with ``is_cuda`` true and ``data_ptr()``, e.g. a torch
+  tensor from a data-loader script, as Polygraphy accepts) is handed to TensorRT as its device
+  pointer without a copy: it must already have the input's dtype, rank and fixed dimensions and
+  be contiguous (an error naming the batch and input otherwise); it is kept alive until TensorRT
+  asks for the next batch, and torch's queued work on its device is waited for before TensorRT
+  reads it. Every batch holds
   exactly the batch size: a short last batch is dropped with a warning, any other wrong size is
   an error naming the batch. All batches must have one shape (TensorRT calibrates at the
   calibration profile's OPT shape).
@@ -24,12 +30,16 @@ What it guarantees:
   record against the model and data; the cache TensorRT writes is written as is, with a
   ``.trtcal.json`` record beside it (data, its sha256, batches, samples, shapes, TensorRT
   version, GPU).
-- Device buffers are freed by :meth:`Calibrator.close` (it is a context manager).
+- Device buffers are freed by :meth:`Calibrator.close` (it is a context manager). The device
+  backend (``device``: a :class:`~trtcal.trt.device.DeviceMemory`, or ``--cuda``'s ``auto``,
+  ``pycuda``, ``cuda-python``) is opened only when a host array has to be copied, so a reused
+  cache or all-CUDA-tensor batches never need pycuda or cuda-python.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,7 +49,7 @@ import numpy as np
 from trtcal import fileio
 from trtcal.cache import CalibrationCache, Version, format_version, parse
 from trtcal.errors import TrtcalError
-from trtcal.trt.device import DeviceMemory
+from trtcal.trt.device import DeviceMemory, LazyDevice
 
 #: trtcal's name -> (TensorRT base class, the algorithm name its cache header carries).
 ALGORITHMS = {
@@ -85,13 +95,14 @@ class Calibrator:
     model's :class:`~trtcal.runner.InputSpec` list. ``shapes``: the shape each input is
     calibrated at (the profile's OPT shape, batch axis first); missing ones are taken from the
     first batch. ``cache``: where to read a cache from (when ``reuse_cache``) and write the new
-    one to. ``expected``: what the cache's provenance record must match (``model_sha256``,
+    one to. ``device``: a :class:`~trtcal.trt.device.DeviceMemory` or a ``--cuda`` name (``auto``,
+    the default, ``pycuda``, ``cuda-python``), opened on first use. ``expected``: what the cache's provenance record must match (``model_sha256``,
     ``data_sha256``, ``gpu``). ``cache_transform``: applied to a cache read from disk before
     TensorRT sees it (hand-set ranges).
     """
 
     def __init__(self, source: Iterable[dict] | None, inputs: Sequence, *, batch_size: int,
-                 algorithm: str = "entropy2", device: DeviceMemory | None = None,
+                 algorithm: str = "entropy2", device: DeviceMemory | str | None = None,
                  cache: str | os.PathLike | None = None, reuse_cache: bool = True,
                  trt_version: Version | None = None, shapes: dict[str, tuple] | None = None,
                  max_batches: int | None = None, quantile: float = 0.9999, regression_cutoff: float = 1.0,
@@ -125,7 +136,7 @@ class Calibrator:
         self.ignore_provenance = ignore_provenance
         self.cache_transform = cache_transform
         self._warn = warn
-        self._device = device
+        self._device = LazyDevice(device) if isinstance(device, str) else device
         self._shapes = {name: tuple(int(d) for d in shape) for name, shape in (shapes or {}).items()}
         for name, shape in self._shapes.items():
             if name not in self._specs:
@@ -135,6 +146,10 @@ class Calibrator:
                 raise TrtcalError(f"calibration shape {list(shape)} for input {name!r}: its batch axis must be "
                                   f"the batch size {batch_size}")
         self._buffers: dict[str, int] = {}
+        self._pointers: dict[str, int] = {}  # this batch's pointer per input
+        self._held: list = []  # this batch's CUDA tensors, alive until TensorRT asks for the next
+        self._copied = False  # whether any input went through the device backend
+        self.device_inputs: set[str] = set()  # inputs fed as CUDA tensors (no copy)
         self._iter: Iterator | None = None
         self._lookahead: list = []
         self._pulled = 0
@@ -170,10 +185,11 @@ class Calibrator:
 
     @property
     def device(self) -> DeviceMemory:
+        """The device-memory backend, opened now if it was not (``auto`` unless one was given)."""
         if self._device is None:
-            from trtcal.trt.device import PycudaMemory
+            from trtcal.trt.device import open_device
 
-            self._device = PycudaMemory()
+            self._device = open_device("auto")
         return self._device
 
     def raise_failure(self) -> None:
@@ -193,6 +209,7 @@ class Calibrator:
             return
         self.closed = True
         buffers, self._buffers = self._buffers, {}
+        self._held, self._pointers = [], {}
         if self._device is not None:
             for pointer in buffers.values():
                 self._device.free(pointer)
@@ -215,6 +232,7 @@ class Calibrator:
             if unknown:
                 raise TrtcalError(f"TensorRT asked for input(s) {', '.join(map(repr, unknown))}, which the model "
                                   f"has no input for ({', '.join(self._specs)})")
+            self._held = []  # TensorRT is done with the previous batch
             batch = self._next_batch()
             if batch is None:
                 self._done = True
@@ -224,7 +242,7 @@ class Calibrator:
             self._upload(batch)
             self.batches += 1
             self.samples += self.batch_size
-            return [self._buffers[n] for n in names]
+            return [self._pointers[n] for n in names]
         except Exception as exc:  # TensorRT calls this from C++: keep the error, end calibration
             self.failure = exc
             self._done = True
@@ -284,7 +302,12 @@ class Calibrator:
             return None
         index = self.batches
         where = f"{self.description}: batch {index}"
-        batch = check_batch(raw, self.inputs, where)
+        if isinstance(raw, dict):
+            host, on_device = self._split(raw, where)
+            batch = check_batch(host, [s for s in self.inputs if s.name not in on_device], where)
+            batch.update(on_device)
+        else:
+            batch = check_batch(raw, self.inputs, where)
         sizes = {}
         for name, array in batch.items():
             if array.ndim == 0:
@@ -316,16 +339,68 @@ class Calibrator:
                                   f"{list(want)} (the calibration profile's OPT shape): TensorRT calibrates at one shape")
         return batch
 
+    def _split(self, raw: dict, where: str) -> tuple[dict, dict]:
+        """``raw`` as (host arrays, :class:`_DeviceTensor` per CUDA tensor), each checked."""
+        host, on_device = {}, {}
+        for name, value in raw.items():
+            if _is_cuda_tensor(value):
+                on_device[name] = self._device_tensor(name, value, where)
+            else:
+                host[name] = _host_array(name, value, where)
+        return host, on_device
+
+    def _device_tensor(self, name: str, tensor, where: str) -> _DeviceTensor:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise TrtcalError(f"{where}: data for {name!r}, which the model has no input for")
+        what = f"{where}: input {name!r} is a CUDA tensor"
+        want = np.dtype(spec.dtype)
+        got = _numpy_dtype(tensor.dtype)
+        if got != want:
+            raise TrtcalError(f"{what} of {tensor.dtype}, the model wants {want}; a CUDA tensor goes to TensorRT "
+                              "as it is (no copy, no conversion): convert it in the data loader")
+        try:
+            shape = tuple(int(d) for d in tensor.shape)
+        except (TypeError, ValueError):
+            raise TrtcalError(f"{what} without a readable shape ({tensor.shape!r})") from None
+        from trtcal.data.sources import _shape_text
+
+        if len(shape) != len(spec.shape):
+            raise TrtcalError(f"{what} of shape {list(shape)}, the model wants rank {len(spec.shape)} "
+                              f"{_shape_text(spec.shape)}")
+        for axis, (n, dim) in enumerate(zip(shape, spec.shape)):
+            if isinstance(dim, int) and dim > 0 and n != dim:
+                raise TrtcalError(f"{what} of shape {list(shape)}, the model wants {_shape_text(spec.shape)} "
+                                  f"(axis {axis} must be {dim})")
+        contiguous = getattr(tensor, "is_contiguous", None)
+        if not callable(contiguous) or not contiguous():
+            raise TrtcalError(f"{what} that is not contiguous: TensorRT reads it as a dense array; call "
+                              ".contiguous() in the data loader")
+        pointer = int(tensor.data_ptr())
+        if pointer == 0:
+            raise TrtcalError(f"{what} with no device memory (data_ptr() is 0)")
+        return _DeviceTensor(tensor, pointer, shape)
+
     def _upload(self, batch: dict) -> None:
-        device = self.device
-        if not self._buffers:
-            for spec in self.inputs:
+        pointers, held = {}, []
+        for spec in self.inputs:
+            value = batch[spec.name]
+            if isinstance(value, _DeviceTensor):
+                pointers[spec.name] = value.pointer
+                held.append(value.tensor)
+                self.device_inputs.add(spec.name)
+                continue
+            device = self.device
+            if spec.name not in self._buffers:  # allocated once, at the calibration shape
                 shape = self._shapes[spec.name]
                 nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
                 self._buffers[spec.name] = device.alloc(nbytes)
-        for spec in self.inputs:
-            host = np.ascontiguousarray(batch[spec.name], dtype=spec.dtype)
+            host = np.ascontiguousarray(value, dtype=spec.dtype)
             device.upload(self._buffers[spec.name], host)
+            pointers[spec.name] = self._buffers[spec.name]
+            self._copied = True
+        _synchronize(held)
+        self._pointers, self._held = pointers, held
 
     # ------------------------------------------------------------------ the cache
 
@@ -401,6 +476,8 @@ class Calibrator:
             "batch_size": self.batch_size,
             "dropped_samples": self.dropped_samples,
             "inputs": {name: list(shape) for name, shape in self._shapes.items()},
+            "cuda": self._device.name if self._copied and self._device is not None else None,
+            **({"cuda_tensor_inputs": sorted(self.device_inputs)} if self.device_inputs else {}),
             **self.metadata,
         }
 
@@ -421,6 +498,61 @@ class Calibrator:
         fileio.atomic_write(path, data, force=True)
         write_sidecar(path, self.record(), force=True)
         self.cache_written = path
+
+
+class _DeviceTensor:
+    """A CUDA tensor of a batch, checked: its device pointer, its shape, and the tensor itself
+    (kept so that its memory stays allocated while TensorRT reads it)."""
+
+    __slots__ = ("tensor", "pointer", "shape")
+
+    def __init__(self, tensor, pointer: int, shape: tuple):
+        self.tensor, self.pointer, self.shape = tensor, pointer, shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _is_cuda_tensor(value) -> bool:
+    """A tensor in CUDA memory (torch's ``is_cuda``, with a ``data_ptr()``)."""
+    return getattr(value, "is_cuda", False) is True and callable(getattr(value, "data_ptr", None))
+
+
+def _numpy_dtype(dtype) -> np.dtype | None:
+    """numpy's dtype for a torch dtype (``torch.float32`` -> float32), None where numpy has none
+    (bfloat16)."""
+    try:
+        return np.dtype(str(dtype).rsplit(".", 1)[-1])
+    except TypeError:
+        return None
+
+
+def _host_array(name: str, value, where: str):
+    """A CPU torch tensor as numpy (detached; it is copied to the device as any array); anything
+    else as it is, for :func:`~trtcal.data.sources.check_batch`."""
+    if callable(getattr(value, "detach", None)) and callable(getattr(value, "numpy", None)):
+        try:
+            return value.detach().numpy()
+        except Exception as exc:  # e.g. bfloat16, which numpy has no type for
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise TrtcalError(f"{where}: input {name!r}: cannot read the tensor as a numpy array "
+                              f"({type(exc).__name__}: {detail})") from None
+    return value
+
+
+def _synchronize(tensors: list) -> None:
+    """Wait for torch's queued work on the devices of these torch tensors (the data loader's
+    kernels and copies run asynchronously; TensorRT reads the memory on its own stream)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    devices = []
+    for tensor in tensors:
+        if type(tensor).__module__.split(".")[0] == "torch" and tensor.device not in devices:
+            devices.append(tensor.device)
+    for device in devices:
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------- TensorRT's classes
@@ -495,7 +627,7 @@ def default_batch_size(inputs: Sequence, shapes: dict[str, tuple] | None = None)
 
 def open_calibrator(model: str | os.PathLike, data: str | os.PathLike, *, batch_size: int | None = None,
                     algorithm: str = "entropy2", cache: str | os.PathLike | None = None, preprocess=None,
-                    shapes: dict[str, tuple] | None = None, device: DeviceMemory | None = None,
+                    shapes: dict[str, tuple] | None = None, device: DeviceMemory | str | None = None,
                     trt_version: Version | None = None, **options) -> Calibrator:
     """A :class:`Calibrator` for ``model`` over a trtcal data source (``.npy``, ``.npz``, a folder,
     images with ``preprocess``, ``script.py:function``), as ``trtcal calibrate`` reads it.
