@@ -319,6 +319,153 @@ def test_an_add_without_a_quantized_conv_or_with_a_constant_is_left_alone():
     assert next(n for n in res.model.graph.node if n.name == "addbias").input[1] == "bias"
 
 
+def bias_nodes(kind: str, c: int):
+    """Nodes and initializers computing a conv bias ``b`` [1, C, 1, 1] from constants only, as
+    exporters write it (paddle2onnx: ``Reshape(Constant)``), and the bias values."""
+    b = RNG.standard_normal(c).astype(np.float32)
+    if kind == "reshape_constant":
+        return ([helper.make_node("Constant", [], ["bc"], value=numpy_helper.from_array(b, "bc")),
+                 helper.make_node("Reshape", ["bc", "bshape"], ["b"])],
+                [numpy_helper.from_array(np.array([1, c, 1, 1], np.int64), "bshape")], b)
+    if kind == "unsqueeze_init":
+        return ([helper.make_node("Unsqueeze", ["b1", "baxes"], ["b"])],
+                [init("b1", b), numpy_helper.from_array(np.array([0, 2, 3], np.int64), "baxes")], b)
+    if kind == "cast_identity":  # a float64 initializer, Identity, then Cast to float32
+        return ([helper.make_node("Identity", ["b64"], ["bi"]), helper.make_node("Cast", ["bi"], ["b"], to=TensorProto.FLOAT)],
+                [numpy_helper.from_array(b.astype(np.float64).reshape(1, c, 1, 1), "b64")], b)
+    if kind == "mul_of_constants":  # Mul(initializer, Constant): still constant
+        return ([helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2, np.float32), "two")),
+                 helper.make_node("Mul", ["bhalf", "two"], ["b"])],
+                [init("bhalf", (b / 2).reshape(1, c, 1, 1))], b)
+    raise ValueError(kind)
+
+
+BIAS_KINDS = ["reshape_constant", "unsqueeze_init", "cast_identity", "mul_of_constants"]
+
+
+@pytest.mark.parametrize("kind", BIAS_KINDS)
+def test_a_conv_bias_computed_from_constants_is_never_quantized(kind):
+    c = 4
+    w = channel_scaled((c, 3, 3, 3), 0)
+    more, inits, b = bias_nodes(kind, c)
+    nodes = more + [helper.make_node("Conv", ["x", "W"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+                    helper.make_node("Add", ["conv", "b"], ["s"], name="addbias"),
+                    helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    model = make_model(nodes, [vi("x", [1, 3, 6, 6])], [vi("y", [1, c, 6, 6])], [init("W", w)] + inits)
+    # a calibrator records the bias tensor too (it is a layer output): the range must not be used
+    res = write_qdq(model, {"x": 2.0, "b": 0.5, "conv": 3.0, "s": 3.0})
+    out = res.model
+    assert [q.name for q in res.activations] == ["x"] and res.activations[0].consumers == ["conv"]
+    assert next(n for n in out.graph.node if n.name == "addbias").input[:] == ["conv", "b"]
+    assert not [n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "b"]
+    assert ops(out).count("QuantizeLinear") == 1 and ops(out).count("DequantizeLinear") == 2
+    # numerics: conv of the fake-quantized input with fake-quantized weights, plus the exact bias
+    x = RNG.standard_normal((1, 3, 6, 6)).astype(np.float32) * 2
+    ref = make_model([helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+                     [vi("x", [1, 3, 6, 6])], [vi("y", [1, c, 6, 6])], [init("W", ref_weight(w, 0)), init("B", b)])
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(ref, {"x": fq(x, 2 / 127)})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_random_tensor_is_no_constant_and_a_residual_after_a_biased_conv_is_quantized():
+    c = 4
+    more, inits, _b = bias_nodes("reshape_constant", c)
+    # RandomUniformLike of an initializer is not constant: quantized as the add's residual
+    nodes = [helper.make_node("Conv", ["x", "W"], ["conv"], name="conv"),
+             helper.make_node("RandomUniformLike", ["noise_shape"], ["noise"], name="rand"),
+             helper.make_node("Add", ["conv", "noise"], ["y"], name="add")]
+    model = make_model(nodes, [vi("x", [1, c, 4, 4])], [vi("y", [1, c, 4, 4])],
+                       [init("W", channel_scaled((c, c, 1, 1), 0)), init("noise_shape", np.zeros((1, c, 4, 4)))])
+    res = write_qdq(model, {"x": 1.0, "noise": 1.0})
+    assert next(q for q in res.activations if q.name == "noise").consumers == ["add (residual)"]
+    # x -> Conv -> Add(bias) -> Add(., x): the biased conv takes the residual add, x is the residual
+    # (and a Mul/Add by constants, a folded BatchNormalization as paddle2onnx writes it, alike)
+    for affine in (False, True):
+        chain = more + [helper.make_node("Conv", ["x", "W"], ["conv"], name="conv"),
+                        helper.make_node("Add", ["conv", "b"], ["biased"], name="addbias")]
+        last = "biased"
+        if affine:
+            chain += [helper.make_node("Mul", ["gamma", "biased"], ["scaled"], name="scale"),
+                      helper.make_node("Add", ["scaled", "beta"], ["shifted"], name="shift")]
+            last = "shifted"
+        chain += [helper.make_node("Add", [last, "x"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["y"])]
+        extra = [init("gamma", RNG.uniform(0.5, 2, (1, c, 1, 1))), init("beta", RNG.standard_normal((1, c, 1, 1)))]
+        model = make_model(chain, [vi("x", [1, c, 4, 4])], [vi("y", [1, c, 4, 4])],
+                           [init("W", channel_scaled((c, c, 1, 1), 0))] + inits + (extra if affine else []))
+        res = write_qdq(model, {"x": 1.0, "b": 0.3, "biased": 2.0, "beta": 1.0, "scaled": 2.0})
+        assert [(q.name, q.consumers) for q in res.activations] == [("x", ["conv", "add (residual)"])], affine
+        assert dq_of(res.model, "add", 1) is dq_of(res.model, "conv", 0)
+
+
+def test_an_addend_computed_from_the_conv_output_is_no_residual():
+    """x + gate(x) with x a conv output (a squeeze-excitation block as in PP-OCR's detector): the
+    add cannot be fused into the conv, whose output it needs first, so nothing is quantized for it."""
+    c = 4
+    nodes = [helper.make_node("Conv", ["x", "W"], ["conv"], name="conv"),
+             helper.make_node("GlobalAveragePool", ["conv"], ["gap"], name="gap"),
+             helper.make_node("Sigmoid", ["gap"], ["gate"], name="sigmoid"),
+             helper.make_node("Mul", ["conv", "gate"], ["m"], name="mul"),
+             helper.make_node("Add", ["conv", "m"], ["y"], name="add")]
+    model = make_model(nodes, [vi("x", [1, c, 4, 4])], [vi("y", [1, c, 4, 4])], [init("W", channel_scaled((c, c, 1, 1), 0))])
+    res = write_qdq(model, {"x": 1.0, "conv": 2.0, "gap": 1.0, "gate": 1.0, "m": 2.0})
+    assert [(q.name, q.consumers) for q in res.activations] == [("x", ["conv"])]
+    assert next(n for n in res.model.graph.node if n.name == "add").input[:] == ["conv", "m"]
+
+
+def pool_concat_model():
+    """x -> conv_a -> Relu -> MaxPool -> conv_b \\
+       x -> conv_c ------------------------------ Concat -> conv_d -> GlobalAveragePool -> Flatten -> Gemm."""
+    nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             helper.make_node("MaxPool", ["ra"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "Wb"], ["b"], name="conv_b"),
+             helper.make_node("Conv", ["x", "Wc"], ["c"], name="conv_c", strides=[2, 2]),
+             helper.make_node("Concat", ["b", "c"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "Wd"], ["d"], name="conv_d"),
+             helper.make_node("GlobalAveragePool", ["d"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "Wf"], ["y"], name="fc", transB=1)]
+    inits = [init("Wa", channel_scaled((4, 3, 3, 3), 0)), init("Wb", channel_scaled((4, 4, 1, 1), 0)),
+             init("Wc", channel_scaled((4, 3, 1, 1), 0)), init("Wd", channel_scaled((6, 8, 1, 1), 0)),
+             init("Wf", channel_scaled((5, 6), 0))]
+    return make_model(nodes, [vi("x", [2, 3, 8, 8])], [vi("y", [2, 5])], inits)
+
+
+POOL_CONCAT_RANGES = {t: 3.0 for t in ("x", "a", "ra", "p", "b", "c", "cat", "d", "gap", "f", "y")}
+
+
+def test_pooling_and_concat_are_quantized_only_where_a_weighted_op_reads_them():
+    res = write_qdq(pool_concat_model(), POOL_CONCAT_RANGES)
+    out = res.model
+    # pool and concat outputs feeding a conv or gemm get the Q/DQ; their inputs stay float
+    assert {q.name: q.consumers for q in res.activations} == {
+        "x": ["conv_a", "conv_c"], "p": ["conv_b"], "cat": ["conv_d"], "f": ["fc"]}
+    assert next(n for n in out.graph.node if n.name == "pool").input[:] == ["ra"]
+    assert next(n for n in out.graph.node if n.name == "cat").input[:] == ["b", "c"]
+    assert next(n for n in out.graph.node if n.name == "gap").input[:] == ["d"]
+    assert res.quantized_nodes == ["conv_a", "conv_b", "conv_c", "conv_d", "fc"]
+
+
+def test_axes_sharing_a_dimension_name_get_distinct_names():
+    w = channel_scaled((2, 3, 1, 1), 0)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="cx"), helper.make_node("Conv", ["z", "W"], ["u"], name="cz")]
+    dims = helper.make_tensor_value_info
+    model = make_model(nodes, [dims("x", TensorProto.FLOAT, ["N", 3, "?", "?"]), dims("z", TensorProto.FLOAT, ["N", 3, "size", "size"])],
+                       [dims("y", TensorProto.FLOAT, ["N", 2, "?", "?"]), dims("u", TensorProto.FLOAT, ["N", 2, "size", "size"])],
+                       [init("W", w)])
+    res = write_qdq(model, {"x": 1.0, "z": 1.0})
+
+    def shape(m, name):
+        vi_ = next(v for v in m.graph.input if v.name == name)
+        return [d.dim_param or d.dim_value for d in vi_.type.tensor_type.shape.dim]
+
+    assert shape(res.model, "x") == ["N", 3, "x_dim2", "x_dim3"]  # 'N' is shared by both inputs: kept
+    assert shape(res.model, "z") == ["N", 3, "z_dim2", "z_dim3"]
+    assert shape(model, "x") == ["N", 3, "?", "?"]  # the input model is untouched
+    assert sum("gave its dynamic axes distinct names" in w for w in res.warnings) == 2
+    x = RNG.standard_normal((1, 3, 2, 5)).astype(np.float32)
+    assert run(res.model, {"x": x, "z": x})[0].shape == (1, 2, 2, 5)
+
+
 def test_a_shared_input_gets_one_q_and_one_dq_and_float_consumers_keep_the_float_tensor():
     nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], name="conv_a"),
              helper.make_node("Conv", ["x", "Wb"], ["b"], name="conv_b"),
@@ -686,6 +833,25 @@ def test_cli_from_a_cache_and_from_stats(tmp_path):
     assert "3 range name(s) are not tensors of the model" in err
 
 
+def test_cli_onnxruntime_target_from_a_cache_says_it_needs_stats_for_uint8(tmp_path):
+    cache, stats = tmp_path / "f.cache", tmp_path / "f.stats.npz"
+    rc, _, err = run_cli("calibrate", MODEL, "--data", CALIB, "-o", cache, "--stats", stats, "-q")
+    assert rc == 0, err
+    rc, stdout, err = run_cli("qdq", MODEL, "--cache", cache, "--target", "onnxruntime", "-o", tmp_path / "a.onnx")
+    assert rc == 0, err
+    assert "holds no sign information" in err and "--stats" in err
+    assert " uint8 " not in stdout  # every activation int8
+    rc, stdout, err = run_cli("qdq", MODEL, "--cache", cache, "--target", "onnxruntime", "-o", tmp_path / "b.onnx", "--json")
+    assert rc == 0, err
+    assert any("--stats" in w for w in json.loads(stdout)["warnings"])
+    rc, stdout, err = run_cli("qdq", MODEL, "--stats", stats, "--target", "onnxruntime", "-o", tmp_path / "c.onnx")
+    assert rc == 0, err
+    assert "sign information" not in err and " uint8 " in stdout
+    rc, _, err = run_cli("qdq", MODEL, "--cache", cache, "-o", tmp_path / "d.onnx")  # tensorrt: int8 anyway
+    assert rc == 0, err
+    assert "sign information" not in err
+
+
 def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     foreign = tmp_path / "foreign.cache"
     CalibrationCache.from_amaxes({"foo": 1.0, "bar": 2.0}).write(foreign)
@@ -800,6 +966,55 @@ def test_rtx_parses_and_builds_gemm_matmul_and_conv_transpose(tmp_path):
     res.save(path)
     kinds, _, _ = rtx_build(path)
     assert kinds["QUANTIZE"] == 5 and kinds["DEQUANTIZE"] == 8
+
+
+@pytest.mark.rtx
+def test_rtx_parses_and_builds_bias_pool_concat_and_gate_models(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    c = 4
+    more, inits, _b = bias_nodes("reshape_constant", c)
+    biased = make_model(more + [helper.make_node("Conv", ["x", "W"], ["conv"], name="conv"),
+                                helper.make_node("Add", ["conv", "b"], ["s"], name="addbias"),
+                                helper.make_node("Add", ["s", "x"], ["y"], name="add")],
+                        [vi("x", [1, c, 4, 4])], [vi("y", [1, c, 4, 4])], [init("W", channel_scaled((c, c, 1, 1), 0))] + inits)
+    gate = make_model([helper.make_node("Conv", ["x", "W"], ["conv"], name="conv"),
+                       helper.make_node("GlobalAveragePool", ["conv"], ["gap"]), helper.make_node("Sigmoid", ["gap"], ["g"]),
+                       helper.make_node("Mul", ["conv", "g"], ["m"]), helper.make_node("Add", ["conv", "m"], ["y"])],
+                      [vi("x", [1, c, 4, 4])], [vi("y", [1, c, 4, 4])], [init("W", channel_scaled((c, c, 1, 1), 0))])
+    cases = [(biased, {"x": 1.0, "b": 0.3, "s": 2.0}, 1), (gate, {"x": 1.0, "m": 2.0}, 1),
+             (pool_concat_model(), POOL_CONCAT_RANGES, 4)]
+    for i, (model, ranges, n_q) in enumerate(cases):
+        res = write_qdq(model, ranges)
+        assert len(res.activations) == n_q
+        path = tmp_path / f"m{i}.onnx"
+        res.save(path)
+        kinds, _, size = rtx_build(path)
+        assert kinds["QUANTIZE"] == n_q and size > 1_000
+
+
+@pytest.mark.rtx
+def test_rtx_builds_h_unequal_w_only_once_the_writer_renamed_the_axes(tmp_path):
+    """paddle2onnx's [-1, 3, ?, ?]: TensorRT takes both '?' for one dimension."""
+    from trtcal.trt.builder import build
+
+    pytest.importorskip("tensorrt_rtx")
+    w = channel_scaled((2, 3, 3, 3), 0)
+    dims = helper.make_tensor_value_info
+    model = make_model([helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+                       [dims("x", TensorProto.FLOAT, [-1, 3, "?", "?"])], [dims("y", TensorProto.FLOAT, [-1, 2, "?", "?"])],
+                       [init("W", w)])
+    fp32, qdq = tmp_path / "m.onnx", tmp_path / "m.qdq.onnx"
+    onnx.save(model, str(fp32))
+    write_qdq(model, {"x": 1.0}).save(qdq)
+    shapes = {"x": ((1, 3, 48, 96), (4, 3, 48, 192), (8, 3, 48, 320))}
+    with pytest.raises(TrtcalError, match=r"axes 2 and 3 share the dimension name '\?'.*48/48/48, axis 3 96/192/320"):
+        build(fp32, tmp_path / "a.engine", shapes=shapes, backend="rtx")
+    assert not (tmp_path / "a.engine").exists()
+    result = build(qdq, tmp_path / "b.engine", shapes=shapes, backend="rtx")
+    assert result.record["mode"] == "explicit-qdq" and result.record["profiles"]["x"]["max"] == [8, 3, 48, 320]
+    # the same file through rtx_build's own profile, as a user's script would set it
+    kinds, _, size = rtx_build(qdq, shapes)
+    assert kinds["QUANTIZE"] == 1 and size > 1_000
 
 
 @pytest.mark.rtx

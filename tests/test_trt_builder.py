@@ -26,7 +26,13 @@ from conftest import run_cli
 from trtcal.cache import CalibrationCache, read
 from trtcal.errors import TrtcalError
 from trtcal.runner import InputSpec
-from trtcal.trt.builder import build, parse_shapes, plan_profiles, read_tensor_list
+from trtcal.trt.builder import (
+    build,
+    check_shared_dims,
+    parse_shapes,
+    plan_profiles,
+    read_tensor_list,
+)
 from trtcal.trt.device import HostMemory
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "trtcal" / "examples"
@@ -271,6 +277,40 @@ def test_plan_profiles():
     dyn = [InputSpec("x", np.float32, ("N", 3, "H", "W"))]
     with pytest.raises(TrtcalError, match=r"dynamic axes \[0, 2, 3\].*--shapes x:MIN,OPT,MAX"):
         plan_profiles(dyn)
+
+
+def test_axes_sharing_a_name_must_get_one_size():
+    """TensorRT takes axes with one dim_param for one dimension (paddle2onnx's [-1, 3, ?, ?])."""
+    x = InputSpec("x", np.float32, (None, 3, "?", "?"))
+    square = plan_profiles([x], parse_shapes(["x:1x3x64x64,4x3x96x96,8x3x128x128"]))
+    check_shared_dims([x], square)  # equal sizes: fine
+    wide = plan_profiles([x], parse_shapes(["x:1x3x48x96,4x3x48x192,8x3x48x320"]))
+    with pytest.raises(TrtcalError, match=r"m.onnx: input 'x' \[\?, 3, \?, \?\]: axes 2 and 3 share the dimension name "
+                                          r"'\?'.*\(axis 2 48/48/48, axis 3 96/192/320, as min/opt/max\).*trtcal qdq"):
+        check_shared_dims([x], wide, "m.onnx")
+    # across inputs: a shared batch name needs one batch size
+    a, b = InputSpec("a", np.float32, ("N", 3)), InputSpec("b", np.float32, ("N", 4))
+    check_shared_dims([a, b], plan_profiles([a, b], parse_shapes(["a:1x3,2x3,4x3", "b:1x4,2x4,4x4"])))
+    with pytest.raises(TrtcalError, match=r"input 'a' axis 0 and input 'b' axis 0 share the dimension name 'N'.*"
+                                          r"input 'a' axis 0 1/2/4, input 'b' axis 0 1/3/4"):
+        check_shared_dims([a, b], plan_profiles([a, b], parse_shapes(["a:1x3,2x3,4x3", "b:1x4,3x4,4x4"])))
+    # distinct names (what trtcal qdq writes) may differ
+    y = InputSpec("y", np.float32, (None, 3, "y_dim2", "y_dim3"))
+    check_shared_dims([y], plan_profiles([y], parse_shapes(["y:1x3x48x96,4x3x48x192,8x3x48x320"])))
+
+
+def test_build_refuses_the_profile_before_tensorrt_parses(tmp_path):
+    model = onnx.load(str(MODEL))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "?", "?"
+    path = tmp_path / "square.onnx"
+    onnx.save(model, str(path))
+    trt = fake_tensorrt("11.0.0.1")
+    with pytest.raises(TrtcalError, match="axes 2 and 3 share the dimension name"):
+        build(path, tmp_path / "e.engine", shapes=parse_shapes(["images:1x1x28x32"]), trt=trt)
+    assert ("build",) not in trt.calls and not (tmp_path / "e.engine").exists()
+    build(path, tmp_path / "f.engine", shapes=parse_shapes(["images:1x1x28x28"]), trt=fake_tensorrt("11.0.0.1"))
+    assert (tmp_path / "f.engine").exists()
 
 
 def test_read_tensor_list(tmp_path):

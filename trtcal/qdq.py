@@ -10,9 +10,16 @@ TensorRT's explicit quantization wants them (docs/qdq.md, REFERENCE.md section 5
   all-zero channel gets scale 1): Conv axis 0, ConvTranspose axis 1, Gemm axis 0 with
   ``transB=1`` (B is [N, K]) else 1 (B is [K, N]), MatMul the last axis of a constant B [.., K, N].
   Weights are stored as int8 initializers followed by a DequantizeLinear;
-- never on a bias (TensorRT rejects an int32 bias DequantizeLinear) nor on any node's output;
+- never on a bias (TensorRT rejects an int32 bias DequantizeLinear) nor on any node's output; a
+  tensor computed from constants only (an initializer, a Constant, or any deterministic node of
+  such tensors: paddle2onnx's bias ``Reshape(Constant)``) is never an activation;
 - on the residual input of an Add whose other input comes from a quantized Conv/ConvTranspose
-  (directly or through a BatchNormalization), so that TensorRT can fuse the add into the conv.
+  (directly or through a BatchNormalization or an Add/Mul of a constant), so that TensorRT can
+  fuse the add into the conv; not when the residual is computed from that conv's output
+  (``y + gate(y)``), which no fusion can use.
+
+Graph inputs whose dynamic axes share one name (``[-1, 3, ?, ?]``) get a distinct name per axis,
+so TensorRT profiles may size them differently (:func:`distinct_input_dims`).
 
 A node is quantized only when all its quantized inputs can be: a node whose activation input has
 no usable range (missing, zero, infinite, NaN, denormal scale) stays in float, and the result
@@ -73,10 +80,15 @@ _ACT_TYPES = {(8, False): ("int8", 3), (8, True): ("uint8", 2), (16, False): ("i
               (4, False): ("int4", 22), (4, True): ("uint4", 21)}
 #: element type -> (qmin, qmax), for reading scales back
 _CODE_RANGES = {3: (-128, 127), 2: (0, 255), 5: (-32768, 32767), 4: (0, 65535), 22: (-8, 7), 21: (0, 15)}
+#: Said when ONNX Runtime's target gets a cache: its ranges are symmetric (a cache keeps no sign).
+CACHE_HAS_NO_SIGNS = ("a calibration cache holds no sign information, so its tensors are all int8; uint8 for one-sided "
+                      "tensors (ReLU outputs) needs statistics: trtcal calibrate --stats, then trtcal qdq --stats")
 #: The key of the model metadata entry recording how the Q/DQ model was made.
 METADATA_KEY = "trtcal.qdq"
 
 _MAX_PROTO = 2**31 - 1
+#: Operators whose output is not a function of their inputs: never counted as constant.
+_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _FLOAT32 = 1  # onnx.TensorProto.FLOAT
 _OTHER_FLOATS = {10: "float16", 16: "bfloat16", 11: "float64"}
 
@@ -256,6 +268,43 @@ def _subgraph_inputs(model) -> set[str]:
     return names
 
 
+def distinct_input_dims(model) -> list[str]:
+    """Give the dynamic axes of each graph input that share one symbolic name (paddle2onnx writes
+    ``[-1, 3, ?, ?]``) a name of their own, in place; returns one note per input renamed.
+
+    TensorRT takes axes with the same name to be one dimension, so ``[?, ?]`` cannot get a profile
+    with H != W. An axis keeps its name unless the name is ``?`` (paddle2onnx's "unknown") or
+    names another axis of the same input; names shared between inputs (a common batch) stay.
+    The new name is ``<input>_dim<axis>`` (made unique among the model's dimension names).
+    """
+    graph = model.graph
+    used = {d.dim_param for vi in list(graph.input) + list(graph.output) + list(graph.value_info)
+            for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    inits = {t.name for t in graph.initializer}
+    notes = []
+    for vi in graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        dims = list(vi.type.tensor_type.shape.dim)
+        count: dict[str, int] = {}
+        for d in dims:
+            if d.dim_param:
+                count[d.dim_param] = count.get(d.dim_param, 0) + 1
+        renamed = []
+        for axis, d in enumerate(dims):
+            if d.dim_param and (d.dim_param == "?" or count[d.dim_param] > 1):
+                name, i = f"{vi.name}_dim{axis}", 1
+                while name in used:
+                    name, i = f"{vi.name}_dim{axis}_{i}", i + 1
+                used.add(name)
+                renamed.append(f"axis {axis} {d.dim_param!r} -> {name!r}")
+                d.dim_param = name
+        if renamed:
+            notes.append(f"input {vi.name!r}: gave its dynamic axes distinct names ({', '.join(renamed)}) so that "
+                         "TensorRT profiles may give them different sizes (trtcal build --shapes)")
+    return notes
+
+
 def weight_axis(op_type: str, node, rank: int) -> int | None:
     """The output-channel axis of a constant weight input (input 1) of a quantized node."""
     if op_type == "Conv":
@@ -292,9 +341,37 @@ class _Graph:
                     self.producer[out] = i
             if node.op_type == "Constant" and node.output:
                 self.constants[node.output[0]] = i
+        # tensors computed from constants only (one walk in graph order): an initializer, a
+        # Constant, or the output of a deterministic node whose inputs all are such tensors
+        self.derived: set[str] = set()
+        for node in self.nodes:
+            inputs = [name for name in node.input if name]
+            if node.op_type in _RANDOM_OPS or any(a.type in (5, 10) for a in node.attribute):  # GRAPH(S)
+                continue
+            if node.op_type == "Constant" or (inputs and all(self.from_constants(n) for n in inputs)):
+                self.derived.update(out for out in node.output if out)
         tensors = model_tensors(model)
         self.known = tensors.all_names() | {vi.name for vi in graph.output}
         self.types = _elem_types(model)
+
+    def from_constants(self, name: str) -> bool:
+        """Whether ``name`` is constant or computed from constants only (a bias ``Reshape(Constant)``,
+        ``Unsqueeze``/``Cast``/``Identity``/``Mul`` of initializers...): never an activation."""
+        return self.is_const(name) or name in self.derived
+
+    def depends_on(self, name: str, index: int) -> bool:
+        """Whether tensor ``name`` is computed from the outputs of node ``index`` (the graph is
+        topologically sorted, so nodes before ``index`` are not searched)."""
+        stack, seen = [name], set()
+        while stack:
+            p = self.producer.get(stack.pop())
+            if p is None or p < index or p in seen:
+                continue
+            if p == index:
+                return True
+            seen.add(p)
+            stack.extend(n for n in self.nodes[p].input if n)
+        return False
 
     def is_const(self, name: str) -> bool:
         """Whether ``name`` is a constant tensor (an initializer that is no graph input, or a Constant)."""
@@ -377,6 +454,9 @@ def _plan(g: _Graph, ranges: dict[str, Range], unsigned: bool, excluded: dict[in
         if problem is not None:
             return problem
         r = ranges.get(name)
+        if r is None and g.from_constants(name):
+            return ("no range, and it is computed from constants only (fold constants first, e.g. polygraphy "
+                    "surgeon sanitize --fold-constants, to make it a weight)")
         if r is None:
             return "no range"
         return r.problem(unsigned=unsigned and r.one_sided)
@@ -432,27 +512,43 @@ def _plan(g: _Graph, ranges: dict[str, Range], unsigned: bool, excluded: dict[in
     # pass 2: the residual input of an Add after a quantized conv (so TensorRT can fuse the add)
     quantized = set(plan.nodes)
 
-    def quantized_conv(name: str) -> int | None:
+    def fused_conv(name: str) -> int | None:
+        """The quantized Conv/ConvTranspose that ``name`` comes from, directly or through a
+        BatchNormalization or a bias or scale (an Add or Mul of a constant), all of which TensorRT
+        fuses into the conv; None otherwise."""
         p = g.producer.get(name)
-        if p is not None and g.nodes[p].op_type == "BatchNormalization" and g.nodes[p].input:
-            p = g.producer.get(g.nodes[p].input[0])
-        if p is not None and p in quantized and g.nodes[p].op_type in ("Conv", "ConvTranspose"):
-            return p
+        for _ in range(16):
+            if p is None:
+                return None
+            node = g.nodes[p]
+            if node.op_type in ("Conv", "ConvTranspose"):
+                return p if p in quantized else None
+            if node.op_type == "BatchNormalization" and node.input:
+                name = node.input[0]
+            elif node.op_type in ("Add", "Mul") and len(node.input) == 2:
+                const = [g.from_constants(n) for n in node.input]
+                if const.count(True) != 1:
+                    return None
+                name = node.input[const.index(False)]
+            else:
+                return None
+            p = g.producer.get(name)
         return None
 
     for i, node in enumerate(g.nodes):
         if node.op_type != "Add" or len(node.input) != 2 or node.input[0] == node.input[1]:
             continue
-        pa, pb = quantized_conv(node.input[0]), quantized_conv(node.input[1])
-        if pa is None and pb is None:
+        if any(g.from_constants(n) for n in node.input):
+            continue  # an addend computed from constants only is a bias, never a residual
+        # (residual input, the conv that takes the add): the residual must not be computed from
+        # that conv's output (x + f(conv(x)) cannot run as one conv with the add fused)
+        options = [(1 - j, c) for j, c in enumerate(fused_conv(n) for n in node.input)
+                   if c is not None and not g.depends_on(node.input[1 - j], c)]
+        if not options:
             continue
-        if pa is not None and pb is not None:
-            k = 0 if pa < pb else 1  # the later conv takes the add; the earlier one's output is the residual
-        else:
-            k = 1 if pa is not None else 0
+        # both inputs from quantized convs: the later conv takes the add, the earlier one's output is the residual
+        k = max(options, key=lambda o: o[1])[0]
         name, label = node.input[k], g.labels[i]
-        if g.const_array(name) is not None:
-            continue  # a constant addend is a bias, not a residual
         if i in excluded:
             plan.float_nodes[label] = f"{excluded[i]} (residual input {name!r} not quantized)"
             continue
@@ -603,6 +699,7 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     for op in exclude_ops:
         if op not in EXCLUDABLE_OPS:
             raise TrtcalError(f"exclude op {op!r}: the Q/DQ writer quantizes {', '.join(EXCLUDABLE_OPS)} only")
+    ranges_in = ranges
     ranges, header = _ranges_of(ranges, target)
     if not ranges:
         raise TrtcalError("no ranges given: the cache or statistics hold no tensor")
@@ -656,6 +753,9 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
             raise TrtcalError(f"{what} given for {len(stray)} tensor(s) that are no weight of a Conv, ConvTranspose, "
                               f"Gemm or MatMul of {where}, e.g. {stray[0]!r}")
     quantized = _apply(g, plan, weight_method, weight_scales, weight_bits)
+    warnings.extend(distinct_input_dims(model))
+    if isinstance(ranges_in, CalibrationCache) and unsigned:
+        warnings.append(CACHE_HAS_NO_SIGNS)
 
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:

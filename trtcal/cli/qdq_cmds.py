@@ -69,7 +69,7 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def cmd_qdq(args: argparse.Namespace) -> int:
-    from trtcal.qdq import write_qdq
+    from trtcal.qdq import CACHE_HAS_NO_SIGNS, write_qdq
 
     if not Path(args.model).is_file():  # say this before anything about the output
         raise TrtcalError(f"{args.model}: " + ("is a directory, expected an ONNX model file"
@@ -81,6 +81,8 @@ def cmd_qdq(args: argparse.Namespace) -> int:
         ranges, override_warnings = apply_overrides(args.model, ranges, args.overrides, args.target)
     result = write_qdq(args.model, ranges, target=args.target, exclude_nodes=args.exclude_nodes or (),
                        exclude_ops=_split(args.exclude_ops), **weight_options(args))
+    if args.cache and args.target == "onnxruntime" and CACHE_HAS_NO_SIGNS not in result.warnings:
+        result.warnings.append(CACHE_HAS_NO_SIGNS)  # with --overrides the cache arrives as a dict
     for w in override_warnings:
         print(f"warning: {w}", file=sys.stderr)
     result.save(args.output, force=args.force, inputs=[args.model, source])
@@ -138,7 +140,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
     add_zero_bin_arg(p)
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
                    help="tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided "
-                        "tensors (min >= 0 in --stats)")
+                        "tensors (min >= 0 in --stats; a --cache holds no signs, so all int8)")
     p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (YAML or JSON, see docs/overrides.md), "
                    "applied over the cache or statistics")
     p.add_argument("--weights", dest="weight_method", choices=WEIGHT_METHODS, default="max",

@@ -16,7 +16,8 @@ pointing to ``trtcal qdq``.
 
 Dynamic shapes get one optimization profile, from ``shapes`` (``--shapes``) or the model (a
 dynamic batch axis: min 1, opt = max = the batch size); calibration runs at the OPT shape
-(``set_calibration_profile``).
+(``set_calibration_profile``). Axes sharing a symbolic name are one dimension to TensorRT: a
+profile that sizes them differently is refused with a message saying so.
 
 Beside the engine, ``<engine>.trtcal.json`` records the TensorRT version, the GPU (name and
 compute capability), the sha256 of the model, the cache and the calibration data, the profile,
@@ -157,6 +158,37 @@ def plan_profiles(inputs: Sequence, shapes: dict | None = None, batch_size: int 
         else:
             out[spec.name] = Profile(tuple(dims), tuple(dims), tuple(dims))
     return out
+
+
+def check_shared_dims(inputs: Sequence, profiles: dict[str, Profile], where: str = "the model") -> None:
+    """Refuse a profile that gives axes with the same symbolic name different sizes.
+
+    TensorRT takes dynamic axes that share a ``dim_param`` (within one input or across inputs) to
+    be one dimension; paddle2onnx writes ``[-1, 3, ?, ?]``, so such a model cannot have H != W.
+    TensorRT's own message for it is cut short; this one says what to do.
+    """
+    groups: dict[str, list[tuple[object, int]]] = {}
+    for spec in inputs:
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str) and d and spec.name in profiles:
+                groups.setdefault(d, []).append((spec, axis))
+    for name, axes in groups.items():
+        sizes = {(spec.name, axis): tuple(getattr(profiles[spec.name], k)[axis] for k in ("min", "opt", "max"))
+                 for spec, axis in axes}
+        if len(set(sizes.values())) < 2:
+            continue
+        one_input = len({spec.name for spec, _ in axes}) == 1
+        label = {(spec.name, axis): f"axis {axis}" if one_input else f"input {spec.name!r} axis {axis}"
+                 for spec, axis in axes}
+        listed = [str(axis) for _, axis in axes] if one_input else list(label.values())
+        which = ", ".join(listed[:-1]) + " and " + listed[-1]
+        if one_input:
+            which = f"input {axes[0][0].name!r} {_shape_text(axes[0][0].shape)}: axes {which}"
+        given = ", ".join(f"{label[key]} {'/'.join(map(str, size))}" for key, size in sizes.items())
+        raise TrtcalError(f"{where}: {which} share the dimension name {name!r}, which TensorRT takes for one "
+                          f"dimension, but the profile gives them different sizes ({given}, as min/opt/max); give "
+                          "them the same sizes in --shapes, or distinct names in the model (trtcal qdq writes its "
+                          "Q/DQ models so; for another model use onnx.tools.update_model_dims)")
 
 
 def read_tensor_list(path: str | os.PathLike) -> list[str]:
@@ -370,6 +402,7 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
     if calibrating and bs is None:
         bs = default_batch_size(inputs, {n: s[1] for n, s in (shapes or {}).items()})
     profiles = plan_profiles(inputs, shapes, bs)
+    check_shared_dims(inputs, profiles, str(model))
     if calibrating:
         opt_batches = {p.opt[0] for p in profiles.values() if p.opt}
         if batch_size is not None and opt_batches - {batch_size}:
