@@ -862,3 +862,59 @@ def test_console_script_lint_and_help(tmp_path):
     assert p.returncode == 1 and "/conv3/Conv_output_0" in p.stdout and p.stderr == ""
     p = _console("cache", "convert", "--help", cwd=tmp_path)
     assert p.returncode == 0 and "ort-flatbuffers" in p.stdout
+
+
+def test_calibrate_reports_exactly_what_lint_with_stats_finds(tmp_path):
+    # one function (cache_checks.check_calibration) for both: a mask-like tensor with an amax above
+    # 1e9 is flagged by calibrate too, and an amax below every value fails lint --stats
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])
+    far = helper.make_tensor_value_info("far", TensorProto.FLOAT, [4, 16])
+    mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [4, 16])
+    inits = [numpy_helper.from_array(np.array(10.0, np.float32), "ten"),
+             numpy_helper.from_array(np.array(-3.0e38, np.float32), "big")]
+    nodes = [helper.make_node("Add", ["x", "ten"], ["far"]), helper.make_node("Mul", ["x", "big"], ["mask"])]
+    graph = helper.make_graph(nodes, "g", [x], [far, mask], inits)
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    data = tmp_path / "d.npy"
+    np.save(data, np.random.default_rng(0).uniform(-1, 1, (4, 16)).astype(np.float32))
+    cache, stats = tmp_path / "m.cache", tmp_path / "m.stats.npz"
+    rc, out, err = run_cli("calibrate", model, "--data", data, "-o", cache, "--stats", stats, "--json", "-q")
+    assert rc == 0, err
+    got = {(f["code"], f["tensor"]) for f in json.loads(out)["findings"]}
+    assert ("huge", "mask") in got  # x * -3e38: amax ~3e38
+    assert {c for c, t in got if t == "far"} == {"one-sided"}  # values in [9, 11]: entropy2 keeps them
+    rc, out, _ = run_cli("cache", "lint", cache, "--stats", stats, "--json")
+    assert {(f["code"], f["tensor"]) for f in json.loads(out)["findings"]} == got
+    edited = tmp_path / "e.cache"
+    assert run_cli("cache", "edit", cache, "--set", "far=5", "-o", edited)[0] == 0
+    rc, out, _ = run_cli("cache", "lint", edited, "--stats", stats)
+    assert rc == 1 and "far: amax 5 below the tensor's smallest |x|" in out and "every value clipped" in out
+
+
+def test_thresholds_writes_a_sidecar_so_random_statistics_stay_flagged(tmp_path):
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    stats = tmp_path / "m.stats.npz"
+    assert run_cli("calibrate", model, "--random", "-o", tmp_path / "r.cache", "--stats", stats, "-q")[0] == 0
+    out = tmp_path / "p.cache"
+    rc, _, err = run_cli("thresholds", "--stats", stats, "--algorithm", "percentile", "-o", out)
+    assert rc == 0, err
+    side = json.loads((tmp_path / "p.cache.trtcal.json").read_text())
+    assert side["algorithm"] == "percentile" and side["fake_data"] is True and side["stats"] == str(stats)
+    rc, text, _ = run_cli("cache", "lint", out)
+    assert rc == 1 and "calibrated on random data" in text

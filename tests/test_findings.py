@@ -54,3 +54,20 @@ def test_findings_kinds():
     assert [f.tensor for f in clipped] == ["signed"] and clipped[0].value == pytest.approx(0.1, abs=0.01)
     nan = next(f for f in find(hists, results) if f.kind == "nan-inf")
     assert nan.value == 2 and "1 NaN" in nan.message
+
+
+def test_amax_below_the_smallest_value_is_every_value_clipped():
+    rng = np.random.default_rng(1)
+    pos, neg = rng.uniform(4, 16, 5000), -rng.uniform(0.15, 0.93, 5000)
+    hists = {"pos": hist_of(pos), "neg": hist_of(neg), "signed": hist_of(rng.normal(size=5000))}
+    from trtcal.thresholds import ThresholdResult
+    results = {"pos": ThresholdResult(3.9, "entropy2"), "neg": ThresholdResult(0.14, "entropy2"),
+               "signed": ThresholdResult(1e-4, "entropy2")}
+    got = {f.tensor: f for f in find(hists, results)}
+    for name, x in (("pos", pos), ("neg", neg)):
+        assert np.all(np.abs(x) > results[name].amax)  # the direct count: every value is clipped
+        assert got[name].kind == "all-clipped" and got[name].value == 1.0
+        assert "every value clipped" in got[name].message
+    assert got["signed"].kind == "clipped"  # values near zero survive: the ordinary finding
+    results["pos"] = ThresholdResult(4.1, "entropy2")  # above the smallest value: not all clipped
+    assert {f.kind for f in find(hists, results) if f.tensor == "pos"} == {"one-sided", "clipped"}

@@ -1,7 +1,7 @@
 """What can be wrong with a calibration cache, alone or against a model and a TensorRT release.
 
-Pure: the model side comes in as sets of tensor names (see :mod:`trtcal.model`), so the rules
-can be tested without ONNX. Each rule yields :class:`Finding` objects; ``inspect`` shows the
+Pure: the model side comes in as sets of tensor names (see :mod:`trtcal.model`), and the data
+side as histograms (:func:`check_ranges`), so the rules can be tested without ONNX. Each rule yields :class:`Finding` objects; ``inspect`` shows the
 cache-only ones, ``lint`` all of them and fails on any error or warning.
 """
 
@@ -11,7 +11,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from trtcal import findings as range_findings
 from trtcal.cache import KNOWN_ALGORITHMS, CacheEntry, CalibrationCache, Version, format_version
+from trtcal.histogram import Histogram
 
 #: An amax beyond this is no activation range: a garbage or constant-folded value.
 HUGE_AMAX = 1e9
@@ -26,6 +28,7 @@ class Finding:
     severity: str
     message: str
     tensor: str | None = None
+    value: float | None = None  # the measured quantity of a range finding (clipped fraction, count)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +61,14 @@ _ENTRY_TEXT = {
 }
 
 
+def title(code: str) -> str:
+    """A short heading for a finding code, for summaries that group findings by code."""
+    if code in _ENTRY_TEXT:
+        severity, text = _ENTRY_TEXT[code]
+        return f"{severity} {code} ({text.split(':')[0]})"
+    return code
+
+
 def check_cache(cache: CalibrationCache) -> list[Finding]:
     """Findings from the cache alone: header, suspicious scales, duplicate names."""
     findings: list[Finding] = []
@@ -77,6 +88,26 @@ def check_cache(cache: CalibrationCache) -> list[Finding]:
     for name, count in cache.duplicates().items():
         findings.append(Finding("duplicate", ERROR, f"appears {count} times; TensorRT keeps one of them", name))
     return findings
+
+
+#: How much each range finding of :mod:`trtcal.findings` weighs in a lint. Heavy clipping and
+#: one-sided tensors are what entropy calibration does on purpose; an amax below every value is not.
+RANGE_SEVERITY = {"all-clipped": ERROR, "nan-inf": WARNING, "degenerate": INFO, "clipped": INFO,
+                  "one-sided": INFO}
+
+
+def check_ranges(cache: CalibrationCache, histograms: dict[str, Histogram]) -> list[Finding]:
+    """The range findings of :func:`trtcal.findings.find` for the cache's amax values against
+    the tensors' statistics (tensors without statistics are left out)."""
+    amaxes = {e.name: e.amax for e in cache.entries if e.name in histograms}
+    return [Finding(f.kind, RANGE_SEVERITY[f.kind], f.message, f.tensor, f.value)
+            for f in range_findings.find(histograms, amaxes)]
+
+
+def check_calibration(cache: CalibrationCache, histograms: dict[str, Histogram] | None = None) -> list[Finding]:
+    """What ``trtcal calibrate`` reports about a fresh cache and ``trtcal cache lint --stats``
+    about the same cache: :func:`check_cache` plus, with statistics, :func:`check_ranges`."""
+    return check_cache(cache) + (check_ranges(cache, histograms) if histograms else [])
 
 
 def check_header_for(cache: CalibrationCache, version: Version, algorithm: str | None = None) -> list[Finding]:

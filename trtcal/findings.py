@@ -1,4 +1,5 @@
-"""What a calibration found, per tensor: one-sided tensors, heavy clipping, degenerate ranges, NaN/Inf.
+"""What a calibration found, per tensor: one-sided tensors, heavy clipping (every value clipped:
+an amax below the tensor's smallest |x|), degenerate ranges, NaN/Inf.
 
 Pure: from histograms and threshold results to a list of :class:`Finding`, the same list that
 ``trtcal calibrate``, ``trtcal thresholds`` and ``trtcal demo`` print and put in ``--json``.
@@ -26,7 +27,7 @@ class Finding:
     """One thing worth knowing about one tensor's range."""
 
     tensor: str
-    kind: str  # "one-sided", "clipped", "degenerate", "nan-inf"
+    kind: str  # "one-sided", "clipped", "all-clipped", "degenerate", "nan-inf"
     message: str
     value: float | None = None  # the measured quantity (clipped fraction, bad-value count)
 
@@ -50,13 +51,32 @@ def clipped_fraction(hist: Histogram, amax: float) -> float:
     return min(1.0, above / hist.count)
 
 
+@dataclass(frozen=True)
+class _Amax:
+    amax: float
+
+
+def smallest_abs(hist: Histogram) -> float | None:
+    """The smallest |x| of a tensor that lies on one side of zero (``min > 0`` or ``max < 0``),
+    else None (a tensor that reaches or crosses zero has values near 0 to keep)."""
+    if hist.count == 0:
+        return None
+    if hist.min > 0:
+        return float(hist.min)
+    if hist.max < 0:
+        return float(-hist.max)
+    return None
+
+
 def find(histograms: dict[str, Histogram], results: dict, *, clip_fraction: float = CLIP_FRACTION) -> list[Finding]:
-    """Findings for every tensor that has a result, in the results' order."""
+    """Findings for every tensor that has a result, in the results' order. A result is a
+    :class:`~trtcal.thresholds.ThresholdResult` or just the amax (a float)."""
     findings: list[Finding] = []
     for name, r in results.items():
         h = histograms.get(name)
         if h is None:
             continue
+        r = _Amax(float(r)) if isinstance(r, (int, float)) else r
         bad = h.nan + h.posinf + h.neginf
         if bad:
             findings.append(Finding(name, "nan-inf", f"{bad} NaN/Inf values ({h.nan} NaN, {h.posinf} +Inf, "
@@ -68,6 +88,11 @@ def find(histograms: dict[str, Histogram], results: dict, *, clip_fraction: floa
         if h.one_sided and h.max > 0:
             findings.append(Finding(name, "one-sided", "min >= 0 (ReLU-like): symmetric int8 leaves codes "
                                     "-128..-1 unused, 7 bits of resolution"))
+        smallest = smallest_abs(h)
+        if smallest is not None and r.amax < smallest:
+            findings.append(Finding(name, "all-clipped", f"amax {r.amax:.6g} below the tensor's smallest |x| "
+                                    f"{smallest:.6g}: every value clipped", 1.0))
+            continue
         frac = clipped_fraction(h, r.amax)
         if frac > clip_fraction:
             findings.append(Finding(name, "clipped", f"{100 * frac:.1f}% of values above amax {r.amax:.6g} "

@@ -153,7 +153,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_lint(args: argparse.Namespace) -> int:
     cache = cache_io.read_any(args.file)
-    findings = cache_checks.check_cache(cache) + provenance_findings(args.file)
+    histograms = None
+    if args.stats is not None:
+        from trtcal.stats import load_stats
+
+        histograms, _ = load_stats(args.stats)
+    findings = cache_checks.check_calibration(cache, histograms) + provenance_findings(args.file)
     if args.trt_version is not None:
         findings += cache_checks.check_header_for(cache, trtcache.parse_version(args.trt_version), args.algorithm)
     if args.model is not None:
@@ -300,6 +305,8 @@ def register(sub) -> None:
     p.add_argument("--trt-version", help="TensorRT release that will read the cache, e.g. 10.9.0")
     p.add_argument("--algorithm", choices=trtcache.KNOWN_ALGORITHMS,
                    help="calibrator that will read the cache (with --trt-version)")
+    p.add_argument("--stats", help="statistics (.npz) of the tensors (trtcal calibrate --stats): also check each "
+                   "range against its data (an amax below every value, NaN/Inf), as trtcal calibrate reports")
     p.add_argument("-v", "--verbose", action="store_true", help="also list informational findings")
     add_json(p)
     p.set_defaults(func=cmd_lint)
