@@ -16,7 +16,7 @@ from trtcal import thresholds as thr
 from trtcal.cache import DEFAULT_TRT_VERSION, CalibrationCache, Version, format_version
 from trtcal.data import open_data, random_data
 from trtcal.data.checks import BatchChecks
-from trtcal.data.sources import check_batch, is_loader_script
+from trtcal.data.sources import check_batch, configure_inputs, is_loader_script, samples_in, take
 from trtcal.errors import TrtcalError
 from trtcal.histogram import Histogram, update_all
 from trtcal.progress import Progress
@@ -80,14 +80,21 @@ MAX_AUTO_BATCH = 32
 NUMBA_MIN_VALUES = 150_000_000
 
 
-def auto_batch_size(runner, source, budget_mb: float = MEMORY_BUDGET_MB) -> tuple[int, int]:
+def _size_text(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MB"
+
+
+def auto_batch_size(runner, source, budget_mb: float = MEMORY_BUDGET_MB, inputs=None, *,
+                    finite: bool = False) -> tuple[int, int]:
     """The batch size whose exposed tensors fit in ``budget_mb``: one sample of the first batch
-    runs through the model to measure its bytes. Returns ``(batch size, bytes per sample)``."""
+    runs through the model to measure its bytes. Returns ``(batch size, bytes per sample)``.
+    ``inputs``: the input specs (default the runner's), ``finite``: as for ``check_batch``."""
+    inputs = runner.inputs if inputs is None else inputs
     first = next(iter(source), None)
     if first is None:
         raise TrtcalError(f"{source.description}: produced no batches")
-    first = check_batch(first, runner.inputs, f"{source.description}: batch 0")
-    one = {k: v[:1] for k, v in first.items()}
+    first = check_batch(first, inputs, f"{source.description}: batch 0", finite=finite)
+    one = take(first, inputs, 0, 1)
     per_sample = sum(a.nbytes for _, a in runner.run(one)) or 1
     return max(1, min(MAX_AUTO_BATCH, int(budget_mb * 2**20 // per_sample))), per_sample
 
@@ -97,7 +104,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
               trt_version: Version = DEFAULT_TRT_VERSION, preprocess=None, random: bool = False,
               progress: bool | None = None, threads: int | None = None, growth: str = "power2",
               bins: int = 2048, memory_budget_mb: float = MEMORY_BUDGET_MB, include_constants: bool = False,
-              expose_all: bool = False, **options) -> CalibrationResult:
+              expose_all: bool = False, batch_axes: dict | None = None, shapes: dict | None = None,
+              allow_nonfinite: bool = False, **options) -> CalibrationResult:
     """Calibrate ``model`` (an FP32 ONNX file) on ``data``; see :mod:`trtcal.data` for sources.
 
     ``algorithm`` is one of :data:`trtcal.thresholds.METHODS`; ``options`` go to it (e.g.
@@ -110,6 +118,14 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     Aliases (Reshape, Transpose ...) and zero pads get their histograms from their inputs' without
     being run out of ONNX Runtime (:mod:`trtcal.derived`; the same counts); ``expose_all`` runs
     every tensor out instead.
+
+    ``batch_axes``: input -> the axis its samples are on (None: fed whole with every batch; 0-d
+    inputs always are); ``shapes``: input -> the shape of one batch, fixing dynamic dimensions
+    (random data takes it; its batch-axis entry is the batch size). See
+    :func:`trtcal.data.sources.configure_inputs`. NaN/Inf in the inputs are an error unless
+    ``allow_nonfinite`` (then they are counted and left out of the ranges). An explicit
+    ``batch_size`` whose exposed tensors exceed ``memory_budget_mb`` gets a warning with the
+    measured size.
     """
     from trtcal.runner import Runner
 
@@ -122,21 +138,26 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     if memory_budget_mb <= 0:
         raise TrtcalError(f"--memory-budget {memory_budget_mb:g}: must be > 0")
     runner = Runner(model, threads=threads, include_constants=include_constants, derive=not expose_all)
+    inputs, batch_size = configure_inputs(runner.inputs, batch_axes=batch_axes, shapes=shapes, batch_size=batch_size)
+    finite = not allow_nonfinite
     auto = None
     scripted = data is not None and is_loader_script(data)  # a loader script makes its own batches
-    if batch_size is None and not random and not scripted and not {i.fixed_batch for i in runner.inputs} - {None}:
-        probe = open_data(data, runner.inputs, batch_size=1, preprocess=preprocess)
-        auto = auto_batch_size(runner, probe, memory_budget_mb)
+    dynamic = not {i.fixed_batch for i in inputs} - {None}
+    explicit = batch_size is not None and dynamic and not scripted  # the user's choice, not the model's
+    if batch_size is None and not random and not scripted and dynamic:
+        probe = open_data(data, inputs, batch_size=1, preprocess=preprocess)
+        auto = auto_batch_size(runner, probe, memory_budget_mb, inputs, finite=finite)
         batch_size = auto[0]
     if random:
-        source = random_data(runner.inputs, batch_size=batch_size, num_batches=max_batches or 8)
+        source = random_data(inputs, batch_size=batch_size, num_batches=max_batches or 8)
     else:
-        source = open_data(data, runner.inputs, batch_size=batch_size, preprocess=preprocess)
+        source = open_data(data, inputs, batch_size=batch_size, preprocess=preprocess)
     total = source.num_batches if max_batches is None else min(max_batches, source.num_batches or max_batches)
 
     histograms: dict[str, Histogram] = {}
     engine = None  # the histogram engine, chosen at the first batch (see NUMBA_MIN_VALUES)
-    checks = BatchChecks()
+    checks = BatchChecks(inputs, runner.scaled_inputs)
+    over_budget = None  # (bytes of the first batch's exposed tensors, its samples) past the budget
     # One batch at a time: ONNX Runtime runs it on every core, then the histograms count it on
     # every core (update_all spreads the tensors over a thread pool). Running the two side by
     # side was slower on 2 cores (ONNX Runtime's parallel sections wait for a thread the
@@ -148,13 +169,16 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         for index, batch in enumerate(source):
             if max_batches is not None and index >= max_batches:
                 break
-            batch = check_batch(batch, runner.inputs, f"{source.description}: batch {index}")
+            batch = check_batch(batch, inputs, f"{source.description}: batch {index}", finite=finite)
             checks.observe(index, batch)
             tensors = dict(runner.run(batch))
-            del batch
             if index == 0:
                 values = sum(a.size for a in tensors.values())
                 engine = None if total is None or values * total >= NUMBA_MIN_VALUES else "numpy"
+                nbytes = sum(a.nbytes for a in tensors.values())
+                if explicit and nbytes > memory_budget_mb * 2**20:
+                    over_budget = (nbytes, samples_in(batch, inputs))
+            del batch
             update_all(histograms, tensors, bins=bins, growth=growth, engine=engine, workers=workers)
             del tensors
             for name, zeros in runner.last_padding.items():
@@ -175,14 +199,33 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     histograms = {n: histograms[n] for n in runner.plan.calibrated if n in histograms}  # graph order
     results = compute_thresholds(histograms, algorithm, **options)
     cache = ranges_to_cache(results, algorithm=algorithm, version=trt_version)
-    warnings = checks.finish()
+    warnings = checks.general() + checks.too_few()
+    if over_budget is not None:
+        nbytes, n = over_budget
+        estimate = nbytes / max(n, 1) * batch_size
+        warnings.append(f"--batch-size {batch_size}: one batch's exposed tensors take about {_size_text(estimate)} "
+                        f"({_size_text(nbytes / max(n, 1))} a sample), over --memory-budget "
+                        f"{memory_budget_mb:g} MB; peak memory grows with the batch size (leave --batch-size "
+                        "out to have it chosen within the budget)")
+    # one line per tensor: what the input checks found in it, its threshold's warnings, its NaN/Inf
+    found = checks.by_input()
+    for name in [n for n in found if n not in results]:  # inputs not calibrated (integer, or skipped)
+        warnings.append(f"input {name!r}: " + "; ".join(found[name]))
     for name, r in results.items():
-        warnings.extend(f"tensor {name!r}: {w}" for w in r.warnings)
-    for name, h in histograms.items():
+        parts = found.get(name, []) + list(r.warnings)
+        h = histograms[name]
         bad = h.nan + h.posinf + h.neginf
         if bad:
-            warnings.append(f"tensor {name!r}: {bad} NaN/Inf values ({h.nan} NaN, {h.posinf} +Inf, {h.neginf} -Inf) "
-                            "were left out of its range")
+            parts.append(f"{bad} NaN/Inf values ({h.nan} NaN, {h.posinf} +Inf, {h.neginf} -Inf) were left out of "
+                         "its range")
+        said_nan = False
+        for i, part in enumerate(parts):  # NaN/Inf said once, by the first (the input checks name the batches)
+            if "NaN" in part:
+                parts[i] = None if said_nan else part
+                said_nan = True
+        parts = [p for p in parts if p]
+        if parts:
+            warnings.append(f"{'input' if name in found else 'tensor'} {name!r}: " + "; ".join(parts))
     metadata = {
         "model": str(model),
         "model_sha256": file_sha256(model),
@@ -190,7 +233,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         "fake_data": source.fake,
         "batches": batches,
         "samples": checks.samples,
-        "inputs": checks.shape_report(runner.inputs),
+        "inputs": checks.shape_report(inputs),
         "algorithm": algorithm,
         "options": {k: v for k, v in options.items()},
         "trt_version": format_version(trt_version),

@@ -33,15 +33,31 @@ _ORT_DTYPES = {
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name, numpy dtype and shape (ints for fixed dimensions, str/None for dynamic)."""
+    """A model input: name, numpy dtype and shape (ints for fixed dimensions, str/None for dynamic).
+
+    ``batch_axis``: the axis samples are stacked on (0 unless ``--batch-axis`` says otherwise;
+    None for a 0-d input or one fed whole with every batch). ``model_shape``: the model's own
+    shape when ``--shapes`` fixed some of its dynamic dimensions in ``shape`` (see
+    :func:`trtcal.data.sources.configure_inputs`).
+    """
 
     name: str
     dtype: type
     shape: tuple
+    batch_axis: int | None = 0
+    model_shape: tuple | None = None
+
+    def __post_init__(self) -> None:
+        if not self.shape and self.batch_axis is not None:  # a scalar has no batch axis
+            object.__setattr__(self, "batch_axis", None)
 
     @property
     def fixed_batch(self) -> int | None:
-        return self.shape[0] if self.shape and isinstance(self.shape[0], int) and self.shape[0] > 0 else None
+        """The batch dimension when the model fixes it, else None (dynamic, or no batch axis)."""
+        if self.batch_axis is None or self.batch_axis >= len(self.shape):
+            return None
+        dim = self.shape[self.batch_axis]
+        return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def cpu_session(model, source: str, *, threads: int | None = None, extended: bool = False,
@@ -64,7 +80,7 @@ def cpu_session(model, source: str, *, threads: int | None = None, extended: boo
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions, turned into one line below
     if threads:
         options.intra_op_num_threads = threads
     payload = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
@@ -158,6 +174,29 @@ def plan_tensors(model, source: str, *, include_constants: bool = False) -> Plan
     return plan
 
 
+#: Elementwise operators that, with a constant operand, mean a model scales its input itself.
+SCALING_OPS = {"Mul", "Div", "Sub", "Add"}
+
+
+def scaled_inputs(model) -> set[str]:
+    """Graph inputs whose every consumer is a Mul/Div/Sub/Add with a constant other operand: the
+    model normalises them itself (e.g. ``(x - 127.5) / 128``), so raw 0..255 pixels are right there."""
+    from trtcal.model import constant_tensors
+
+    constants = set(constant_tensors(model))
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    out = set()
+    for vi in model.graph.input:
+        nodes = consumers.get(vi.name, [])
+        if nodes and all(n.op_type in SCALING_OPS and len(n.input) == 2
+                         and any(i in constants for i in n.input if i != vi.name) for n in nodes):
+            out.add(vi.name)
+    return out
+
+
 class Runner:
     """An ONNX Runtime CPU session over ``model`` that returns every planned tensor per batch."""
 
@@ -172,6 +211,8 @@ class Runner:
             self.plan.derived = find_derived(model, [n for n in self.plan.calibrated if n not in self.plan.constants])
         initializers = {t.name for t in model.graph.initializer}
         self.input_names = [vi.name for vi in model.graph.input if vi.name not in initializers]
+        #: inputs the model normalises itself (see :func:`scaled_inputs`)
+        self.scaled_inputs = scaled_inputs(model)
         pads_inputs = [d.pads_input for d in self.plan.derived.values() if d.pads_input]
         add_outputs(model, [n for n in self.plan.calibrated if n not in self.plan.constants
                             and n not in self.plan.derived] + pads_inputs)
@@ -189,7 +230,9 @@ class Runner:
         try:
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:
-            raise TrtcalError(f"{self.source}: ONNX Runtime failed on a batch: {str(exc).splitlines()[0][:200]}") from None
+            shapes = ", ".join(f"{n} {list(np.shape(a))}" for n, a in feeds.items())
+            raise TrtcalError(f"{self.source}: ONNX Runtime failed on a batch ({shapes}): "
+                              f"{str(exc).splitlines()[0][:200]}") from None
         values = dict(zip(self.output_names, outputs))
         self.last_padding = {}
         for d in self.plan.derived.values():
@@ -212,21 +255,25 @@ class Runner:
 
 
 def first_samples(model_path, data, *, samples: int = 64, batch_size: int | None = None,
-                  preprocess=None) -> list[dict]:
-    """The first ``samples`` calibration samples of ``data`` as checked input batches."""
+                  preprocess=None, batch_axes: dict | None = None, shapes: dict | None = None,
+                  allow_nonfinite: bool = False) -> list[dict]:
+    """The first ``samples`` calibration samples of ``data`` as checked input batches.
+    ``batch_axes``, ``shapes``: as for :func:`trtcal.data.sources.configure_inputs`;
+    ``allow_nonfinite``: let NaN/Inf inputs through (refused otherwise)."""
     from trtcal.data import open_data
-    from trtcal.data.sources import check_batch
+    from trtcal.data.sources import check_batch, configure_inputs, samples_in, take
 
     specs = input_specs(cpu_session(model_path, str(model_path)))
+    specs, batch_size = configure_inputs(specs, batch_axes=batch_axes, shapes=shapes, batch_size=batch_size)
     # an array named "labels" beside the inputs (an evaluation set) is not an input
     source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
     out, seen = [], 0
     for index, batch in enumerate(source):
-        batch = check_batch(batch, specs, f"{source.description}: batch {index}")
-        n = next(iter(batch.values())).shape[0]
-        take = min(n, samples - seen)
-        out.append({k: v[:take] for k, v in batch.items()})
-        seen += take
+        batch = check_batch(batch, specs, f"{source.description}: batch {index}", finite=not allow_nonfinite)
+        n = samples_in(batch, specs)
+        take_n = min(n, samples - seen)
+        out.append(take(batch, specs, 0, take_n))
+        seen += take_n
         if seen >= samples:
             break
     return out

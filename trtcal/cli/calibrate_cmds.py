@@ -7,11 +7,18 @@ import sys
 from pathlib import Path
 
 from trtcal import cache as trtcache
-from trtcal import fileio
+from trtcal import cache_checks, fileio
 from trtcal.cache import format_version
-from trtcal.cli.common import add_json, fmt_float, json_float, print_json
+from trtcal.cli.common import (
+    add_data_options,
+    add_json,
+    data_options,
+    fmt_float,
+    json_float,
+    print_json,
+)
 from trtcal.errors import TrtcalError
-from trtcal.findings import CLIP_FRACTION, find
+from trtcal.findings import CLIP_FRACTION
 from trtcal.provenance import sidecar_path, write_sidecar
 
 
@@ -63,7 +70,8 @@ def algorithm_options(args: argparse.Namespace) -> dict:
 
 
 def _print_result(cache, results, histograms, out_path, stats_path, skipped, warnings, as_json, meta) -> None:
-    findings = find(histograms, results)
+    # the same function `trtcal cache lint --stats` runs on this cache
+    findings = cache_checks.check_calibration(cache, histograms)
     if as_json:
         print_json({
             "cache": None if out_path is None else str(out_path), "stats": None if stats_path is None else str(stats_path),
@@ -100,8 +108,8 @@ def print_inputs(inputs: dict) -> None:
 
 def print_table(results, histograms, findings) -> None:
     """One line per tensor: amax, signed min/max, max/amax, clipped share, one-sided flag."""
-    clipped = {f.tensor: f.value for f in findings if f.kind == "clipped"}
-    onesided = {f.tensor for f in findings if f.kind == "one-sided"}
+    clipped = {f.tensor: f.value for f in findings if f.code in ("clipped", "all-clipped")}
+    onesided = {f.tensor for f in findings if f.code == "one-sided"}
     print(f"{'amax':>11}  {'min':>11}  {'max':>11}  {'max/amax':>8}  {'clipped':>7}  tensor")
     for name, r in results.items():
         h = histograms[name]
@@ -116,18 +124,22 @@ def print_findings(results, findings, limit: int = 6) -> None:
     """A summary of the findings: one line per kind, naming the tensors (worst first)."""
     by_kind: dict[str, list] = {}
     for f in findings:
-        by_kind.setdefault(f.kind, []).append(f)
+        by_kind.setdefault(f.code, []).append(f)
     print(f"{len(results)} tensors calibrated" + (", findings:" if findings else ", no findings"))
     titles = {"one-sided": "one-sided (ReLU-like: symmetric int8 leaves codes -128..-1 unused)",
+              "all-clipped": "every value clipped (amax below the tensor's smallest |x|)",
               "clipped": f"clipped (more than {100 * CLIP_FRACTION:g}% of values above amax)",
               "degenerate": "no usable range", "nan-inf": "NaN/Inf in activations (left out of the range)"}
+    for code in by_kind:  # the cache's own findings (those `trtcal cache lint` fails on)
+        titles.setdefault(code, cache_checks.title(code))
     for kind, title in titles.items():
         found = by_kind.get(kind, [])
         if kind in ("clipped", "nan-inf"):
             found = sorted(found, key=lambda f: -(f.value or 0))
         if not found:
             continue
-        names = [f"{f.tensor} {100 * f.value:.1f}%" if kind == "clipped" else f.tensor for f in found[:limit]]
+        names = [f"{f.tensor} {100 * f.value:.1f}%" if kind == "clipped" else f.tensor or f.message
+                 for f in found[:limit]]
         more = f", ... ({len(found) - limit} more)" if len(found) > limit else ""
         print(f"  {title}: {len(found)} tensor{'s' if len(found) > 1 else ''}: {', '.join(names)}{more}")
 
@@ -156,7 +168,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, max_batches=args.max_batches, trt_version=version,
                        preprocess=preprocess, random=args.random, progress=False if args.quiet else None,
                        memory_budget_mb=args.memory_budget, include_constants=args.include_constants,
-                       expose_all=args.expose_all, **options)
+                       expose_all=args.expose_all, **data_options(args), **options)
     weight_scales = _apply_eq(args, result, preprocess, version) if eq else None
     if weight_scales:
         result.metadata["eq"]["weight_scales"] = str(weights_out)
@@ -183,7 +195,7 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
     from trtcal.thresholds import ThresholdResult
 
     batches = first_samples(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
-                        preprocess=preprocess)
+                            preprocess=preprocess, **data_options(args))
     amaxes = {n: r.amax for n, r in result.thresholds.items()}
     with Progress(eq.layer_count(args.model), "EQ search", enabled=False if args.quiet else None) as bar:
         refined = eq.refine(args.model, batches, amaxes, steps=args.eq_steps, progress=bar)
@@ -208,11 +220,16 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
     options = algorithm_options(args)
     if args.output:
         fileio.check_output(args.output, force=args.force, inputs=[args.stats])
+        fileio.check_output(sidecar_path(args.output), force=args.force, inputs=[args.stats])
     histograms, meta = load_stats(args.stats)
     results = compute_thresholds(histograms, args.algorithm, **options)
     cache = ranges_to_cache(results, algorithm=args.algorithm, version=version)
     if args.output:
         cache.write(args.output, force=args.force, inputs=[args.stats])
+        # the statistics' provenance (model, data, random or not) travels on, with what made the ranges
+        meta = dict(meta, algorithm=args.algorithm, options=options, stats=str(args.stats),
+                    header=cache.header_line)
+        write_sidecar(args.output, meta, force=args.force)
     _print_result(cache, results, histograms, args.output, None, {}, [], args.json, meta)
     return 0
 
@@ -229,11 +246,15 @@ def register(sub) -> None:
                                   "(with --preprocess), or script.py:function")
     p.add_argument("--random", action="store_true", help="use random inputs (smoke test; the result is fake)")
     p.add_argument("--preprocess", help="for image folders: e.g. resize=256,crop=224,scale=1/255,"
-                                        "mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,order=RGB")
+                                        "mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,order=RGB; "
+                                        "resize=HxW stretches, letterbox=HxW (or S) fits and pads with pad=114 "
+                                        "(YOLO), crop=S or HxW")
     p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else as many "
                    "as fit --memory-budget, at most 32; files larger than a batch are split)")
     p.add_argument("--memory-budget", type=float, default=256, metavar="MB",
-                   help="bound on one batch's exposed tensors when choosing the batch size (default %(default)g MB)")
+                   help="bound on one batch's exposed tensors when choosing the batch size (default %(default)g MB; "
+                        "an explicit --batch-size over it gets a warning with the measured size)")
+    add_data_options(p)
     p.add_argument("--max-batches", type=int, help="stop after this many batches")
     p.add_argument("--include-constants", action="store_true",
                    help="also calibrate the constant (weight) inputs of MatMul, which TensorRT's implicit INT8 "

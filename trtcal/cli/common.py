@@ -27,6 +27,46 @@ def add_output(parser: argparse.ArgumentParser, *, required: bool = True) -> Non
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
+def add_output_choice(parser: argparse.ArgumentParser) -> None:
+    """``--score`` and ``--classifier``: which model outputs ``eval`` and ``fallback`` score
+    (:func:`trtcal.evaluate.choose_outputs`)."""
+    parser.add_argument("--score", action="append", metavar="OUTPUT",
+                        help="score this model output (repeatable; default: every float output; integer and "
+                             "boolean outputs are never scored)")
+    parser.add_argument("--classifier", action="append", metavar="OUTPUT",
+                        help="score this output as class scores over its last axis: top-1 agreement (per position "
+                             "for [N, T, C]) and KL divergence (repeatable; then no other output is; 'none': no "
+                             "output is). Default: the outputs made by Softmax/LogSoftmax over the last axis, else "
+                             "the model's only float output when it is [N, C] from a linear layer")
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--batch-axis``, ``--shapes`` and ``--allow-nonfinite``: how ``--data`` (and ``--random``)
+    feed the model's inputs, in every command that takes data (see :func:`data_options`)."""
+    group = parser.add_argument_group("feeding the data to the model's inputs")
+    group.add_argument("--batch-axis", action="append", metavar="NAME=AXIS",
+                       help="the axis of input NAME that holds its samples (default 0), e.g. state=1 for a [2, N, 128] "
+                            "state; none: the array goes whole with every batch, as 0-d inputs always do "
+                            "(repeatable)")
+    group.add_argument("--shapes", action="append", metavar="NAME=DxD...",
+                       help="the shape of one batch of input NAME, fixing its dynamic dimensions, e.g. x=1x3x48x320: "
+                            "--random makes data of this shape, other data must match it (images: --preprocess must "
+                            "give its height and width), and its batch-axis entry is the batch size (repeatable)")
+    group.add_argument("--allow-nonfinite", action="store_true",
+                       help="feed NaN/Inf input values (counted, and left out of the ranges) instead of stopping "
+                            "with an error")
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`add_data_options`' options for ``calibrate``, ``evaluate``
+    and ``first_samples``: ``batch_axes``, ``shapes`` and ``allow_nonfinite``."""
+    from trtcal.data.sources import parse_batch_axes, parse_input_shapes
+
+    return {"batch_axes": parse_batch_axes(getattr(args, "batch_axis", None)),
+            "shapes": parse_input_shapes(getattr(args, "shapes", None)),
+            "allow_nonfinite": bool(getattr(args, "allow_nonfinite", False))}
+
+
 def print_json(data: Any) -> None:
     """Print ``data`` as JSON; objects with ``to_dict`` are expanded, and NaN/Inf floats anywhere
     become the strings "nan", "inf", "-inf" (JSON has no such numbers)."""

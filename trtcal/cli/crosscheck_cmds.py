@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trtcal.cli.common import add_json, fmt_float, print_json
+from trtcal.cli.common import add_data_options, add_json, data_options, fmt_float, print_json
 from trtcal.errors import TrtcalError
 
 
@@ -29,7 +29,7 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
     preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
     result = calibrate(args.model, args.data, algorithm=method, batch_size=args.batch_size,
                        max_batches=args.max_batches, preprocess=preprocess, progress=False if args.quiet else None,
-                       **options)
+                       **data_options(args), **options)
     names = model_tensors(load_model(args.model)).all_names()
     rows = explain(cache, result.histograms, result.thresholds, names, rtol=args.rtol, skipped=result.skipped)
     differ = [r for r in rows if r.status != "agree"]
@@ -66,6 +66,7 @@ def register(sub) -> None:
     p.add_argument("--cache", required=True, help="the TensorRT calibration cache (or an ONNX Runtime table)")
     p.add_argument("--data", required=True, help="the calibration data TensorRT used (as for trtcal calibrate)")
     p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    add_data_options(p)
     p.add_argument("--batch-size", type=int, help="TensorRT's calibration batch size (it moves entropy ranges)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches")
     p.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance on amax (default %(default)g; "
