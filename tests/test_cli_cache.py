@@ -918,3 +918,23 @@ def test_thresholds_writes_a_sidecar_so_random_statistics_stay_flagged(tmp_path)
     assert side["algorithm"] == "percentile" and side["fake_data"] is True and side["stats"] == str(stats)
     rc, text, _ = run_cli("cache", "lint", out)
     assert rc == 1 and "calibrated on random data" in text
+
+
+def test_a_tensorrt_cache_of_another_bit_width_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    stats, cache = tmp_path / "s.npz", tmp_path / "c.cache"
+    rc, _, err = run_cli("calibrate", model, "--random", "--bits", "4", "-o", cache, "-q")
+    assert rc == 2 and "--bits 4" in err and "amax/127" in err and not cache.exists()
+    assert run_cli("calibrate", model, "--random", "-o", cache, "--stats", stats, "-q")[0] == 0
+    out = tmp_path / "t.cache"
+    rc, _, err = run_cli("thresholds", "--stats", stats, "--bits", "6", "-o", out)
+    assert rc == 2 and "--bits 6" in err and not out.exists()
+    rc, text, _ = run_cli("thresholds", "--stats", stats, "--bits", "6", "--json")  # no cache written: fine
+    assert rc == 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections import Counter
 
-from trtcal.cli.common import add_json, print_json
+from trtcal.cli.common import DECIBELS, add_json, print_json
 from trtcal.errors import TrtcalError
 
 
@@ -123,7 +123,7 @@ def register(sub) -> None:
                                    "that meet it at no width stay in float.")
     p.add_argument("model", nargs="?", help="the ONNX model (needed for --qdq; otherwise for the record)")
     p.add_argument("--stats", required=True, help="statistics (.npz) from trtcal calibrate --stats")
-    p.add_argument("--target-sqnr", type=float, required=True, metavar="DB", help="per-tensor SQNR to meet, in dB")
+    p.add_argument("--target-sqnr", type=DECIBELS, required=True, metavar="DB", help="per-tensor SQNR to meet, in dB")
     p.add_argument("--bits", default="4,6,8,16", help="candidate widths, smallest first (default %(default)s)")
     p.add_argument("--algorithm", dest="method", default="entropy2", choices=list(thresholds.METHODS),
                    help="threshold method (default %(default)s)")

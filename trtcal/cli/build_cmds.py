@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trtcal.cli.common import add_json, print_json
+from trtcal.cli.common import BATCH, COUNT, FRACTION, MEGABYTES_INT, add_json, print_json
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -64,13 +64,13 @@ def register(sub) -> None:
     src.add_argument("--cache", help="reuse this calibration cache (TensorRT's text format)")
     src.add_argument("--data", help="calibrate with TensorRT on this data (as for trtcal calibrate)")
     p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
-    p.add_argument("--batch-size", type=int, help="calibration batch size = the OPT shape's batch axis "
+    p.add_argument("--batch-size", type=BATCH, help="calibration batch size = the OPT shape's batch axis "
                                                   "(default: the model's fixed batch, else 32 when calibrating, else 1)")
-    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    p.add_argument("--max-batches", type=COUNT, help="calibrate on at most this many batches")
     p.add_argument("--algorithm", choices=("entropy2", "minmax", "entropy", "legacy"),
                    help="TensorRT calibrator (default entropy2; with --cache: the one its header names)")
-    p.add_argument("--quantile", type=float, default=0.9999, help="legacy calibrator: quantile (default %(default)g)")
-    p.add_argument("--regression-cutoff", type=float, default=1.0,
+    p.add_argument("--quantile", type=FRACTION, default=0.9999, help="legacy calibrator: quantile (default %(default)g)")
+    p.add_argument("--regression-cutoff", type=FRACTION, default=1.0,
                    help="legacy calibrator: regression cutoff (default %(default)g)")
     p.add_argument("--save-cache", metavar="CACHE",
                    help="with --data: where TensorRT's cache goes (default calib_caches/<engine stem>.trt.cache)")
@@ -80,7 +80,7 @@ def register(sub) -> None:
     p.add_argument("--fallback-list", metavar="FILE", help="tensors to keep in float: one name per line (# comments) "
                                                            "or a JSON list")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache: read if it exists, updated after")
-    p.add_argument("--workspace", type=int, metavar="MB", help="workspace memory pool limit in MB")
+    p.add_argument("--workspace", type=MEGABYTES_INT, metavar="MB", help="workspace memory pool limit in MB")
     p.add_argument("--shapes", action="append", metavar="NAME:MIN,OPT,MAX",
                    help="optimization profile of a dynamic input, e.g. images:1x3x224x224,8x3x224x224,32x3x224x224 "
                         "(repeat per input; NAME:SHAPE sets all three)")

@@ -10,7 +10,7 @@ from collections import Counter
 from trtcal import cache as trtcache
 from trtcal import cache_checks, cache_edit, cache_io, fileio
 from trtcal.cache import CalibrationCache, format_version
-from trtcal.cli.common import add_json, add_output, fmt_float, json_float, print_json
+from trtcal.cli.common import RTOL, add_json, add_output, fmt_float, json_float, print_json
 from trtcal.errors import TrtcalError
 from trtcal.provenance import read_sidecar, sidecar_path
 
@@ -291,7 +291,7 @@ def register(sub) -> None:
                                     "every common tensor agrees within --rtol and no tensor is missing, else 1.")
     p.add_argument("a", help="first cache")
     p.add_argument("b", help="second cache")
-    p.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance on amax (default 1e-6)")
+    p.add_argument("--rtol", type=RTOL, default=1e-6, help="relative tolerance on amax (default 1e-6)")
     p.add_argument("--all", action="store_true", help="list agreeing tensors too")
     add_json(p)
     p.set_defaults(func=cmd_diff)

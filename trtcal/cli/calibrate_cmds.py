@@ -10,6 +10,12 @@ from trtcal import cache as trtcache
 from trtcal import cache_checks, fileio
 from trtcal.cache import format_version
 from trtcal.cli.common import (
+    BATCH,
+    BITS,
+    COUNT,
+    MEGABYTES,
+    PERCENT,
+    STEPS,
     add_data_options,
     add_json,
     data_options,
@@ -28,8 +34,8 @@ def add_algorithm_args(p: argparse.ArgumentParser, *, with_eq: bool = False) -> 
     p.add_argument("--algorithm", default="entropy2", choices=list(thr.METHODS) + (["eq"] if with_eq else []),
                    help="threshold algorithm (default %(default)s: TensorRT's EntropyCalibration2)"
                         + ("; eq refines entropy2 layer by layer (EasyQuant)" if with_eq else ""))
-    p.add_argument("--bits", type=int, default=None, help="quantization bit width, 2..16 (default 8)")
-    p.add_argument("--percentile", type=float, default=None,
+    p.add_argument("--bits", type=BITS, default=None, help="quantization bit width, 2..16 (default 8)")
+    p.add_argument("--percentile", type=PERCENT, default=None,
                    help="for --algorithm percentile: the percentage of |x| kept, e.g. 99.99 (default)")
     p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
                    help="for --algorithm aciq: the assumed distribution (default gaussian)")
@@ -67,6 +73,16 @@ def algorithm_options(args: argparse.Namespace) -> dict:
             raise TrtcalError("--zero-bin applies to --algorithm entropy2 only (or eq started from it)")
         options["zero_bin"] = args.zero_bin
     return options
+
+
+def refuse_non_8bit_cache(args: argparse.Namespace) -> None:
+    """A TensorRT cache holds 8-bit ranges: TensorRT reads every scale as amax/127, so a range
+    chosen for another width would be used as an 8-bit one. Refuse rather than write it."""
+    if args.bits is not None and args.bits != 8:
+        raise TrtcalError(f"--bits {args.bits}: a TensorRT cache holds 8-bit ranges (TensorRT reads every scale as "
+                          f"amax/127, so a {args.bits}-bit range would act as an 8-bit one); keep the statistics "
+                          "(--stats) and use `trtcal thresholds --bits` without -o to see them, or `trtcal bits` "
+                          "for Q/DQ models of other widths")
 
 
 def _print_result(cache, results, histograms, out_path, stats_path, skipped, warnings, as_json, meta) -> None:
@@ -150,6 +166,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     version = trtcache.parse_version(args.trt_version)
     options = algorithm_options(args)
+    refuse_non_8bit_cache(args)
     out = Path(args.output) if args.output else Path("calib_caches") / f"{Path(args.model).stem}.cache"
     if not args.output:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +236,7 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
     version = trtcache.parse_version(args.trt_version)
     options = algorithm_options(args)
     if args.output:
+        refuse_non_8bit_cache(args)
         fileio.check_output(args.output, force=args.force, inputs=[args.stats])
         fileio.check_output(sidecar_path(args.output), force=args.force, inputs=[args.stats])
     histograms, meta = load_stats(args.stats)
@@ -249,13 +267,13 @@ def register(sub) -> None:
                                         "mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,order=RGB; "
                                         "resize=HxW stretches, letterbox=HxW (or S) fits and pads with pad=114 "
                                         "(YOLO), crop=S or HxW")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else as many "
+    p.add_argument("--batch-size", type=BATCH, help="samples per batch (default: the model's fixed batch, else as many "
                    "as fit --memory-budget, at most 32; files larger than a batch are split)")
-    p.add_argument("--memory-budget", type=float, default=256, metavar="MB",
+    p.add_argument("--memory-budget", type=MEGABYTES, default=256, metavar="MB",
                    help="bound on one batch's exposed tensors when choosing the batch size (default %(default)g MB; "
                         "an explicit --batch-size over it gets a warning with the measured size)")
     add_data_options(p)
-    p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    p.add_argument("--max-batches", type=COUNT, help="stop after this many batches")
     p.add_argument("--include-constants", action="store_true",
                    help="also calibrate the constant (weight) inputs of MatMul, which TensorRT's implicit INT8 "
                         "wants ranges for (transformers)")
@@ -263,9 +281,9 @@ def register(sub) -> None:
                    help="run every tensor out of ONNX Runtime, even aliases (Reshape, Transpose ...) and zero pads, "
                         "whose histograms are otherwise derived from their inputs' (same result, slower)")
     add_algorithm_args(p, with_eq=True)
-    p.add_argument("--eq-samples", type=int, default=64, help="for --algorithm eq: samples for the layer search "
+    p.add_argument("--eq-samples", type=COUNT, default=64, help="for --algorithm eq: samples for the layer search "
                    "(default %(default)s)")
-    p.add_argument("--eq-steps", type=int, default=100, help="for --algorithm eq: scale factors tried in "
+    p.add_argument("--eq-steps", type=STEPS, default=100, help="for --algorithm eq: scale factors tried in "
                    "[0.5, 2] (default %(default)s)")
     p.add_argument("--eq-init", default="entropy2", choices=[m for m in thresholds.METHODS if m != "eq"],
                    help="for --algorithm eq: the ranges the search starts from (default %(default)s, as EasyQuant; "

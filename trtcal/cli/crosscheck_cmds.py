@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from trtcal.cli.common import add_data_options, add_json, data_options, fmt_float, print_json
+from trtcal.cli.common import (
+    BATCH,
+    COUNT,
+    RTOL,
+    add_data_options,
+    add_json,
+    data_options,
+    fmt_float,
+    print_json,
+)
 from trtcal.errors import TrtcalError
 
 
@@ -67,9 +76,9 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="the calibration data TensorRT used (as for trtcal calibrate)")
     p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
     add_data_options(p)
-    p.add_argument("--batch-size", type=int, help="TensorRT's calibration batch size (it moves entropy ranges)")
-    p.add_argument("--max-batches", type=int, help="stop after this many batches")
-    p.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance on amax (default %(default)g; "
+    p.add_argument("--batch-size", type=BATCH, help="TensorRT's calibration batch size (it moves entropy ranges)")
+    p.add_argument("--max-batches", type=COUNT, help="stop after this many batches")
+    p.add_argument("--rtol", type=RTOL, default=1e-6, help="relative tolerance on amax (default %(default)g; "
                    "bit-identical scales always agree)")
     add_zero_bin_arg(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from trtcal import fileio
-from trtcal.cli.common import add_json, add_output, fmt_float, print_json
+from trtcal.cli.common import PERCENT, add_json, add_output, fmt_float, print_json
 from trtcal.errors import TrtcalError
 
 
@@ -133,7 +133,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--stats", help="statistics (.npz) from trtcal calibrate --stats")
     p.add_argument("--algorithm", choices=list(thr.METHODS), default=None,
                    help="with --stats: threshold algorithm (default entropy2)")
-    p.add_argument("--percentile", type=float, default=None,
+    p.add_argument("--percentile", type=PERCENT, default=None,
                    help="with --algorithm percentile: the percentage of |x| kept (default 99.99)")
     p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
                    help="with --algorithm aciq: the assumed distribution (default gaussian)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from trtcal.cli.common import COUNT
 from trtcal.errors import TrtcalError
 
 
@@ -67,7 +68,7 @@ def register(sub) -> None:
     p.add_argument("--fp32", help="the FP32 model for the comparison (default: MODEL)")
     p.add_argument("--data", help="evaluation data for --int8")
     p.add_argument("--labels", help="labels for --data (as for trtcal eval)")
-    p.add_argument("--max-batches", type=int, help="evaluate on at most this many batches")
+    p.add_argument("--max-batches", type=COUNT, help="evaluate on at most this many batches")
     p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     p.add_argument("-o", "--output", default="report", help="output folder (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT/index.html")

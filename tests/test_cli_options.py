@@ -1,0 +1,61 @@
+"""Every number option of every subcommand: 0, -1, a huge value and a non-number fail in one line
+naming the option, exit status 2, no traceback, nothing written (issue 14)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from conftest import run_cli
+
+from trtcal.cli.common import Bounded
+from trtcal.cli.main import build_parser
+
+
+def subcommands(parser, prefix=()):
+    """(command words, subparser) for every leaf command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from subcommands(sub, prefix + (name,))
+            return
+    yield prefix, parser
+
+
+def number_options():
+    out = []
+    for words, p in subcommands(build_parser()):
+        positionals = [a for a in p._actions if not a.option_strings and a.nargs != 0]
+        for a in p._actions:
+            if a.option_strings and a.type in (int, float) or a.option_strings and isinstance(a.type, Bounded):
+                out.append(pytest.param(words, a, positionals, id=" ".join(words) + " " + a.option_strings[-1]))
+    return out
+
+
+OPTIONS = number_options()
+
+
+def test_every_number_option_is_bounded():
+    plain = [p.id for p in OPTIONS if p.values[1].type in (int, float)]
+    assert plain == [], "options with a bare int/float type accept 0, -1 and huge values: " + ", ".join(plain)
+    assert len(OPTIONS) >= 20
+
+
+@pytest.mark.parametrize(("words", "action", "positionals"), OPTIONS)
+@pytest.mark.parametrize("value", ["0", "-1", "1e300", "10000000000000000000000", "nan", "inf", "abc"])
+def test_bad_numbers_fail_in_one_line(words, action, positionals, value, tmp_path):
+    kind: Bounded = action.type
+    try:
+        parsed = kind.kind(value)
+        ok = kind.low <= parsed <= kind.high and not (kind.open_low and parsed == kind.low) and parsed == parsed
+    except ValueError:
+        ok = False
+    if ok:
+        pytest.skip(f"{value} is a valid {action.option_strings[-1]}")
+    # positional arguments point to files that do not exist: the option must fail first, by name
+    args = [*words, *(str(tmp_path / f"p{i}") for i in range(len(positionals))), action.option_strings[-1], value]
+    rc, out, err = run_cli(*args)
+    assert rc == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert action.option_strings[-1] in err and value in err
+    assert list(tmp_path.iterdir()) == []
