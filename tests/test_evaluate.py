@@ -38,7 +38,7 @@ def test_streamed_metrics_equal_direct_formulas():
     ref = rng.normal(size=(300, 10))
     test = ref + rng.normal(scale=0.3, size=ref.shape)
     labels = rng.integers(0, 10, size=300)
-    c = Comparison("logits")
+    c = Comparison("logits", classes="logits")
     for start in range(0, 300, 64):
         c.update(ref[start:start + 64], test[start:start + 64], labels[start:start + 64])
     assert c.sqnr_db == pytest.approx(direct_sqnr(ref, test), rel=1e-12)
@@ -66,7 +66,7 @@ def test_agreement_on_sure_samples_counts_only_those():
     rng = np.random.default_rng(1)
     ref = rng.normal(scale=2.0, size=(200, 5))
     test = ref + rng.normal(scale=0.8, size=ref.shape)
-    c = Comparison("logits", confidence=0.6)
+    c = Comparison("logits", classes="logits", confidence=0.6)
     for start in range(0, 200, 64):
         c.update(ref[start:start + 64], test[start:start + 64])
     top_prob = [max(math.exp(v) for v in row) / sum(math.exp(v) for v in row) for row in ref]
@@ -78,7 +78,7 @@ def test_agreement_on_sure_samples_counts_only_those():
 
 
 def test_kl_is_zero_for_a_shift_and_large_logits_do_not_overflow():
-    c = Comparison("logits")
+    c = Comparison("logits", classes="logits")
     ref = np.array([[1000.0, 990.0, -5.0], [3.0, 2.0, 1.0]])
     c.update(ref, ref + 7.0)  # softmax ignores a constant shift of a row
     assert c.kl_mean == pytest.approx(0.0, abs=1e-12)
@@ -234,7 +234,7 @@ def test_bad_inputs_one_line_exit_2(int8_model, tmp_path):
         (["eval", MODEL, int8_model, "--data", EVAL, "--labels", bad_txt], f"{bad_txt}:3"),
         (["eval", MODEL, int8_model, "--data", EVAL, "--labels", f"{EVAL}:nope"], "no array 'nope'"),
         (["eval", MODEL, tmp_path / "missing.onnx", "--data", EVAL], "no such model file"),
-        (["eval", MODEL, int8_model, "--data", EVAL, "--confidence", "1.5"], "confidence 1.5: must be a probability"),
+        (["eval", MODEL, int8_model, "--data", EVAL, "--confidence", "1.5"], "--confidence: '1.5': must be a number in [0, 1]"),
     ]
     for argv, message in cases:
         rc, out, err = run_cli(*argv)

@@ -6,13 +6,17 @@ Pure numpy. Each :class:`Comparison` keeps a few sums, so memory does not grow w
   the two agree exactly; -inf when the reference is all zeros and the test is not).
 - cosine similarity per sample (axis 0 is the batch), averaged, and the worst sample's.
 - max |ref - test|.
-- for classifier outputs (rank 2, more than one class): top-1 agreement of the two argmaxes, the
-  mean KL divergence ``KL(softmax(ref) || softmax(test))`` per sample in nats (it weighs the
+- for class-score outputs (``classes`` set: the caller says which outputs are class scores;
+  the class axis is the last, every other position is one prediction: a row of ``[N, C]``, each
+  ``(n, t)`` of a sequence ``[N, T, C]``): top-1 agreement of the two argmaxes per position, the
+  mean KL divergence ``KL(softmax(ref) || softmax(test))`` per position in nats (it weighs the
   classes by the reference's probabilities, so it follows top-1 flips more closely than SQNR,
-  which weighs all logits alike), the top-1 agreement over the samples the reference is sure of
-  (its top-1 softmax probability at least ``confidence``: on unlabelled, out-of-distribution data
-  most flips are near-ties, and this separates them), and top-1 accuracy of each against labels
-  when labels are given.
+  which weighs all logits alike), the top-1 agreement over the positions the reference is sure
+  of (its top-1 probability at least ``confidence``: on unlabelled, out-of-distribution data most
+  flips are near-ties, and this separates them), and, for ``[N, C]`` outputs, top-1 accuracy of
+  each against labels when labels are given. ``classes="logits"``: the values are logits (or
+  log-probabilities); ``"probabilities"``: a softmax's output, whose logarithm (floored at
+  1e-30) stands for the logits, so the KL divergence is that of the probabilities themselves.
 
 Sums are accumulated in float64. Non-finite values are counted and left out of the sums.
 """
@@ -23,6 +27,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+#: What :class:`Comparison` takes for ``classes``.
+CLASSES = (None, "logits", "probabilities")
+#: Probabilities below this count as this much before their logarithm is taken.
+PROB_FLOOR = 1e-30
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -47,7 +56,8 @@ class Comparison:
     cosine_sum: float = 0.0
     cosine_min: float = math.inf
     samples: int = 0
-    classifier: bool | None = None
+    classes: str | None = None  # None (not class scores), "logits" or "probabilities" (see module doc)
+    positions: int = 0  # predictions scored as class scores (rows of [N, C], (n, t) of [N, T, C])
     agree: int = 0
     kl_sum: float = 0.0
     correct_ref: int = 0
@@ -58,11 +68,25 @@ class Comparison:
     sure: int = 0  # samples the reference is sure of
     sure_agree: int = 0
 
+    def __post_init__(self) -> None:
+        if self.classes not in CLASSES:
+            raise ValueError(f"classes {self.classes!r}: choose from {', '.join(map(str, CLASSES))}")
+
+    @property
+    def classifier(self) -> bool:
+        return self.classes is not None
+
     def update(self, ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None = None) -> None:
         ref = np.asarray(ref)
         test = np.asarray(test)
         if ref.shape != test.shape:
             raise ValueError(f"tensor {self.name!r}: shapes differ: {ref.shape} vs {test.shape}")
+        if self.classes is not None and not has_class_axis(ref.shape):
+            raise ValueError(f"output {self.name!r}: shape {list(ref.shape)} has no class axis (class scores "
+                             "need rank >= 2 and a last axis > 1)")
+        if labels is not None and (self.classes is None or ref.ndim != 2):
+            raise ValueError(f"tensor {self.name!r}: labels are one per sample, for [N, C] class scores, "
+                             f"not for shape {list(ref.shape)}")
         self.shape = ref.shape
         r = ref.astype(np.float64, copy=False)
         t = test.astype(np.float64, copy=False)
@@ -89,14 +113,17 @@ class Comparison:
             self.cosine_sum += float(cos.sum())
             self.cosine_min = min(self.cosine_min, float(cos.min()))
             self.samples += rs.shape[0]
-        if self.classifier is None:
-            self.classifier = r.ndim == 2 and r.shape[1] > 1
-        if self.classifier:
-            top_r = np.argmax(np.where(np.isfinite(ref), ref, -np.inf), axis=1)
-            top_t = np.argmax(np.where(np.isfinite(test), test, -np.inf), axis=1)
+        if self.classes is not None:
+            c = ref.shape[-1]
+            top_r = np.argmax(np.where(np.isfinite(ref), ref, -np.inf).reshape(-1, c), axis=1)
+            top_t = np.argmax(np.where(np.isfinite(test), test, -np.inf).reshape(-1, c), axis=1)
             self.agree += int(np.count_nonzero(top_r == top_t))
-            lr = _log_softmax(r)
-            self.kl_sum += float(_kl_rows(lr, t).sum())
+            self.positions += top_r.shape[0]
+            rp, tp = r.reshape(-1, c), t.reshape(-1, c)
+            if self.classes == "probabilities":
+                rp, tp = np.log(np.maximum(rp, PROB_FLOOR)), np.log(np.maximum(tp, PROB_FLOOR))
+            lr = _log_softmax(rp)
+            self.kl_sum += float(_kl_rows(lr, tp).sum())
             sure = np.exp(lr.max(axis=1)) >= self.confidence
             self.sure += int(np.count_nonzero(sure))
             self.sure_agree += int(np.count_nonzero(sure & (top_r == top_t)))
@@ -118,15 +145,22 @@ class Comparison:
 
     @property
     def kl_mean(self) -> float:
-        """Mean KL(softmax(ref) || softmax(test)) per sample, nats (classifiers; NaN otherwise)."""
-        return self.kl_sum / self.samples if self.classifier and self.samples else math.nan
+        """Mean KL(softmax(ref) || softmax(test)) per position, nats (class scores; NaN otherwise)."""
+        return self.kl_sum / self.positions if self.classifier and self.positions else math.nan
+
+    @property
+    def top1_agreement(self) -> float:
+        """Share of positions whose two argmaxes agree (class scores; NaN otherwise)."""
+        return self.agree / self.positions if self.classifier and self.positions else math.nan
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "sqnr_db": self.sqnr_db, "cosine_mean": self.cosine_mean,
                "cosine_min": self.cosine_min if self.samples else math.nan,
                "max_abs_error": self.max_abs_error, "values": self.count, "nonfinite": self.nonfinite}
         if self.classifier:
-            out["top1_agreement"] = self.agree / self.samples if self.samples else math.nan
+            out["classes"] = self.classes
+            out["positions"] = self.positions
+            out["top1_agreement"] = self.top1_agreement
             out["kl_mean"] = self.kl_mean
             out["confidence"] = self.confidence
             out["sure_samples"] = self.sure
@@ -136,6 +170,11 @@ class Comparison:
                 out["top1_test"] = self.correct_test / self.labelled
                 out["labelled"] = self.labelled
         return out
+
+
+def has_class_axis(shape) -> bool:
+    """Whether values of ``shape`` can be class scores: rank >= 2 and a last axis > 1."""
+    return len(shape) >= 2 and isinstance(shape[-1], int) and shape[-1] > 1
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import math
 
-from trtcal.cli.common import add_json, print_json
+from trtcal.cli.common import (
+    BATCH,
+    COUNT,
+    COUNT0,
+    PROBABILITY,
+    add_data_options,
+    add_json,
+    add_output_choice,
+    data_options,
+    print_json,
+)
 
 
 def _pct(x: float) -> str:
@@ -34,7 +44,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.reference, args.test, args.data, labels=args.labels, batch_size=args.batch_size,
                       max_batches=args.max_batches, per_tensor=not args.no_per_tensor, preprocess=preprocess,
                       progress=False if args.quiet else None, int8_kernels=args.int8_kernels,
-                      confidence=args.confidence)
+                      confidence=args.confidence, score=args.score, classifiers=args.classifier,
+                      **data_options(args))
     if args.plot:
         from trtcal.report.plots import plot_sqnr
 
@@ -43,7 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print_json(result)
         return 0
     meta = result.metadata
-    print(f"{meta['test']} vs {meta['reference']} on {meta['samples']} samples ({meta['data']})")
+    print(f"{meta['test']} vs {meta['reference']} on {meta['samples']} samples from {meta['data']}")
     print(f"{'output':<24} {'SQNR dB':>8} {'cosine':>8} {'min cos':>8} {'top-1 agree':>11} {'KL nats':>8} "
           f"{'top-1 ref':>9} {'top-1 test':>10}")
     for c in result.outputs:
@@ -54,8 +65,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for c in result.outputs:
         d = c.to_dict()
         if d.get("sure_samples") is not None:
-            print(f"{c.name}: top-1 agreement on the {d['sure_samples']} of {c.samples} samples the reference is "
+            what = "samples" if len(c.shape) == 2 else "positions"
+            if what == "positions":
+                print(f"{c.name}: class scores per position ({c.positions} positions of {c.samples} samples, "
+                      f"shape {list(c.shape)} a batch): top-1 agreement {_pct(d['top1_agreement'])}")
+            print(f"{c.name}: top-1 agreement on the {d['sure_samples']} of {c.positions} {what} the reference is "
                   f"sure of (top-1 probability >= {c.confidence:g}): {_pct(d['top1_agreement_sure'])}")
+    if meta.get("not_scored"):
+        print("not scored: " + ", ".join(f"{n} ({why})" for n, why in meta["not_scored"].items()))
     if result.tensors:
         shown = result.tensors if args.all else result.tensors[:args.top]
         print(f"\nper-tensor SQNR (dB), worst first ({len(shown)} of {len(result.tensors)}; "
@@ -72,8 +89,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="compare an INT8 (Q/DQ) model with its FP32 original on real data",
                        description="Run both models in ONNX Runtime on the CPU over the same data and report, per "
-                                   "output, SQNR, cosine similarity and, for classifiers, top-1 agreement (over "
-                                   "all samples and over those FP32 is sure of), the mean KL divergence of the "
+                                   "scored output (--score; never integer or boolean ones), SQNR, cosine similarity and, "
+                                   "for class scores (--classifier), top-1 agreement (per position for [N, T, C]; "
+                                   "over all and over those FP32 is sure of), the mean KL divergence of the "
                                    "softmaxes and (with --labels) top-1 accuracy; and the SQNR of every tensor "
                                    "the two models share, worst first.")
     p.add_argument("reference", help="the FP32 ONNX model")
@@ -81,17 +99,19 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="evaluation data (as for trtcal calibrate)")
     p.add_argument("--labels", help="class labels, one per sample: FILE.npy, FILE.txt or FILE.npz[:KEY] "
                                     "(KEY defaults to labels; a labels array in the --data .npz is ignored as input)")
+    add_output_choice(p)
     p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default: the model's fixed batch, else 32)")
-    p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    add_data_options(p)
+    p.add_argument("--batch-size", type=BATCH, help="samples per batch (default: the model's fixed batch, else 32)")
+    p.add_argument("--max-batches", type=COUNT, help="stop after this many batches")
     p.add_argument("--int8-kernels", action="store_true",
                    help="let ONNX Runtime fuse Q/DQ into its integer kernels (what an ONNX Runtime deployment "
                         "runs; results depend on the CPU). Default: run Q/DQ as written, TensorRT's arithmetic")
-    p.add_argument("--confidence", type=float, default=0.5, metavar="P",
+    p.add_argument("--confidence", type=PROBABILITY, default=0.5, metavar="P",
                    help="classifiers: also report top-1 agreement over the samples whose FP32 top-1 probability is "
                         "at least P (separates near-ties from real flips on unlabelled data; default %(default)s)")
     p.add_argument("--no-per-tensor", action="store_true", help="compare the outputs only (faster)")
-    p.add_argument("--top", type=int, default=15, help="per-tensor rows to print (default %(default)s)")
+    p.add_argument("--top", type=COUNT0, default=15, help="per-tensor rows to print (default %(default)s)")
     p.add_argument("--all", action="store_true", help="print every tensor")
     p.add_argument("--plot", help="write a PNG of per-tensor SQNR (needs the plot extra)")
     p.add_argument("--force", action="store_true", help="replace an existing --plot file")

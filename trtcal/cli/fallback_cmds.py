@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from trtcal.cli.common import add_json, print_json
+from trtcal.cli.common import (
+    BATCH,
+    COUNT,
+    COUNT0,
+    add_data_options,
+    add_json,
+    add_output_choice,
+    data_options,
+    print_json,
+)
 
 
 def cmd_fallback(args: argparse.Namespace) -> int:
@@ -20,12 +29,17 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     ranges, _ = _ranges(args)
     if args.overrides:
         ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
-    batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size)
+    from trtcal.data.images import Preprocess
+
+    preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
+    batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size,
+                            preprocess=preprocess, **data_options(args))
     weights = weight_options(args)
     with Progress(None, args.mode, enabled=False if args.quiet else None) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
                               greedy=args.greedy, metric=args.metric, mode=args.mode, progress=bar,
-                              **weights)
+                              score=args.score, classifiers=args.classifier,
+                              batch_axes=data_options(args)["batch_axes"], **weights)
     final.save(args.output, force=args.force, inputs=[args.model])
     if args.list:
         text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"
@@ -33,14 +47,15 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         fileio.atomic_write(args.list, text, force=args.force)
     if args.json:
         doc = sens.to_dict()
-        doc.update(output=str(args.output), list=args.list, samples=sum(len(next(iter(b.values()))) for b in batches))
+        doc.update(output=str(args.output), list=args.list)
         print_json(doc)
         return 0
     measure = "KL divergence shrinks by, in dB" if sens.metric == "kl" else "output SQNR gain"
     if sens.mode == "one-at-a-time":
         measure += ", estimated from its error alone"
-    print(f"{'gain dB':>8}  tensor left in float ({measure}; output SQNR {sens.baseline_db:.2f} dB with "
-          "everything quantized)")
+    over = f"{len(sens.outputs)} outputs' mean relative error" if len(sens.outputs) > 1 else next(iter(sens.outputs))
+    print(f"{'gain dB':>8}  tensor left in float ({measure}; output SQNR ({over}) {sens.baseline_db:.2f} dB with "
+          f"everything quantized, {sens.samples} samples)")
     for name, gain in list(sens.gains.items())[:max(args.max_float, 10)]:
         mark = "  <- float" if name in sens.chosen else ""
         print(f"{gain:>8.2f}  {name}{mark}")
@@ -50,6 +65,16 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     if sens.kl:
         agree += f"; KL {sens.kl[0]:.2g} -> {sens.kl[1]:.2g} nats"
     print(f"{len(sens.chosen)} tensor(s) in float: output SQNR {sens.baseline_db:.2f} -> {sens.final_db:.2f} dB{agree}")
+    if len(sens.outputs) > 1 or any(d.get("positions") and d["positions"] != sens.samples for d in sens.outputs.values()):
+        for name, d in sens.outputs.items():
+            line = f"  {name}: SQNR {d['sqnr_db'][0]:.2f} -> {d['sqnr_db'][1]:.2f} dB"
+            if "top1_agreement" in d:
+                per = " per position" if d["positions"] != sens.samples else ""
+                line += (f", top-1 agreement{per} {100 * d['top1_agreement'][0]:.2f}% -> "
+                         f"{100 * d['top1_agreement'][1]:.2f}%, KL {d['kl_mean'][0]:.2g} -> {d['kl_mean'][1]:.2g} nats")
+            print(line)
+    if sens.not_scored:
+        print("not scored: " + ", ".join(f"{n} ({why})" for n, why in sens.not_scored.items()))
     print(f"wrote {args.output}" + (f" and {args.list}" if args.list else ""))
     return 0
 
@@ -60,7 +85,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("fallback", help="find the tensors whose quantization hurts most and keep them in float",
                        description="Sensitivity: for each quantized activation of the Q/DQ model, measure the "
-                                   "output error against FP32 (--metric) with that tensor (and so its consuming "
+                                   "error of the scored outputs (--score) against FP32 (--metric) with that tensor (and so its consuming "
                                    "layers) in float, or with it alone quantized (--mode); keep the --max-float "
                                    "most harmful in float. Writes the Q/DQ "
                                    "model and, with --list, the layers to keep in float for trtcal build "
@@ -68,15 +93,18 @@ def register(sub) -> None:
     p.add_argument("model", help="FP32 ONNX model")
     add_ranges_args(p)
     p.add_argument("--data", required=True, help="evaluation data (as for trtcal eval)")
-    p.add_argument("--samples", type=int, default=256, help="samples to measure on (default %(default)s)")
-    p.add_argument("--batch-size", type=int, help="samples per batch")
-    p.add_argument("--max-float", type=int, default=5, help="tensors to keep in float at most (default %(default)s)")
+    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    add_data_options(p)
+    add_output_choice(p)
+    p.add_argument("--samples", type=COUNT, default=256, help="samples to measure on (default %(default)s)")
+    p.add_argument("--batch-size", type=BATCH, help="samples per batch")
+    p.add_argument("--max-float", type=COUNT0, default=5, help="tensors to keep in float at most (default %(default)s)")
     p.add_argument("--greedy", action="store_true", help="pick one tensor at a time, re-measuring with the ones "
                    "already picked (slower; catches interacting errors)")
     p.add_argument("--metric", choices=list(METRICS), default="sqnr",
-                   help="what a tensor's fallback must improve: sqnr, the output SQNR (any model), or kl, the mean "
-                        "KL divergence of the first output's softmax (classifiers; follows top-1 agreement more "
-                        "closely; default %(default)s)")
+                   help="what a tensor's fallback must improve: sqnr, the output SQNR (any model; several outputs: "
+                        "their mean relative error), or kl, the mean KL divergence of the class-score outputs' "
+                        "softmaxes (see --classifier; follows top-1 agreement more closely; default %(default)s)")
     p.add_argument("--mode", choices=list(MODES), default="leave-one-out",
                    help="leave-one-out: measure each tensor's fallback with everything else quantized; "
                         "one-at-a-time: quantize each tensor alone and estimate its fallback's gain from the "
