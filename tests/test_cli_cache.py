@@ -898,9 +898,8 @@ def test_calibrate_reports_exactly_what_lint_with_stats_finds(tmp_path):
     assert rc == 1 and "far: amax 5 below the tensor's smallest |x|" in out and "every value clipped" in out
 
 
-def test_thresholds_writes_a_sidecar_so_random_statistics_stay_flagged(tmp_path):
-    import json
-
+def relu_model(tmp_path):
+    """A one-Relu ONNX model, [2, 8] -> [2, 8], saved as tmp_path/m.onnx."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -909,6 +908,13 @@ def test_thresholds_writes_a_sidecar_so_random_statistics_stay_flagged(tmp_path)
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
     model = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    return model
+
+
+def test_thresholds_writes_a_sidecar_so_random_statistics_stay_flagged(tmp_path):
+    import json
+
+    model = relu_model(tmp_path)
     stats = tmp_path / "m.stats.npz"
     assert run_cli("calibrate", model, "--random", "-o", tmp_path / "r.cache", "--stats", stats, "-q")[0] == 0
     out = tmp_path / "p.cache"
@@ -921,14 +927,7 @@ def test_thresholds_writes_a_sidecar_so_random_statistics_stay_flagged(tmp_path)
 
 
 def test_a_tensorrt_cache_of_another_bit_width_is_refused(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-    model = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    model = relu_model(tmp_path)
     stats, cache = tmp_path / "s.npz", tmp_path / "c.cache"
     rc, _, err = run_cli("calibrate", model, "--random", "--bits", "4", "-o", cache, "-q")
     assert rc == 2 and "--bits 4" in err and "amax/127" in err and not cache.exists()

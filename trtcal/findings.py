@@ -51,11 +51,6 @@ def clipped_fraction(hist: Histogram, amax: float) -> float:
     return min(1.0, above / hist.count)
 
 
-@dataclass(frozen=True)
-class _Amax:
-    amax: float
-
-
 def smallest_abs(hist: Histogram) -> float | None:
     """The smallest |x| of a tensor that lies on one side of zero (``min > 0`` or ``max < 0``),
     else None (a tensor that reaches or crosses zero has values near 0 to keep)."""
@@ -76,25 +71,25 @@ def find(histograms: dict[str, Histogram], results: dict, *, clip_fraction: floa
         h = histograms.get(name)
         if h is None:
             continue
-        r = _Amax(float(r)) if isinstance(r, (int, float)) else r
+        amax = float(r) if isinstance(r, (int, float)) else r.amax
         bad = h.nan + h.posinf + h.neginf
         if bad:
             findings.append(Finding(name, "nan-inf", f"{bad} NaN/Inf values ({h.nan} NaN, {h.posinf} +Inf, "
                                     f"{h.neginf} -Inf) left out of the range", float(bad)))
-        if h.count == 0 or h.abs_max == 0 or not (r.amax > 0 and math.isfinite(r.amax)):
-            what = "no finite values" if h.count == 0 else "only zeros" if h.abs_max == 0 else f"amax {r.amax!r}"
+        if h.count == 0 or h.abs_max == 0 or not (amax > 0 and math.isfinite(amax)):
+            what = "no finite values" if h.count == 0 else "only zeros" if h.abs_max == 0 else f"amax {amax!r}"
             findings.append(Finding(name, "degenerate", f"{what}: the range carries no information"))
             continue
         if h.one_sided and h.max > 0:
             findings.append(Finding(name, "one-sided", "min >= 0 (ReLU-like): symmetric int8 leaves codes "
                                     "-128..-1 unused, 7 bits of resolution"))
         smallest = smallest_abs(h)
-        if smallest is not None and r.amax < smallest:
-            findings.append(Finding(name, "all-clipped", f"amax {r.amax:.6g} below the tensor's smallest |x| "
+        if smallest is not None and amax < smallest:
+            findings.append(Finding(name, "all-clipped", f"amax {amax:.6g} below the tensor's smallest |x| "
                                     f"{smallest:.6g}: every value clipped", 1.0))
             continue
-        frac = clipped_fraction(h, r.amax)
+        frac = clipped_fraction(h, amax)
         if frac > clip_fraction:
-            findings.append(Finding(name, "clipped", f"{100 * frac:.1f}% of values above amax {r.amax:.6g} "
+            findings.append(Finding(name, "clipped", f"{100 * frac:.1f}% of values above amax {amax:.6g} "
                                     f"(max |x| {h.abs_max:.6g}) are clipped", frac))
     return findings

@@ -60,8 +60,6 @@ def algorithm_options(args: argparse.Namespace) -> dict:
     if args.percentile is not None:
         if args.algorithm != "percentile":
             raise TrtcalError("--percentile applies to --algorithm percentile only")
-        if not 0 < args.percentile <= 100:
-            raise TrtcalError(f"--percentile {args.percentile:g}: must be in (0, 100]")
         options["q"] = args.percentile / 100
     if args.distribution is not None:
         if args.algorithm != "aciq":
