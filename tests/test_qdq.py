@@ -602,7 +602,7 @@ def test_bad_ranges_and_models():
     with pytest.raises(TrtcalError, match="no such model"):
         write_qdq(EXAMPLES / "missing.onnx", {"images": 1.0})
     res = write_qdq(MODEL, {"images": 2.0})
-    with pytest.raises(TrtcalError, match="already has QuantizeLinear"):
+    with pytest.raises(TrtcalError, match="already quantized \\(DequantizeLinear, QuantizeLinear present\\); give the FP32 model"):
         write_qdq(res.model, {"images": 2.0})
     res = write_qdq(MODEL, {"images": 2.0, "ONNXTRT_Broadcast_1": 1.0})
     assert res.unknown_ranges == ["ONNXTRT_Broadcast_1"] and "1 range name(s)" in res.warnings[0]
@@ -862,9 +862,9 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     onnx.save(make_model(nodes, [vi("x", [1, 3, 4, 4])], [vi("y", [1, 2, 4, 4])], [init("W", np.ones((2, 3, 1, 1)))],
                          opset=9, ir=4), str(old))
     cache = tmp_path / "ok.cache"
-    CalibrationCache.from_amaxes({"images": 2.0, "u": 1.0}).write(cache)
+    CalibrationCache.from_amaxes({"images": 2.0, "/pool1/MaxPool_output_0": 1.0, "u": 1.0}).write(cache)
     cases = [
-        (["qdq", MODEL, "--cache", foreign, "-o", tmp_path / "a.onnx"], "name no tensor of the model"),
+        (["qdq", MODEL, "--cache", foreign, "-o", tmp_path / "a.onnx"], "has ranges for 0 of the 4 activations"),
         (["qdq", old, "--cache", cache, "-o", tmp_path / "b.onnx"], "opset 9 has no per-channel Q/DQ"),
         (["qdq", tmp_path / "missing.onnx", "--cache", cache, "-o", exists], "missing.onnx: no such model file"),
         (["qdq", MODEL, "--cache", cache, "-o", exists], "already exists; pass --force"),

@@ -204,6 +204,9 @@ def fake_tensorrt(version: str = "10.9.0.34") -> types.ModuleType:
                     values = np.frombuffer(ctypes.string_at(ptr, count * 4), dtype=np.float32)
                     amax[name] = max(amax[name], float(np.abs(values).max()))
             trt.calls.append(("calibrated", batches))
+            for layer in network.layers:  # TensorRT writes every tensor's range; these are stand-ins
+                for t in layer.outputs:
+                    amax.setdefault(t.name, 1.0)
             cache = CalibrationCache.from_amaxes(amax, version=tuple(int(x) for x in version.split(".")[:3]),
                                                  algorithm="MinMaxCalibration")
             cal.write_calibration_cache(cache.to_text().encode())
@@ -413,12 +416,27 @@ def test_a_cache_of_another_model_is_refused_unless_told(tmp_path):
 
 def test_a_cache_picks_its_calibrator_class(tmp_path):
     cache = tmp_path / "mm.cache"
-    cache.write_text("TRT-100900-MinMaxCalibration\nimages: 3c010a14\n")
+    cache.write_text("TRT-100900-MinMaxCalibration\nimages: 3c010a14\n/pool1/MaxPool_output_0: 3c010a14\n")
     trt = fake_tensorrt()
     build(MODEL, tmp_path / "e.engine", int8=True, cache=cache, trt=trt)
     assert type(trt.builder.config.int8_calibrator).__name__ == "MinMaxCalibrator"
     with pytest.raises(TrtcalError, match="MinMaxCalibration cache; a IInt8EntropyCalibrator2 would ignore it"):
         build(MODEL, tmp_path / "f.engine", int8=True, cache=cache, algorithm="entropy2", trt=fake_tensorrt())
+
+
+def test_a_cache_covering_under_half_of_the_model_is_not_reused(tmp_path):
+    """No sidecar to tell (a hand-made or foreign cache): names for 1 of the 4 Conv/Gemm inputs."""
+    cache = tmp_path / "partial.cache"
+    cache.write_text("TRT-100900-MinMaxCalibration\nimages: 3c010a14\nunrelated: 3c010a14\n")
+    with pytest.raises(TrtcalError, match=r"partial.cache: not reused: it has ranges for 1 of the 4 Conv/Gemm/MatMul "
+                                          r"inputs of fashion_cnn.onnx \(none for '/pool1/MaxPool_output_0'.*"
+                                          r"--ignore-provenance"):
+        build(MODEL, tmp_path / "e.engine", int8=True, cache=cache, trt=fake_tensorrt())
+    assert not (tmp_path / "e.engine").exists()
+    result = build(MODEL, tmp_path / "e.engine", int8=True, cache=cache, trt=fake_tensorrt(), ignore_provenance=True)
+    assert any("used although it has ranges for 1 of the 4" in w for w in result.warnings)
+    rc, _, err = run_cli("build", MODEL, "--int8", "--cache", EXAMPLES / "tiny_cnn.cache", "-o", tmp_path / "t.engine")
+    assert rc == 2 and err.count("\n") == 1  # (no TensorRT here: whichever refusal comes first, one line)
 
 
 def test_fallback_tensors_are_kept_in_float(tmp_path):

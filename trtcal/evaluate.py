@@ -296,7 +296,7 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
 
     if not 0 < confidence <= 1:
         raise TrtcalError(f"confidence {confidence!r}: must be a probability in (0, 1]")
-    ref_model = load_model(reference, load_weights=True)
+    ref_model = load_model(reference, load_weights=True, fp32=True)
     test_model = load_model(test, load_weights=True)
     choice = choose_outputs(ref_model, str(reference), score=score, classifiers=classifiers)
     ref_outputs = [o.name for o in ref_model.graph.output]

@@ -15,6 +15,12 @@ from trtcal.errors import TrtcalError
 #: ONNX element types TensorRT calibrates: float32, float16, bfloat16, float64.
 FLOAT_TYPES = {1, 10, 16, 11}
 
+#: Operators that mean a model is already quantized: calibrating or quantizing it again is a mistake.
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                 "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
+                 "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool",
+                 "QLinearConcat", "QLinearSoftmax", "QGemm", "QAttention", "MatMulIntegerToFloat"}
+
 
 @dataclass
 class ModelTensors:
@@ -29,8 +35,10 @@ class ModelTensors:
         return set(self.activations) | set(self.non_float) | set(self.initializers) | set(self.untyped)
 
 
-def load_model(path: str | os.PathLike, *, load_weights: bool = False):
-    """Load an ONNX model (by default without external weight files), with one-line errors."""
+def load_model(path: str | os.PathLike, *, load_weights: bool = False, fp32: bool = False):
+    """Load an ONNX model (by default without external weight files), with one-line errors.
+    ``fp32``: the caller needs the unquantized model; an already quantized one is refused
+    (:func:`refuse_quantized`)."""
     import onnx
 
     p = Path(path)
@@ -44,7 +52,22 @@ def load_model(path: str | os.PathLike, *, load_weights: bool = False):
         raise TrtcalError(f"{p}: not an ONNX model ({type(exc).__name__}: {str(exc)[:100]})") from None
     if not model.graph.node and not model.graph.input:
         raise TrtcalError(f"{p}: not an ONNX model (no graph)")
+    if fp32:
+        refuse_quantized(model, str(p))
     return model
+
+
+def quantized_ops(model) -> list[str]:
+    """The quantized operator types in ``model`` (sorted; empty for a float model)."""
+    return sorted({node.op_type for node in model.graph.node} & QUANTIZED_OPS)
+
+
+def refuse_quantized(model, where: str) -> None:
+    """The one message every command gives for an already quantized model where it needs FP32."""
+    ops = quantized_ops(model)
+    if ops:
+        raise TrtcalError(f"{where}: the model is already quantized ({', '.join(ops)} present); "
+                          "give the FP32 model it was made from")
 
 
 def model_tensors(model) -> ModelTensors:

@@ -58,7 +58,7 @@ import numpy as np
 from trtcal import patterns
 from trtcal.cache import DEFAULT_TRT_VERSION, CacheEntry, CalibrationCache, float_to_bits, parse
 from trtcal.errors import TrtcalError
-from trtcal.model import node_attr
+from trtcal.model import node_attr, refuse_quantized
 from trtcal.ranges import Range, coerce, from_cache
 from trtcal.weight_scales import WEIGHT_METHODS, channel_amax, per_channel_int8
 
@@ -666,6 +666,30 @@ def _ranges_of(ranges, target: str) -> tuple[dict[str, Range], str | None]:
     raise TrtcalError(f"ranges must be a CalibrationCache or a dict of tensor -> amax, not {type(ranges).__name__}")
 
 
+def _exclude_ops(exclude_ops: Iterable[str]) -> list[str]:
+    out = [o.strip() for o in exclude_ops if o.strip()]
+    for op in out:
+        if op not in EXCLUDABLE_OPS:
+            raise TrtcalError(f"exclude op {op!r}: the Q/DQ writer quantizes {', '.join(EXCLUDABLE_OPS)} only")
+    return out
+
+
+def range_coverage(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
+                   exclude_ops: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """``(covered, missing)``: the activations :func:`write_qdq` would quantize with ``ranges``, and
+    those its placement rules want but ``ranges`` lack (a cache of another model, or a partial one,
+    covers few). Plans only; nothing is written."""
+    if target not in TARGETS:
+        raise TrtcalError(f"target {target!r}: choose from {', '.join(TARGETS)}")
+    ranges, _ = _ranges_of(ranges, target)
+    model, where = _load(model)
+    refuse_quantized(model, where)
+    g = _Graph(model, where)
+    plan = _plan(g, ranges, target == "onnxruntime",
+                 _excluded(g, list(exclude_nodes), _exclude_ops(exclude_ops)))
+    return list(plan.acts), [n for n, why in plan.float_tensors.items() if why == "no range"]
+
+
 def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
               exclude_ops: Iterable[str] = (), unsigned: bool | None = None,
               check_onnxruntime: bool = True, weight_method: str = "max",
@@ -695,18 +719,14 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     if unsigned and target == "tensorrt":
         raise TrtcalError("TensorRT's Q/DQ is symmetric int8 only (no uint8, zero point 0); unsigned needs "
                           "target onnxruntime")
-    exclude_ops = [o.strip() for o in exclude_ops if o.strip()]
-    for op in exclude_ops:
-        if op not in EXCLUDABLE_OPS:
-            raise TrtcalError(f"exclude op {op!r}: the Q/DQ writer quantizes {', '.join(EXCLUDABLE_OPS)} only")
+    exclude_ops = _exclude_ops(exclude_ops)
     ranges_in = ranges
     ranges, header = _ranges_of(ranges, target)
     if not ranges:
         raise TrtcalError("no ranges given: the cache or statistics hold no tensor")
 
     model, where = _load(model)
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        raise TrtcalError(f"{where}: already has QuantizeLinear/DequantizeLinear nodes; start from the FP32 model")
+    refuse_quantized(model, where)
     try:
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:

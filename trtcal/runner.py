@@ -15,13 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtcal.errors import TrtcalError
-from trtcal.model import load_model, model_tensors
+from trtcal.model import load_model, model_tensors, refuse_quantized
 
-#: Operators that mean the model is already quantized: calibrating it again is a mistake.
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
-                 "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
-                 "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool",
-                 "QLinearConcat", "QLinearSoftmax", "QGemm", "QAttention", "MatMulIntegerToFloat"}
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 
 _ORT_DTYPES = {
@@ -124,11 +119,7 @@ class Plan:
 
 def check_calibratable(model, source: str) -> list[str]:
     """Refuse quantized models; return notes about what cannot be calibrated (subgraphs)."""
-    ops = {node.op_type for node in model.graph.node}
-    quantized = sorted(ops & QUANTIZED_OPS)
-    if quantized:
-        raise TrtcalError(f"{source}: the model is already quantized ({', '.join(quantized)} present); "
-                          "calibrate the FP32 model it was made from")
+    refuse_quantized(model, source)
     notes = []
     for node in model.graph.node:
         if node.op_type in CONTROL_FLOW_OPS:

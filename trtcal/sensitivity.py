@@ -188,7 +188,7 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
         raise TrtcalError(f"mode {mode!r}: choose from {', '.join(MODES)}")
     if not batches:
         raise TrtcalError("no evaluation batches for the sensitivity analysis")
-    model = load_model(model_path, load_weights=True)
+    model = load_model(model_path, load_weights=True, fp32=True)
     choice = choose_outputs(model, str(model_path), score=score, classifiers=classifiers)
     if not isinstance(ranges, dict):
         ranges = from_cache(ranges)

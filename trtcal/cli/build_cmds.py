@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trtcal.cli.common import BATCH, COUNT, FRACTION, MEGABYTES_INT, add_json, print_json
+from trtcal.cli.common import (
+    BATCH,
+    COUNT,
+    FRACTION,
+    MEGABYTES_INT,
+    add_ignore_provenance,
+    add_json,
+    print_json,
+)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -89,8 +97,7 @@ def register(sub) -> None:
     p.add_argument("--cuda", choices=("auto", "pycuda", "cuda-python"), default="auto",
                    help="CUDA backend for the calibration buffers: pycuda, cuda-python (as TensorRT's samples "
                         "since 10.14), or auto: pycuda if installed, else cuda-python (default)")
-    p.add_argument("--ignore-provenance", action="store_true",
-                   help="reuse a cache even if its provenance record names another model or data")
+    add_ignore_provenance(p)
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("-v", "--verbose", action="store_true", help="show TensorRT's info messages")
     add_json(p)

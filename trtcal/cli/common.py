@@ -27,6 +27,13 @@ def add_output(parser: argparse.ArgumentParser, *, required: bool = True) -> Non
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
+def add_ignore_provenance(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ignore-provenance", action="store_true",
+                        help="use a cache (or statistics) even if its provenance record names another model or data, "
+                             "says it was calibrated on random data, or it has ranges for under half of the tensors "
+                             "to quantize (each is then a warning)")
+
+
 def add_output_choice(parser: argparse.ArgumentParser) -> None:
     """``--score`` and ``--classifier``: which model outputs ``eval`` and ``fallback`` score
     (:func:`trtcal.evaluate.choose_outputs`)."""

@@ -39,7 +39,7 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
     result = calibrate(args.model, args.data, algorithm=method, batch_size=args.batch_size,
                        max_batches=args.max_batches, preprocess=preprocess, progress=False if args.quiet else None,
                        **data_options(args), **options)
-    names = model_tensors(load_model(args.model)).all_names()
+    names = model_tensors(load_model(args.model, fp32=True)).all_names()
     rows = explain(cache, result.histograms, result.thresholds, names, rtol=args.rtol, skipped=result.skipped)
     differ = [r for r in rows if r.status != "agree"]
     if args.json:

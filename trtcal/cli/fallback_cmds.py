@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from trtcal.cli.common import (
     BATCH,
@@ -18,7 +19,8 @@ from trtcal.cli.common import (
 
 def cmd_fallback(args: argparse.Namespace) -> int:
     from trtcal import fileio
-    from trtcal.cli.qdq_cmds import _ranges, apply_overrides, weight_options
+    from trtcal.cli.qdq_cmds import _ranges, apply_overrides, vet_ranges, weight_options
+    from trtcal.model import load_model
     from trtcal.progress import Progress
     from trtcal.runner import first_samples
     from trtcal.sensitivity import analyse
@@ -26,9 +28,12 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     fileio.check_output(args.output, force=args.force, inputs=[args.model])
     if args.list:
         fileio.check_output(args.list, force=args.force, inputs=[args.model])
-    ranges, _ = _ranges(args)
+    load_model(args.model, fp32=True)  # the model's problems before the data's
+    ranges, source, record = _ranges(args)
     if args.overrides:
         ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
+    for warning in vet_ranges(args, ranges, source, record):
+        print(f"warning: {warning}", file=sys.stderr)
     from trtcal.data.images import Preprocess
 
     preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None

@@ -15,7 +15,7 @@ def cmd_onesided(args: argparse.Namespace) -> int:
     from trtcal.pipeline import compute_thresholds
     from trtcal.stats import load_stats
 
-    model = load_model(args.model)
+    model = load_model(args.model, fp32=True)
     histograms, _ = load_stats(args.stats)
     made = producers(model)
     unknown = [n for n in histograms if n not in made]

@@ -7,20 +7,29 @@ import sys
 from pathlib import Path
 
 from trtcal import fileio
-from trtcal.cli.common import PERCENT, add_json, add_output, fmt_float, print_json
+from trtcal.cli.common import (
+    PERCENT,
+    add_ignore_provenance,
+    add_json,
+    add_output,
+    fmt_float,
+    print_json,
+)
 from trtcal.errors import TrtcalError
 
 
 def _ranges(args: argparse.Namespace):
-    """The ranges to write: the cache itself, or Range objects from the statistics."""
+    """The ranges to write (the cache itself, or Range objects from the statistics), the file
+    they came from, and its provenance record (the cache's sidecar, the statistics' metadata)."""
     if args.cache:
         for flag, value in (("--algorithm", args.algorithm), ("--percentile", args.percentile),
                             ("--distribution", args.distribution), ("--zero-bin", args.zero_bin)):
             if value is not None:
                 raise TrtcalError(f"{flag} applies to --stats only (a cache already holds its ranges)")
         from trtcal.cache_io import read_any
+        from trtcal.provenance import read_sidecar
 
-        return read_any(args.cache), args.cache
+        return read_any(args.cache), args.cache, read_sidecar(args.cache)
     from trtcal.cli.calibrate_cmds import algorithm_options
     from trtcal.pipeline import compute_thresholds
     from trtcal.ranges import from_thresholds
@@ -28,9 +37,33 @@ def _ranges(args: argparse.Namespace):
 
     args.algorithm = args.algorithm or "entropy2"
     options = algorithm_options(args)
-    histograms, _meta = load_stats(args.stats)
+    histograms, meta = load_stats(args.stats)
     results = compute_thresholds(histograms, args.algorithm, **options)
-    return from_thresholds(results, histograms, source=f"stats:{args.algorithm}"), args.stats
+    return from_thresholds(results, histograms, source=f"stats:{args.algorithm}"), args.stats, meta
+
+
+def vet_ranges(args: argparse.Namespace, ranges, source, record) -> list[str]:
+    """Refuse ranges that do not belong to ``args.model``: a provenance record (cache sidecar or
+    statistics metadata) naming another model or random data, or ranges for under half of the
+    activations the placement rules quantize. With ``--ignore-provenance`` these are returned as
+    warnings instead; otherwise a :class:`TrtcalError` says which, and how to go on."""
+    from trtcal.qdq import range_coverage
+    from trtcal.trt.provenance import cache_mismatches, file_sha256
+
+    problems = cache_mismatches(record, model_sha256=file_sha256(args.model))
+    covered, missing = range_coverage(args.model, ranges, target=args.target,
+                                      exclude_nodes=getattr(args, "exclude_nodes", None) or (),
+                                      exclude_ops=_split(getattr(args, "exclude_ops", None)))
+    wanted = len(covered) + len(missing)
+    if wanted and 2 * len(covered) < wanted:
+        problems.append(f"it has ranges for {len(covered)} of the {wanted} activations this model quantizes "
+                        f"(none for {missing[0]!r}, ...): a cache of another model, or a partial one?")
+    if not problems:
+        return []
+    what = "cache" if args.cache else "statistics"
+    if getattr(args, "ignore_provenance", False):
+        return [f"{source}: used although {p} (--ignore-provenance)" for p in problems]
+    raise TrtcalError(f"{source}: {what} not used: {'; '.join(problems)} (pass --ignore-provenance to use it anyway)")
 
 
 def apply_overrides(model_path, ranges, overrides_path, target: str):
@@ -75,10 +108,11 @@ def cmd_qdq(args: argparse.Namespace) -> int:
         raise TrtcalError(f"{args.model}: " + ("is a directory, expected an ONNX model file"
                                                if Path(args.model).is_dir() else "no such model file"))
     fileio.check_output(args.output, force=args.force, inputs=[args.model, args.cache or args.stats])
-    ranges, source = _ranges(args)
+    ranges, source, record = _ranges(args)
     override_warnings: list[str] = []
     if args.overrides:
         ranges, override_warnings = apply_overrides(args.model, ranges, args.overrides, args.target)
+    override_warnings += vet_ranges(args, ranges, source, record)
     result = write_qdq(args.model, ranges, target=args.target, exclude_nodes=args.exclude_nodes or (),
                        exclude_ops=_split(args.exclude_ops), **weight_options(args))
     if args.cache and args.target == "onnxruntime" and CACHE_HAS_NO_SIGNS not in result.warnings:
@@ -138,6 +172,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
                    help="with --algorithm aciq: the assumed distribution (default gaussian)")
     add_zero_bin_arg(p)
+    add_ignore_provenance(p)
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
                    help="tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided "
                         "tensors (min >= 0 in --stats; a --cache holds no signs, so all int8)")

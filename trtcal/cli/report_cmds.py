@@ -27,7 +27,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise TrtcalError("--int8 and --data go together (the evaluation runs both models on the data)")
     if not args.no_plots:
         _pyplot()
-    made = producers(load_model(args.model))
+    made = producers(load_model(args.model, fp32=True))
     histograms, meta = load_stats(args.stats)
     cache = None
     if args.cache:

@@ -484,6 +484,11 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
                                     ignore_provenance=ignore_provenance, override_list=override_list, warn=warn)
             if cache is not None:
                 core.check_cache()  # a cache that cannot be used fails here, before the build
+                coverage = _cache_coverage(model, onnx_model, cache)
+                if coverage and ignore_provenance:
+                    warn(f"{cache}: used although {coverage} (--ignore-provenance)")
+                elif coverage:
+                    raise TrtcalError(f"{cache}: not reused: {coverage} (pass --ignore-provenance to use it anyway)")
             from trtcal.trt.calibrator import tensorrt_calibrator
 
             trt_calibrator = tensorrt_calibrator(core, trt)  # held here until the build returns
@@ -568,6 +573,23 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
     return BuildResult(out, record_path, record, mode, be.label, {n: profiles[n] for n in dynamic},
                        calibration_shapes, core.cache_read if core else None, core.cache_written if core else None,
                        timing_path, warnings, list(logger.warnings))
+
+
+def _cache_coverage(model: Path, onnx_model, cache) -> str | None:
+    """Why ``cache`` cannot be this model's (it has ranges for under half of the Conv, Gemm and
+    MatMul inputs the Q/DQ placement rules would quantize), or None."""
+    from trtcal.cache import read
+    from trtcal.qdq import range_coverage
+
+    parsed = read(cache)
+    if not parsed.names():
+        return None  # an empty cache: the header checks say what is wrong with it
+    covered, missing = range_coverage(onnx_model, parsed)
+    wanted = len(covered) + len(missing)
+    if wanted and 2 * len(covered) < wanted:
+        return (f"it has ranges for {len(covered)} of the {wanted} Conv/Gemm/MatMul inputs of {model.name} "
+                f"(none for {missing[0]!r}, ...): a cache of another model, or a partial one?")
+    return None
 
 
 def _make_calibrator(be, model, inputs, bs, calibration_shapes, *, data, cache, save_cache, preprocess, max_batches,
