@@ -59,3 +59,37 @@ def test_bad_numbers_fail_in_one_line(words, action, positionals, value, tmp_pat
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert action.option_strings[-1] in err and value in err
     assert list(tmp_path.iterdir()) == []
+
+
+#: Options whose meaning depends on the command (so their help says what it is there), each with
+#: why. Every other option that several commands take has one help text everywhere.
+MEANS_PER_COMMAND = {
+    "--algorithm": "a threshold method, a TensorRT calibrator (build) or a cache header's name (cache ...)",
+    "--all": "cache diff lists agreeing tensors, eval every tensor",
+    "--batch-size": "the defaults differ (calibrate: --memory-budget; build: the OPT shape; crosscheck: TensorRT's)",
+    "--bits": "a bit width, or bits' candidate widths",
+    "--cache": "the cache read, and what it is used for",
+    "--data": "calibration data or evaluation data",
+    "--int8": "report: an INT8 model; build: implicit INT8",
+    "--output": "each command writes a different kind of file",
+    "--overrides": "applied to a cache, to ranges, or with set_dynamic_range",
+    "--shapes": "build: an optimization profile NAME:MIN,OPT,MAX; elsewhere one batch's shape NAME=DxD (not unified yet)",
+    "--stats": "calibrate writes statistics, the others read them",
+    "--target": "bits' --qdq target stores other widths",
+    "--trt-version": "the release a cache is stamped for, or will be read by",
+    "--verbose": "cache lint's informational findings, build's TensorRT messages",
+    "--rtol": "amax tolerance of cache diff and of crosscheck (defaults differ)",
+}
+
+
+def test_shared_options_have_one_help_text():
+    texts: dict[str, dict[str, list[str]]] = {}
+    for words, p in subcommands(build_parser()):
+        for a in p._actions:
+            for opt in a.option_strings:
+                if opt.startswith("--") and opt != "--help":
+                    texts.setdefault(opt, {}).setdefault(a.help, []).append(" ".join(words))
+    differ = {opt: t for opt, t in texts.items() if len(t) > 1 and opt not in MEANS_PER_COMMAND}
+    assert differ == {}, differ
+    shared = [opt for opt, t in texts.items() if sum(map(len, t.values())) > 1]
+    assert {"--force", "--preprocess", "--max-batches", "--percentile", "--ignore-provenance", "--labels"} <= set(shared)

@@ -132,3 +132,36 @@ def test_cli_eq_can_start_from_another_method(tmp_path):
     before = {k: v[0] for k, v in doc["metadata"]["eq"]["cosine"].items()}
     before_e2 = {k: v[0] for k, v in json.loads(text2)["metadata"]["eq"]["cosine"].items()}
     assert before["/conv1/Conv"] > before_e2["/conv1/Conv"]  # entropy2 clips the demo's input hard
+
+
+def test_eq_counts_and_slices_samples_along_each_inputs_batch_axis(tmp_path):
+    """A state input batched on axis 1 ([2, N, 4], first axis fixed at 2) and a 0-d scale: EQ's one-
+    sample sizing run and its sample count follow --batch-axis (it took axis 0 of the first input:
+    the model refused a [1, N, 4] state, a 0-d scale raised IndexError)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtcal.stats import load_stats
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["state", "scale"], ["scaled"]), helper.make_node("MatMul", ["scaled", "w"], ["y"])],
+        "state_model",
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4]),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "N", 3])], [w])
+    model = tmp_path / "state.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    data = tmp_path / "data.npz"
+    np.savez(data, state=rng.normal(size=(2, 24, 4)).astype(np.float32), scale=np.float32(0.5))
+    rc, _, err = run_cli("calibrate", model, "--data", data, "--batch-axis", "state=1", "--batch-size", "8",
+                         "--algorithm", "eq", "--eq-samples", "20", "--eq-steps", "4", "-o", tmp_path / "c.cache",
+                         "--stats", tmp_path / "s.npz", "-q")
+    assert rc == 0, err
+    _, meta = load_stats(tmp_path / "s.npz")
+    assert meta["eq"]["samples"] == 20  # 8 + 8 + 4 along axis 1, not 2 per batch
+    side = json.loads((tmp_path / "c.cache.trtcal.json").read_text())
+    assert side["algorithm"] == "eq"

@@ -117,8 +117,10 @@ def _single_node_session(model, layer: _Layer, x_info, threads: int | None):
 
 def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
            lo: float = 0.5, hi: float = 2.0, weights: bool = True, progress=None,
-           threads: int | None = None, memory_mb: float = MEMORY_MB) -> EqResult:
+           threads: int | None = None, memory_mb: float = MEMORY_MB, inputs=None) -> EqResult:
     """EQ-refine ``amaxes`` (entropy2 results, or another method's) on ``batches`` (model input dicts, already checked).
+    ``inputs``: the model's :class:`~trtcal.runner.InputSpec` list saying each input's batch axis
+    (as :func:`trtcal.runner.first_batches` returns it); default: axis 0, none for 0-d arrays.
 
     Layer inputs over all ``batches`` are held for a run of consecutive layers at a time, as many
     as fit ``memory_mb`` (the FP32 model runs once per run): memory is bounded by the budget, or
@@ -140,11 +142,12 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
     for layer in layers:
         by_input.setdefault(layer.x, []).append(layer)
     xs: dict[str, np.ndarray] = {}
-    chunks = iter(_chunks(model, list(by_input), batches, memory_mb, threads, str(model_path)))
+    specs = list(inputs) if inputs is not None else _default_specs(batches[0])
+    chunks = iter(_chunks(model, list(by_input), batches, memory_mb, threads, str(model_path), specs))
     for x_name, group in by_input.items():
         if x_name not in xs:  # the next run of layer inputs that fits the memory budget
             xs.clear()
-            xs.update(_layer_inputs(model, next(chunks), batches, threads, str(model_path)))
+            xs.update(_layer_inputs(model, next(chunks), batches, threads, str(model_path), specs))
         x = xs[x_name]
         a0 = amaxes.get(x_name)
         if a0 is None or not a0 > 0:
@@ -195,11 +198,21 @@ def _exposing(model, names: list[str], threads: int | None, source: str):
     return cpu_session(add_outputs(exposed, names), source, threads=threads)
 
 
-def _chunks(model, names: list[str], batches: list[dict], memory_mb: float, threads, source: str):
+def _default_specs(batch: dict) -> list:
+    from trtcal.runner import InputSpec
+
+    return [InputSpec(name, np.asarray(a).dtype.type, tuple(np.shape(a))) for name, a in batch.items()]
+
+
+def _chunks(model, names: list[str], batches: list[dict], memory_mb: float, threads, source: str,
+            specs: list | None = None):
     """``names`` (layer inputs, graph order) in consecutive runs whose values over all batches fit
     ``memory_mb``, sized by one sample run through the model."""
-    samples = sum(next(iter(b.values())).shape[0] for b in batches)
-    one = {k: v[:1] for k, v in batches[0].items()}
+    from trtcal.data.sources import samples_in, take
+
+    specs = specs if specs is not None else _default_specs(batches[0])
+    samples = sum(samples_in(b, specs) for b in batches)
+    one = take(batches[0], specs, 0, 1)
     inner = [n for n in names if n not in one]
     session = _exposing(model, inner, threads, source) if inner else None
     per_sample = {k: v.nbytes for k, v in one.items()}
@@ -221,8 +234,10 @@ def _chunks(model, names: list[str], batches: list[dict], memory_mb: float, thre
         yield run
 
 
-def _layer_inputs(model, names: list[str], batches: list[dict], threads, source: str) -> dict[str, np.ndarray]:
-    """The values of ``names`` over all batches (graph inputs from the batches themselves)."""
+def _layer_inputs(model, names: list[str], batches: list[dict], threads, source: str,
+                  specs: list | None = None) -> dict[str, np.ndarray]:
+    """The values of ``names`` over all batches, joined along axis 0 (a graph input along its batch
+    axis; one without a batch axis, e.g. a 0-d scalar, is the same in every batch and kept once)."""
     inner = [n for n in names if n not in batches[0]]
     session = _exposing(model, inner, threads, source) if inner else None
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -235,7 +250,25 @@ def _layer_inputs(model, names: list[str], batches: list[dict], threads, source:
         for n in names:
             parts[n].append(values[n])
         del values
-    return {n: np.concatenate(p) for n, p in parts.items()}
+    axes = {spec.name: spec.batch_axis for spec in (specs if specs is not None else _default_specs(batches[0]))}
+    return {n: _join(p, axes.get(n, 0), n) for n, p in parts.items()}
+
+
+def _join(parts: list[np.ndarray], axis: int | None, name: str) -> np.ndarray:
+    """One tensor's values over the batches: a graph input along its batch axis (``axis``; None:
+    the same array in every batch, kept once); an inner tensor along the one axis whose size
+    differs between batches (a short last batch), else along ``axis`` (0): the values EQ scores
+    are the same whichever axis holds the samples."""
+    if len(parts) == 1 or axis is None or np.ndim(parts[0]) <= axis:
+        return parts[0]
+    shapes = {np.shape(p) for p in parts}
+    if len(shapes) > 1:
+        ranks = {len(sh) for sh in shapes}
+        differ = {i for sh in shapes for i in range(len(sh)) if sh[i] != next(iter(shapes))[i]} if len(ranks) == 1 else None
+        if not differ or len(differ) != 1:
+            raise TrtcalError(f"EQ: tensor {name!r} has shapes {sorted(shapes)} in different batches; cannot join them")
+        axis = differ.pop()
+    return np.concatenate(parts, axis=axis)
 
 
 def _max_scale(weight: np.ndarray, axis: int) -> np.ndarray:

@@ -251,6 +251,15 @@ def first_samples(model_path, data, *, samples: int = 64, batch_size: int | None
     """The first ``samples`` calibration samples of ``data`` as checked input batches.
     ``batch_axes``, ``shapes``: as for :func:`trtcal.data.sources.configure_inputs`;
     ``allow_nonfinite``: let NaN/Inf inputs through (refused otherwise)."""
+    return first_batches(model_path, data, samples=samples, batch_size=batch_size, preprocess=preprocess,
+                         batch_axes=batch_axes, shapes=shapes, allow_nonfinite=allow_nonfinite)[0]
+
+
+def first_batches(model_path, data, *, samples: int = 64, batch_size: int | None = None,
+                  preprocess=None, batch_axes: dict | None = None, shapes: dict | None = None,
+                  allow_nonfinite: bool = False) -> tuple[list[dict], list[InputSpec]]:
+    """:func:`first_samples`, and the model's inputs (:class:`InputSpec`, batch axes applied) that
+    say how to count and slice those batches (:func:`trtcal.data.sources.samples_in`)."""
     from trtcal.data import open_data
     from trtcal.data.sources import check_batch, configure_inputs, samples_in, take
 
@@ -267,4 +276,4 @@ def first_samples(model_path, data, *, samples: int = 64, batch_size: int | None
         seen += take_n
         if seen >= samples:
             break
-    return out
+    return out, specs

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections import Counter
 
-from trtcal.cli.common import DECIBELS, add_json, print_json
+from trtcal.cli.common import DECIBELS, add_force, add_json, print_json
 from trtcal.errors import TrtcalError
 
 
@@ -136,6 +136,6 @@ def register(sub) -> None:
                    help="for --qdq: tensorrt stores int8 only (wider choices stay float); onnxruntime stores "
                         "int4/int8/int16 activations (uint for one-sided tensors) and int4/int8 weights, chosen by "
                         "the same target, at opset 21 (default %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    add_force(p)
     add_json(p)
     p.set_defaults(func=cmd_bits)

@@ -9,9 +9,12 @@ from trtcal.cli.common import (
     BATCH,
     COUNT,
     FRACTION,
+    MAX_BATCHES_HELP,
     MEGABYTES_INT,
+    add_force,
     add_ignore_provenance,
     add_json,
+    add_preprocess,
     print_json,
 )
 
@@ -71,10 +74,10 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--cache", help="reuse this calibration cache (TensorRT's text format)")
     src.add_argument("--data", help="calibrate with TensorRT on this data (as for trtcal calibrate)")
-    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    add_preprocess(p)
     p.add_argument("--batch-size", type=BATCH, help="calibration batch size = the OPT shape's batch axis "
                                                   "(default: the model's fixed batch, else 32 when calibrating, else 1)")
-    p.add_argument("--max-batches", type=COUNT, help="calibrate on at most this many batches")
+    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--algorithm", choices=("entropy2", "minmax", "entropy", "legacy"),
                    help="TensorRT calibrator (default entropy2; with --cache: the one its header names)")
     p.add_argument("--quantile", type=FRACTION, default=0.9999, help="legacy calibrator: quantile (default %(default)g)")
@@ -98,7 +101,7 @@ def register(sub) -> None:
                    help="CUDA backend for the calibration buffers: pycuda, cuda-python (as TensorRT's samples "
                         "since 10.14), or auto: pycuda if installed, else cuda-python (default)")
     add_ignore_provenance(p)
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    add_force(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show TensorRT's info messages")
     add_json(p)
     p.set_defaults(func=cmd_build)

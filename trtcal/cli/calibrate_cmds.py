@@ -13,11 +13,16 @@ from trtcal.cli.common import (
     BATCH,
     BITS,
     COUNT,
+    DISTRIBUTION_HELP,
+    MAX_BATCHES_HELP,
     MEGABYTES,
     PERCENT,
+    PERCENTILE_HELP,
     STEPS,
     add_data_options,
+    add_force,
     add_json,
+    add_preprocess,
     data_options,
     fmt_float,
     json_float,
@@ -36,9 +41,9 @@ def add_algorithm_args(p: argparse.ArgumentParser, *, with_eq: bool = False) -> 
                         + ("; eq refines entropy2 layer by layer (EasyQuant)" if with_eq else ""))
     p.add_argument("--bits", type=BITS, default=None, help="quantization bit width, 2..16 (default 8)")
     p.add_argument("--percentile", type=PERCENT, default=None,
-                   help="for --algorithm percentile: the percentage of |x| kept, e.g. 99.99 (default)")
+                   help=PERCENTILE_HELP)
     p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
-                   help="for --algorithm aciq: the assumed distribution (default gaussian)")
+                   help=DISTRIBUTION_HELP)
     add_zero_bin_arg(p)
     p.add_argument("--trt-version", default=format_version(trtcache.DEFAULT_TRT_VERSION),
                    help="TensorRT release the cache is stamped for (default %(default)s)")
@@ -204,16 +209,17 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
     """Refine the --eq-init ranges in place with EQ on the first --eq-samples samples; return EQ's
     per-channel weight scales (weight name -> scales), which the cache cannot hold."""
     from trtcal import eq
+    from trtcal.data.sources import samples_in
     from trtcal.pipeline import ranges_to_cache
     from trtcal.progress import Progress
-    from trtcal.runner import first_samples
+    from trtcal.runner import first_batches
     from trtcal.thresholds import ThresholdResult
 
-    batches = first_samples(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
-                            preprocess=preprocess, **data_options(args))
+    batches, specs = first_batches(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
+                                   preprocess=preprocess, **data_options(args))
     amaxes = {n: r.amax for n, r in result.thresholds.items()}
     with Progress(eq.layer_count(args.model), "EQ search", enabled=False if args.quiet else None) as bar:
-        refined = eq.refine(args.model, batches, amaxes, steps=args.eq_steps, progress=bar)
+        refined = eq.refine(args.model, batches, amaxes, steps=args.eq_steps, progress=bar, inputs=specs)
     for name, amax in refined.amaxes.items():
         if name in result.thresholds and amax != result.thresholds[name].amax:
             old = result.thresholds[name]
@@ -221,7 +227,7 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
                                                       {f"{args.eq_init}_amax": old.amax}, old.warnings)
     result.cache = ranges_to_cache(result.thresholds, algorithm="entropy2", version=version)
     result.metadata["algorithm"] = "eq"
-    result.metadata["eq"] = {"samples": sum(next(iter(b.values())).shape[0] for b in batches),
+    result.metadata["eq"] = {"samples": sum(samples_in(b, specs) for b in batches),
                              "steps": args.eq_steps, "init": args.eq_init,
                              "cosine": {k: [round(a, 6), round(b, 6)] for k, (a, b) in refined.cosines.items()}}
     return refined.weight_scales
@@ -261,17 +267,14 @@ def register(sub) -> None:
     p.add_argument("--data", help="calibration data: .npy, .npz, a folder of them, a folder of images "
                                   "(with --preprocess), or script.py:function")
     p.add_argument("--random", action="store_true", help="use random inputs (smoke test; the result is fake)")
-    p.add_argument("--preprocess", help="for image folders: e.g. resize=256,crop=224,scale=1/255,"
-                                        "mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW,order=RGB; "
-                                        "resize=HxW stretches, letterbox=HxW (or S) fits and pads with pad=114 "
-                                        "(YOLO), crop=S or HxW")
+    add_preprocess(p)
     p.add_argument("--batch-size", type=BATCH, help="samples per batch (default: the model's fixed batch, else as many "
                    "as fit --memory-budget, at most 32; files larger than a batch are split)")
     p.add_argument("--memory-budget", type=MEGABYTES, default=256, metavar="MB",
                    help="bound on one batch's exposed tensors when choosing the batch size (default %(default)g MB; "
                         "an explicit --batch-size over it gets a warning with the measured size)")
     add_data_options(p)
-    p.add_argument("--max-batches", type=COUNT, help="stop after this many batches")
+    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--include-constants", action="store_true",
                    help="also calibrate the constant (weight) inputs of MatMul, which TensorRT's implicit INT8 "
                         "wants ranges for (transformers)")
@@ -288,7 +291,7 @@ def register(sub) -> None:
                         "docs/accuracy.md compares starting points)")
     p.add_argument("-o", "--output", help="cache to write (default calib_caches/<model stem>.cache)")
     p.add_argument("--stats", help="also save the statistics (.npz) for `trtcal thresholds`")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    add_force(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json(p)
     p.set_defaults(func=cmd_calibrate)
@@ -299,6 +302,6 @@ def register(sub) -> None:
     p.add_argument("--stats", required=True, help="statistics file (.npz) from trtcal calibrate --stats")
     add_algorithm_args(p)
     p.add_argument("-o", "--output", help="cache to write")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    add_force(p)
     add_json(p)
     p.set_defaults(func=cmd_thresholds)

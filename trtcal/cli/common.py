@@ -18,13 +18,33 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+#: Help texts of options that several commands share: one meaning, one text (tests/test_cli_options.py).
+FORCE_HELP = "replace existing outputs"
+PREPROCESS_HELP = ("for image folders: e.g. resize=256,crop=224,scale=1/255,mean=0.485/0.456/0.406,"
+                   "std=0.229/0.224/0.225,layout=NCHW,order=RGB; resize=HxW stretches, letterbox=HxW (or S) fits "
+                   "and pads with pad=114 (YOLO), crop=S or HxW")
+MAX_BATCHES_HELP = "stop after this many batches"
+LABELS_HELP = ("class labels, one per sample: FILE.npy, FILE.txt or FILE.npz[:KEY] (KEY defaults to labels; a labels "
+               "array in the --data .npz is ignored as input)")
+PERCENTILE_HELP = "for --algorithm percentile: the percentage of |x| kept (default 99.99)"
+DISTRIBUTION_HELP = "for --algorithm aciq: the assumed distribution (default gaussian)"
+
+
+def add_force(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+
+def add_preprocess(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preprocess", help=PREPROCESS_HELP)
+
+
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of text")
 
 
 def add_output(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("-o", "--output", required=required, metavar="OUT", help="output file (written atomically)")
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_force(parser)
 
 
 def add_ignore_provenance(parser: argparse.ArgumentParser) -> None:

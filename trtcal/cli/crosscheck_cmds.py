@@ -7,9 +7,11 @@ import argparse
 from trtcal.cli.common import (
     BATCH,
     COUNT,
+    MAX_BATCHES_HELP,
     RTOL,
     add_data_options,
     add_json,
+    add_preprocess,
     data_options,
     fmt_float,
     print_json,
@@ -74,10 +76,10 @@ def register(sub) -> None:
     p.add_argument("model", help="the FP32 ONNX model the cache was calibrated for")
     p.add_argument("--cache", required=True, help="the TensorRT calibration cache (or an ONNX Runtime table)")
     p.add_argument("--data", required=True, help="the calibration data TensorRT used (as for trtcal calibrate)")
-    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    add_preprocess(p)
     add_data_options(p)
     p.add_argument("--batch-size", type=BATCH, help="TensorRT's calibration batch size (it moves entropy ranges)")
-    p.add_argument("--max-batches", type=COUNT, help="stop after this many batches")
+    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--rtol", type=RTOL, default=1e-6, help="relative tolerance on amax (default %(default)g; "
                    "bit-identical scales always agree)")
     add_zero_bin_arg(p)

@@ -9,10 +9,14 @@ from trtcal.cli.common import (
     BATCH,
     COUNT,
     COUNT0,
+    LABELS_HELP,
+    MAX_BATCHES_HELP,
     PROBABILITY,
     add_data_options,
+    add_force,
     add_json,
     add_output_choice,
+    add_preprocess,
     data_options,
     print_json,
 )
@@ -97,13 +101,12 @@ def register(sub) -> None:
     p.add_argument("reference", help="the FP32 ONNX model")
     p.add_argument("test", help="the INT8 model to judge (Q/DQ ONNX), or any model with the same outputs")
     p.add_argument("--data", required=True, help="evaluation data (as for trtcal calibrate)")
-    p.add_argument("--labels", help="class labels, one per sample: FILE.npy, FILE.txt or FILE.npz[:KEY] "
-                                    "(KEY defaults to labels; a labels array in the --data .npz is ignored as input)")
+    p.add_argument("--labels", help=LABELS_HELP)
     add_output_choice(p)
-    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    add_preprocess(p)
     add_data_options(p)
     p.add_argument("--batch-size", type=BATCH, help="samples per batch (default: the model's fixed batch, else 32)")
-    p.add_argument("--max-batches", type=COUNT, help="stop after this many batches")
+    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--int8-kernels", action="store_true",
                    help="let ONNX Runtime fuse Q/DQ into its integer kernels (what an ONNX Runtime deployment "
                         "runs; results depend on the CPU). Default: run Q/DQ as written, TensorRT's arithmetic")
@@ -114,7 +117,7 @@ def register(sub) -> None:
     p.add_argument("--top", type=COUNT0, default=15, help="per-tensor rows to print (default %(default)s)")
     p.add_argument("--all", action="store_true", help="print every tensor")
     p.add_argument("--plot", help="write a PNG of per-tensor SQNR (needs the plot extra)")
-    p.add_argument("--force", action="store_true", help="replace an existing --plot file")
+    add_force(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json(p)
     p.set_defaults(func=cmd_eval)

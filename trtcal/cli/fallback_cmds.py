@@ -10,8 +10,10 @@ from trtcal.cli.common import (
     COUNT,
     COUNT0,
     add_data_options,
+    add_force,
     add_json,
     add_output_choice,
+    add_preprocess,
     data_options,
     print_json,
 )
@@ -98,7 +100,7 @@ def register(sub) -> None:
     p.add_argument("model", help="FP32 ONNX model")
     add_ranges_args(p)
     p.add_argument("--data", required=True, help="evaluation data (as for trtcal eval)")
-    p.add_argument("--preprocess", help="for image folders, as for trtcal calibrate")
+    add_preprocess(p)
     add_data_options(p)
     add_output_choice(p)
     p.add_argument("--samples", type=COUNT, default=256, help="samples to measure on (default %(default)s)")
@@ -116,7 +118,7 @@ def register(sub) -> None:
                         "share of the error it causes (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="the Q/DQ model with the fallback applied")
     p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    add_force(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_json(p)
     p.set_defaults(func=cmd_fallback, bits=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from trtcal.cli.common import add_force
 from trtcal.errors import TrtcalError
 
 
@@ -44,5 +45,5 @@ def register(sub) -> None:
     p.add_argument("--methods", help="comma-separated methods (default: all)")
     p.add_argument("--chosen", help="the method to highlight (default: the first)")
     p.add_argument("-o", "--output", required=True, help="PNG to write")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    add_force(p)
     p.set_defaults(func=cmd_plot)

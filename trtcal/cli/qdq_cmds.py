@@ -8,7 +8,9 @@ from pathlib import Path
 
 from trtcal import fileio
 from trtcal.cli.common import (
+    DISTRIBUTION_HELP,
     PERCENT,
+    PERCENTILE_HELP,
     add_ignore_provenance,
     add_json,
     add_output,
@@ -168,9 +170,9 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algorithm", choices=list(thr.METHODS), default=None,
                    help="with --stats: threshold algorithm (default entropy2)")
     p.add_argument("--percentile", type=PERCENT, default=None,
-                   help="with --algorithm percentile: the percentage of |x| kept (default 99.99)")
+                   help=PERCENTILE_HELP)
     p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
-                   help="with --algorithm aciq: the assumed distribution (default gaussian)")
+                   help=DISTRIBUTION_HELP)
     add_zero_bin_arg(p)
     add_ignore_provenance(p)
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",

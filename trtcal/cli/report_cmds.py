@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trtcal.cli.common import COUNT
+from trtcal.cli.common import (
+    BATCH,
+    COUNT,
+    LABELS_HELP,
+    MAX_BATCHES_HELP,
+    add_data_options,
+    add_force,
+    add_preprocess,
+    data_options,
+)
 from trtcal.errors import TrtcalError
 
 
@@ -42,10 +51,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         report = build_report(histograms, title=f"trtcal calibration report: {Path(args.model).name}",
                               producers=made, cache=cache, meta=info, plots=not args.no_plots, progress=bar)
     if args.int8:
+        from trtcal.data.images import Preprocess
         from trtcal.evaluate import evaluate
 
+        preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
         report.evaluation = evaluate(args.fp32 or args.model, args.int8, args.data, labels=args.labels,
-                                     max_batches=args.max_batches, progress=False if args.quiet else None)
+                                     max_batches=args.max_batches, progress=False if args.quiet else None,
+                                     preprocess=preprocess, batch_size=args.batch_size, **data_options(args))
         if not args.no_plots and report.evaluation.tensors:
             report.sqnr_plot = sqnr_png(report.evaluation)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,10 +79,13 @@ def register(sub) -> None:
     p.add_argument("--int8", help="an INT8 (Q/DQ) model to compare with the FP32 one")
     p.add_argument("--fp32", help="the FP32 model for the comparison (default: MODEL)")
     p.add_argument("--data", help="evaluation data for --int8")
-    p.add_argument("--labels", help="labels for --data (as for trtcal eval)")
-    p.add_argument("--max-batches", type=COUNT, help="evaluate on at most this many batches")
+    p.add_argument("--labels", help=LABELS_HELP)
+    add_preprocess(p)
+    p.add_argument("--batch-size", type=BATCH, help="samples per batch (default: the model's fixed batch, else 32)")
+    add_data_options(p)
+    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     p.add_argument("-o", "--output", default="report", help="output folder (default %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT/index.html")
+    add_force(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
