@@ -454,6 +454,29 @@ def test_bad_data_and_unknown_names_are_reported_not_raised_into_tensorrt():
     assert "'mask'" in str(cal.failure)
 
 
+def test_nan_or_inf_in_a_batch_ends_calibration_unless_allowed():
+    data = make_data(32)
+    data["x"][20, 1, 2] = np.nan
+    data["x"][21, 0, 0] = np.inf
+    with Calibrator(batches_of(data, 16), INPUTS, batch_size=16, device=HostMemory()) as cal:
+        seen = drive(cal, ["x", "ids"])
+    assert len(seen["batches"]) == 1  # the first batch is clean, the second is refused
+    assert "batch 1: input 'x' holds 2 NaN/Inf values (the first at index (4, 1, 2)" in str(cal.failure)
+    with Calibrator(batches_of(data, 16), INPUTS, batch_size=16, device=HostMemory(), allow_nonfinite=True) as cal:
+        seen = drive(cal, ["x", "ids"])
+    assert cal.failure is None and len(seen["batches"]) == 2
+    x = np.frombuffer(seen["batches"][1]["x"][1], np.float32).reshape(16, 3, 4)
+    assert np.isnan(x[4, 1, 2]) and np.isinf(x[5, 0, 0])
+
+
+def test_a_scalar_input_names_the_cpu_route():
+    specs = [InputSpec("x", np.float32, ("N", 3)), InputSpec("rate", np.float32, ())]
+    batches = [{"x": np.zeros((4, 3), np.float32), "rate": np.float32(16000)}]
+    with Calibrator(batches, specs, batch_size=4, device=HostMemory()) as cal:
+        assert cal.get_batch(["x", "rate"]) is None
+    assert "input 'rate' is a scalar (0-d)" in str(cal.failure) and "trtcal calibrate" in str(cal.failure)
+
+
 def test_get_batch_after_close_is_an_error_not_a_dangling_pointer():
     cal = Calibrator(batches_of(make_data(32), 16), INPUTS, batch_size=16, device=HostMemory())
     assert cal.get_batch(["x"]) is not None

@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 
 from trtcal.cli.common import DECIBELS, add_force, add_json, print_json
+from trtcal.cli.table import print_table
 from trtcal.errors import TrtcalError
 
 
@@ -49,11 +50,9 @@ def cmd_bits(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
         return 0
-    head = "".join(f"{f'{w}-bit dB':>10}" for w in widths)
-    print(f"{'bits':>5} {head}  tensor")
-    for c in choices:
-        cells = "".join(f"{c.sqnr_db[w]:>10.2f}" if w in c.sqnr_db else f"{'':>10}" for w in widths)
-        print(f"{c.bits!s:>5} {cells}  {c.tensor}")
+    print_table(("bits", *(f"{w}-bit dB" for w in widths), "tensor"),
+                [(str(c.bits), *(f"{c.sqnr_db[w]:.2f}" if w in c.sqnr_db else "" for w in widths), c.tensor)
+                 for c in choices], ">" * (len(widths) + 1) + "<")
     counts = Counter(c.bits for c in choices)
     parts = [f"{counts[w]} x {w}-bit" for w in widths if counts[w]] + ([f"{counts[FLOAT]} float"] if counts[FLOAT] else [])
     print(f"target {args.target_sqnr:g} dB ({args.method}): " + ", ".join(parts))

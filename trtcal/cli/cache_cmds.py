@@ -11,6 +11,7 @@ from trtcal import cache as trtcache
 from trtcal import cache_checks, cache_edit, cache_io, fileio
 from trtcal.cache import CalibrationCache, format_version
 from trtcal.cli.common import RTOL, add_json, add_output, fmt_float, json_float, print_json
+from trtcal.cli.table import print_table, table
 from trtcal.errors import TrtcalError
 from trtcal.provenance import read_sidecar, sidecar_path
 
@@ -55,10 +56,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{args.file}: {header_summary(cache)}, {len(cache)} tensors")
     if not args.summary and len(cache):
         flag = {f.tensor: f.code for f in findings if f.tensor is not None}
-        print(f"{'amax':>13}  {'scale':>13}  {'hex':>8}  tensor")
-        for e in cache.entries:
-            note = f"   <- {flag[e.name]}" if e.name in flag else ""
-            print(f"{fmt_float(e.amax):>13}  {fmt_float(e.scale):>13}  {e.hex:>8}  {e.name}{note}")
+        print_table(("amax", "scale", "hex", "tensor"),
+                    [(fmt_float(e.amax), fmt_float(e.scale), e.hex,
+                      e.name + (f"   <- {flag[e.name]}" if e.name in flag else "")) for e in cache.entries], ">>><")
     counts = Counter(f.code for f in findings)
     if counts:
         print("suspicious: " + ", ".join(f"{code} {n}" for code, n in sorted(counts.items())))
@@ -136,10 +136,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"headers differ: {d['header_a']!r} vs {d['header_b']!r}")
     shown = [r for r in d["rows"] if args.all or not r["agree"]]
     if shown:
-        print(f"{'amax A':>13}  {'amax B':>13}  {'B/A':>9}  tensor")
-        for r in shown:
-            mark = "" if r["agree"] else "   <- differs"
-            print(f"{fmt_float(r['amax_a']):>13}  {fmt_float(r['amax_b']):>13}  {fmt_float(r['ratio']):>9}  {r['tensor']}{mark}")
+        print_table(("amax A", "amax B", "B/A", "tensor"),
+                    [(fmt_float(r["amax_a"]), fmt_float(r["amax_b"]), fmt_float(r["ratio"]),
+                      r["tensor"] + ("" if r["agree"] else "   <- differs")) for r in shown], ">>><")
     for side, key in (("A", "only_a"), ("B", "only_b")):
         for name in d[key]:
             print(f"only in {side}: {name}")
@@ -230,9 +229,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
             {"tensor": c.tensor, "op": c.op, "old_amax": json_float(c.old_amax), "new_amax": json_float(c.new_amax)}
             for c in changes], "overrides": [a.to_dict() for a in applied.values()], "warnings": warnings})
         return 0
-    for c in changes:
-        why = f"  ({applied[c.tensor].override.reason})" if c.op == "override" else ""
-        print(f"{c.op:>8}  {fmt_float(c.old_amax):>13} -> {fmt_float(c.new_amax):<13}  {c.tensor}{why}")
+    lines = table(("change", "amax", "", "new amax", "tensor"),
+                  [(c.op, fmt_float(c.old_amax), "->", fmt_float(c.new_amax),
+                    c.tensor + (f"  ({applied[c.tensor].override.reason})" if c.op == "override" else ""))
+                   for c in changes], ">><<<")
+    for line in lines[1:]:  # no header: each line reads as a sentence
+        print(line)
     print(f"wrote {args.output}: {len(changes)} changes, {len(edited)} tensors")
     return 0
 

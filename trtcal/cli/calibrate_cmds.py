@@ -28,6 +28,7 @@ from trtcal.cli.common import (
     json_float,
     print_json,
 )
+from trtcal.cli.table import print_table
 from trtcal.errors import TrtcalError
 from trtcal.findings import CLIP_FRACTION
 from trtcal.provenance import sidecar_path, write_sidecar
@@ -104,7 +105,7 @@ def _print_result(cache, results, histograms, out_path, stats_path, skipped, war
         })
         return
     print_inputs(meta.get("inputs") or {})
-    print_table(results, histograms, findings)
+    print_ranges(results, histograms, findings)
     if skipped:
         print(f"skipped {len(skipped)} tensors: " + ", ".join(f"{n} ({why})" for n, why in list(skipped.items())[:8])
               + (" ..." if len(skipped) > 8 else ""))
@@ -125,18 +126,19 @@ def print_inputs(inputs: dict) -> None:
         print(f"input {name!r} {model}: dynamic axes {info['dynamic_axes']}, calibrated with {used}")
 
 
-def print_table(results, histograms, findings) -> None:
+def print_ranges(results, histograms, findings) -> None:
     """One line per tensor: amax, signed min/max, max/amax, clipped share, one-sided flag."""
     clipped = {f.tensor: f.value for f in findings if f.code in ("clipped", "all-clipped")}
     onesided = {f.tensor for f in findings if f.code == "one-sided"}
-    print(f"{'amax':>11}  {'min':>11}  {'max':>11}  {'max/amax':>8}  {'clipped':>7}  tensor")
+    rows = []
     for name, r in results.items():
         h = histograms[name]
         used = abs(h.abs_max / r.amax) if r.amax else 0.0
         clip = f"{100 * clipped[name]:.1f}%" if name in clipped else ""
         flag = "  [one-sided]" if name in onesided else ""
-        print(f"{fmt_float(r.amax):>11}  {fmt_float(h.min if h.count else None):>11}  "
-              f"{fmt_float(h.max if h.count else None):>11}  {used:>8.2f}  {clip:>7}  {name}{flag}")
+        rows.append((fmt_float(r.amax), fmt_float(h.min if h.count else None), fmt_float(h.max if h.count else None),
+                     f"{used:.2f}", clip, name + flag))
+    print_table(("amax", "min", "max", "max/amax", "clipped", "tensor"), rows, ">>>>><")
 
 
 def print_findings(results, findings, limit: int = 6) -> None:

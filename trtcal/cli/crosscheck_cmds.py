@@ -16,6 +16,7 @@ from trtcal.cli.common import (
     fmt_float,
     print_json,
 )
+from trtcal.cli.table import table
 from trtcal.errors import TrtcalError
 
 
@@ -51,11 +52,13 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
                     "tensors": rows})
     else:
         print(f"{args.cache} ({cache.header_line}) vs trtcal {method} on {result.metadata['data']}")
-        print(f"{'TensorRT':>11}  {'trtcal':>11}  {'ratio':>7}  {'status':<11}  tensor")
-        for r in rows:
-            ratio = f"{r.ratio:.4f}" if r.ratio is not None else "-"
-            print(f"{fmt_float(r.trt_amax):>11}  {fmt_float(r.trtcal_amax):>11}  {ratio:>7}  {r.status:<11}  {r.tensor}"
-                  + (f"\n{'':>46}{r.reason}" if r.reason else ""))
+        lines = table(("TensorRT", "trtcal", "ratio", "status", "tensor"),
+                      [(fmt_float(r.trt_amax), fmt_float(r.trtcal_amax),
+                        f"{r.ratio:.4f}" if r.ratio is not None else "-", r.status, r.tensor) for r in rows], ">>><<")
+        indent = " " * (len(lines[0]) - len("tensor"))  # reasons start under the tensor column
+        print(lines[0])
+        for r, line in zip(rows, lines[1:]):
+            print(line + (f"\n{indent}{r.reason}" if r.reason else ""))
         print(f"{len(rows) - len(differ)} of {len(rows)} tensors agree within rtol {args.rtol:g}"
               + (f"; {len(differ)} differ" if differ else ""))
         other_rule = [r for r in differ if "matches entropy2 with zero_bin=" in r.reason]

@@ -20,6 +20,7 @@ from trtcal.cli.common import (
     data_options,
     print_json,
 )
+from trtcal.cli.table import print_table
 
 
 def _pct(x: float) -> str:
@@ -59,15 +60,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     meta = result.metadata
     print(f"{meta['test']} vs {meta['reference']} on {meta['samples']} samples from {meta['data']}")
-    print(f"{'output':<24} {'SQNR dB':>8} {'cosine':>8} {'min cos':>8} {'top-1 agree':>11} {'KL nats':>8} "
-          f"{'top-1 ref':>9} {'top-1 test':>10}")
-    for c in result.outputs:
-        d = c.to_dict()
-        print(f"{c.name:<24} {_db(c.sqnr_db):>8} {c.cosine_mean:>8.4f} {d['cosine_min']:>8.4f} "
-              f"{_pct(d.get('top1_agreement')):>11} {_kl(d.get('kl_mean')):>8} {_pct(d.get('top1_reference')):>9} "
-              f"{_pct(d.get('top1_test')):>10}")
-    for c in result.outputs:
-        d = c.to_dict()
+    scored = [(c, c.to_dict()) for c in result.outputs]
+    print_table(("output", "SQNR dB", "cosine", "min cos", "top-1 agree", "KL nats", "top-1 ref", "top-1 test"),
+                [(c.name, _db(c.sqnr_db), f"{c.cosine_mean:.4f}", f"{d['cosine_min']:.4f}",
+                  _pct(d.get("top1_agreement")), _kl(d.get("kl_mean")), _pct(d.get("top1_reference")),
+                  _pct(d.get("top1_test"))) for c, d in scored], "<>>>>>>>")
+    for c, d in scored:
         if d.get("sure_samples") is not None:
             what = "samples" if len(c.shape) == 2 else "positions"
             if what == "positions":
@@ -81,10 +79,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shown = result.tensors if args.all else result.tensors[:args.top]
         print(f"\nper-tensor SQNR (dB), worst first ({len(shown)} of {len(result.tensors)}; "
               "'as quantized' = what its consumers see after Q/DQ):")
-        print(f"{'SQNR':>8} {'as quantized':>12}  tensor")
-        for c in shown:
-            q = result.quantized.get(c.name)
-            print(f"{_db(c.sqnr_db):>8} {_db(q.sqnr_db) if q else '':>12}  {c.name}")
+        print_table(("SQNR", "as quantized", "tensor"),
+                    [(_db(c.sqnr_db), _db(result.quantized[c.name].sqnr_db) if c.name in result.quantized else "",
+                      c.name) for c in shown], ">><")
     if args.plot:
         print(f"wrote {args.plot}")
     return 0

@@ -17,6 +17,7 @@ from trtcal.cli.common import (
     data_options,
     print_json,
 )
+from trtcal.cli.table import print_table
 
 
 def cmd_fallback(args: argparse.Namespace) -> int:
@@ -61,11 +62,10 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     if sens.mode == "one-at-a-time":
         measure += ", estimated from its error alone"
     over = f"{len(sens.outputs)} outputs' mean relative error" if len(sens.outputs) > 1 else next(iter(sens.outputs))
-    print(f"{'gain dB':>8}  tensor left in float ({measure}; output SQNR ({over}) {sens.baseline_db:.2f} dB with "
-          f"everything quantized, {sens.samples} samples)")
-    for name, gain in list(sens.gains.items())[:max(args.max_float, 10)]:
-        mark = "  <- float" if name in sens.chosen else ""
-        print(f"{gain:>8.2f}  {name}{mark}")
+    print_table(("gain dB", f"tensor left in float ({measure}; output SQNR ({over}) {sens.baseline_db:.2f} dB with "
+                            f"everything quantized, {sens.samples} samples)"),
+                [(f"{gain:.2f}", name + ("  <- float" if name in sens.chosen else ""))
+                 for name, gain in list(sens.gains.items())[:max(args.max_float, 10)]], "><")
     agree = ""
     if sens.agreement:
         agree = f"; top-1 agreement {100 * sens.agreement[0]:.2f}% -> {100 * sens.agreement[1]:.2f}%"

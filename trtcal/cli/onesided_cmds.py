@@ -6,6 +6,7 @@ import argparse
 
 from trtcal.cli.calibrate_cmds import add_algorithm_args, algorithm_options
 from trtcal.cli.common import add_json, print_json
+from trtcal.cli.table import print_table
 from trtcal.errors import TrtcalError
 
 
@@ -39,10 +40,9 @@ def cmd_onesided(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(rows)} of {len(histograms)} tensors are one-sided (min >= 0), {source}:")
     if rows:
-        print(f"{'producer':<10} {'amax':>10} {'codes':>7} {'int8 dB':>8} {'uint8 dB':>8} {'gain':>6}  tensor")
-        for r in rows:
-            print(f"{r.producer:<10} {r.amax:>10.5g} {r.codes_symmetric:>3}/256 {r.sqnr_symmetric_db:>8.2f} "
-                  f"{r.sqnr_unsigned_db:>8.2f} {r.gain_db:>6.2f}  {r.tensor}")
+        print_table(("producer", "amax", "codes", "int8 dB", "uint8 dB", "gain", "tensor"),
+                    [(r.producer, f"{r.amax:.5g}", f"{r.codes_symmetric}/256", f"{r.sqnr_symmetric_db:.2f}",
+                      f"{r.sqnr_unsigned_db:.2f}", f"{r.gain_db:.2f}", r.tensor) for r in rows], "<>>>>><")
         print("codes: the int8 codes its values can reach under TensorRT's symmetric int8 (128 of 256 at most); "
               "int8/uint8 dB: SQNR of its values at the same amax, symmetric vs unsigned with zero point 0 "
               "(ONNX Runtime accepts uint8 Q/DQ; TensorRT does not)")

@@ -17,6 +17,7 @@ from trtcal.cli.common import (
     fmt_float,
     print_json,
 )
+from trtcal.cli.table import print_table
 from trtcal.errors import TrtcalError
 
 
@@ -137,13 +138,12 @@ def _print(result, output: str) -> None:
     n = len(result.quantized_nodes)
     print(f"{result.target}: {n} node{'s' if n != 1 else ''} quantized ({zp}): "
           f"{len(acts)} activation{'s' if len(acts) != 1 else ''}, {len(weights)} weight tensor{'s' if len(weights) != 1 else ''}")
-    print(f"{'amax':>11}  {'scale':>11}  {'type':>5}  tensor -> consumers")
-    for q in acts:
-        print(f"{fmt_float(q.amax):>11}  {fmt_float(q.scale):>11}  {q.dtype:>5}  {q.name} -> {', '.join(q.consumers)}")
+    rows = [(fmt_float(q.amax), fmt_float(q.scale), q.dtype, f"{q.name} -> {', '.join(q.consumers)}") for q in acts]
     for q in weights:
         where = f"per channel, axis {q.axis}, {q.channels} channels" if q.axis is not None else "per tensor"
         zero = f", {q.zero_channels} all-zero" if q.zero_channels else ""
-        print(f"{'':>11}  {'':>11}  {q.dtype:>5}  {q.name} (weights, {where}{zero}) -> {', '.join(q.consumers)}")
+        rows.append(("", "", q.dtype, f"{q.name} (weights, {where}{zero}) -> {', '.join(q.consumers)}"))
+    print_table(("amax", "scale", "type", "tensor -> consumers"), rows, ">>><")
     if result.float_tensors:
         print(f"left in float: {len(result.float_tensors)} tensor(s)")
         for name, why in result.float_tensors.items():

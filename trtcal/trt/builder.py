@@ -303,12 +303,13 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
           save_cache: str | os.PathLike | None = None, overrides: str | os.PathLike | None = None,
           fallback: str | os.PathLike | None = None, timing_cache: str | os.PathLike | None = None,
           workspace_mb: int | None = None, shapes: dict | None = None, backend: str = "auto",
-          ignore_provenance: bool = False, force: bool = False, verbose: bool = False,
+          ignore_provenance: bool = False, allow_nonfinite: bool = False, force: bool = False, verbose: bool = False,
           trt=None, device=None, log: Callable[[str], None] | None = None) -> BuildResult:
     """Build ``model`` into an engine (default ``engines/<model stem>.engine``); see the module
     docstring. ``trt`` (a TensorRT module) and ``device`` (a
     :class:`~trtcal.trt.device.DeviceMemory`) replace the real ones in tests. ``log`` receives
-    progress lines (the shapes used, what is calibrated) before the long build starts."""
+    progress lines (the shapes used, what is calibrated) before the long build starts.
+    ``allow_nonfinite``: feed NaN/Inf calibration inputs to TensorRT (refused otherwise)."""
     from trtcal.model import load_model
     from trtcal.provenance import sidecar_path, write_sidecar
     from trtcal.trt.provenance import data_sha256, file_sha256
@@ -481,7 +482,8 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
                                     save_cache=save_cache, preprocess=preprocess, max_batches=max_batches,
                                     algorithm=algorithm, quantile=quantile, regression_cutoff=regression_cutoff,
                                     model_sha=model_sha, data_sha=data_sha, gpu=gpu, device=device,
-                                    ignore_provenance=ignore_provenance, override_list=override_list, warn=warn)
+                                    ignore_provenance=ignore_provenance, allow_nonfinite=allow_nonfinite,
+                                    override_list=override_list, warn=warn)
             if cache is not None:
                 core.check_cache()  # a cache that cannot be used fails here, before the build
                 coverage = _cache_coverage(model, onnx_model, cache)
@@ -594,7 +596,7 @@ def _cache_coverage(model: Path, onnx_model, cache) -> str | None:
 
 def _make_calibrator(be, model, inputs, bs, calibration_shapes, *, data, cache, save_cache, preprocess, max_batches,
                      algorithm, quantile, regression_cutoff, model_sha, data_sha, gpu, device, ignore_provenance,
-                     override_list, warn) -> Calibrator:
+                     allow_nonfinite, override_list, warn) -> Calibrator:
     expected = {"model_sha256": model_sha, "data_sha256": data_sha, "gpu": gpu}
     metadata = {"model": str(model), "model_sha256": model_sha, "data_sha256": data_sha, "gpu": gpu}
     if data is not None:
@@ -605,7 +607,7 @@ def _make_calibrator(be, model, inputs, bs, calibration_shapes, *, data, cache, 
                           cache=save_cache, reuse_cache=False, trt_version=be.cache_version,
                           shapes=calibration_shapes, max_batches=max_batches, quantile=quantile,
                           regression_cutoff=regression_cutoff, metadata=metadata, expected=expected,
-                          ignore_provenance=ignore_provenance, warn=warn)
+                          ignore_provenance=ignore_provenance, allow_nonfinite=allow_nonfinite, warn=warn)
     # Reusing a cache: the calibrator must be the kind the header names, or TensorRT ignores it.
     from trtcal.cache import read
 

@@ -98,7 +98,8 @@ class Calibrator:
     one to. ``device``: a :class:`~trtcal.trt.device.DeviceMemory` or a ``--cuda`` name (``auto``,
     the default, ``pycuda``, ``cuda-python``), opened on first use. ``expected``: what the cache's provenance record must match (``model_sha256``,
     ``data_sha256``, ``gpu``). ``cache_transform``: applied to a cache read from disk before
-    TensorRT sees it (hand-set ranges).
+    TensorRT sees it (hand-set ranges). NaN/Inf in a float input is an error naming the batch and
+    input unless ``allow_nonfinite`` (TensorRT would fold them into its histograms unseen).
     """
 
     def __init__(self, source: Iterable[dict] | None, inputs: Sequence, *, batch_size: int,
@@ -107,7 +108,7 @@ class Calibrator:
                  trt_version: Version | None = None, shapes: dict[str, tuple] | None = None,
                  max_batches: int | None = None, quantile: float = 0.9999, regression_cutoff: float = 1.0,
                  description: str | None = None, metadata: dict | None = None, expected: dict | None = None,
-                 ignore_provenance: bool = False,
+                 ignore_provenance: bool = False, allow_nonfinite: bool = False,
                  cache_transform: Callable[[CalibrationCache], CalibrationCache] | None = None,
                  warn: Callable[[str], None] | None = None):
         if algorithm not in ALGORITHMS:
@@ -134,6 +135,7 @@ class Calibrator:
         self.metadata = dict(metadata or {})
         self.expected = dict(expected or {})
         self.ignore_provenance = ignore_provenance
+        self.allow_nonfinite = allow_nonfinite
         self.cache_transform = cache_transform
         self._warn = warn
         self._device = LazyDevice(device) if isinstance(device, str) else device
@@ -302,16 +304,19 @@ class Calibrator:
             return None
         index = self.batches
         where = f"{self.description}: batch {index}"
+        finite = not self.allow_nonfinite  # TensorRT would bin NaN/Inf into its histograms unseen
         if isinstance(raw, dict):
             host, on_device = self._split(raw, where)
-            batch = check_batch(host, [s for s in self.inputs if s.name not in on_device], where)
+            batch = check_batch(host, [s for s in self.inputs if s.name not in on_device], where, finite=finite)
             batch.update(on_device)
         else:
-            batch = check_batch(raw, self.inputs, where)
+            batch = check_batch(raw, self.inputs, where, finite=finite)
         sizes = {}
         for name, array in batch.items():
             if array.ndim == 0:
-                raise TrtcalError(f"{where}: input {name!r} is a scalar; calibration batches need a batch axis")
+                raise TrtcalError(f"{where}: input {name!r} is a scalar (0-d): TensorRT's calibrators take every "
+                                  "input batched on axis 0; calibrate on the CPU with `trtcal calibrate` (it feeds "
+                                  "scalars whole) and build with --cache")
             sizes[name] = array.shape[0]
         if len(set(sizes.values())) != 1:
             raise TrtcalError(f"{where}: inputs hold different numbers of samples: {sizes}")
