@@ -4,13 +4,13 @@ For each model (the bundled Fashion-MNIST CNN; EfficientNet-Lite0 and all-MiniLM
 their export scripts have written them under .cache/), in one run:
 
 - trtcal: one calibration pass with statistics, then every threshold method from the statistics
-  (plus EQ, which needs the model); each cache becomes a Q/DQ model (``trtcal.qdq``, TensorRT's
+  (plus EQ, which needs the model); each cache becomes a Q/DQ model (``trtcal.onnx.qdq``, TensorRT's
   rules: symmetric int8, per-channel weights, no bias quantization).
 - ONNX Runtime ``quantize_static`` in QDQ format with the TensorRT-compatible settings (symmetric
   int8 activations and weights, per-channel, bias not quantized): MinMax, Entropy at its default
   128 bins and at 2048 bins, Percentile 99.99. Each runs in its own process; wall time and peak
   RSS are measured there.
-- Every INT8 model is compared with FP32 on held-out data by ``trtcal.evaluate``: top-1 (with
+- Every INT8 model is compared with FP32 on held-out data by ``trtcal.ort.evaluate``: top-1 (with
   labels) and top-1 agreement for classifiers (over all samples, and over those FP32 is sure of:
   top-1 probability at least 0.5), mean KL divergence of the softmaxes, output SQNR, cosine similarity.
 
@@ -58,7 +58,7 @@ sys.path.insert(0, {root!r})
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 from trtcal.data import open_data
-from trtcal.runner import cpu_session, input_specs
+from trtcal.ort.runner import cpu_session, input_specs
 specs = input_specs(cpu_session({model!r}, {model!r}))
 class Reader(CalibrationDataReader):
     def __init__(self):
@@ -112,7 +112,7 @@ def measure(fn):
 
 
 def score(spec, int8_path) -> dict:
-    from trtcal.evaluate import evaluate
+    from trtcal.ort.evaluate import evaluate
 
     ev = evaluate(spec["model"], int8_path, spec["eval"], labels=spec["labels"], per_tensor=False, progress=False)
     d = ev.outputs[0].to_dict()
@@ -122,9 +122,9 @@ def score(spec, int8_path) -> dict:
 
 def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool, eq_steps: int = 100,
               methods: list[str] | None = None, no_ort: bool = False, eq_init: str = "entropy2") -> list[dict]:
-    from trtcal import thresholds
-    from trtcal.pipeline import calibrate, ranges_to_cache
-    from trtcal.qdq import write_qdq
+    from trtcal.core import thresholds
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.pipeline import calibrate, ranges_to_cache
 
     rows = []
     calib, seconds = measure(lambda: calibrate(spec["model"], spec["calib"], progress=False))
@@ -142,8 +142,8 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
                      "peak_rss_mb": peak, "samples": calib.metadata["samples"], **score(spec, out)})
         print(f"[{name}] trtcal {label}: {rows[-1]}", flush=True)
     if with_eq:
-        from trtcal import eq
-        from trtcal.runner import first_samples
+        from trtcal.ort import eq
+        from trtcal.ort.runner import first_samples
 
         batches = first_samples(spec["model"], spec["calib"], samples=64)
         amaxes = {n: r.amax for n, r in thresholds.compute_all(eq_init, calib.histograms).items()}
@@ -181,7 +181,7 @@ def modelopt_rows(name: str, spec: dict, work: Path, samples: int, python: str) 
 
     import numpy as np
 
-    from trtcal.runner import first_samples
+    from trtcal.ort.runner import first_samples
 
     batches = first_samples(spec["model"], spec["calib"], samples=samples)
     data = work / f"{name}-modelopt-calib.npz"

@@ -42,8 +42,8 @@ import sys
 sys.path.insert(0, {root!r})
 import onnxruntime as ort
 from trtcal.data import open_data
-from trtcal.runner import Runner
-import trtcal.runner as R
+from trtcal.ort.runner import Runner
+import trtcal.ort.runner as R
 _session = R.cpu_session
 R.cpu_session = lambda *a, **k: _session(*a, **dict(k, spinning={spin}))
 # floor: every calibrated tensor an output; own: what trtcal exposes (derived tensors are not)
@@ -67,7 +67,7 @@ sys.path.insert(0, {root!r})
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from onnxruntime.quantization.calibrate import create_calibrator
 from trtcal.data import open_data
-from trtcal.runner import Runner
+from trtcal.ort.runner import Runner
 inputs = Runner({model!r}).inputs
 class Reader(CalibrationDataReader):
     def __init__(self):

@@ -1,7 +1,7 @@
 """Benchmark of the calibration core, measured in one run (not a test; results in docs/core.md).
 
 (a) entropy threshold at 2048 bins: ONNX Runtime's HistogramCollector.get_entropy_threshold
-    vs trtcal.thresholds.entropy2 on the same data;
+    vs trtcal.core.thresholds.entropy2 on the same data;
 (b) histogram update: np.histogram vs trtcal's Histogram.update (numpy path, numba path with
     one thread and with the default threads) on the same float32 data.
 
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from trtcal import thresholds
-from trtcal.histogram import Histogram, numba_available
+from trtcal.core import thresholds
+from trtcal.core.histogram import Histogram, numba_available
 
 
 def best_of(fn, repeat):
@@ -53,7 +53,7 @@ def bench_entropy(repeat: int) -> dict:
 def first_call_s() -> float:
     """Import plus first numba update in a fresh process (JIT compile, or numba's disk cache)."""
     code = ("import time; t = time.perf_counter(); import numpy as np; "
-            "from trtcal.histogram import Histogram; Histogram().update(np.ones(10, np.float32)); "
+            "from trtcal.core.histogram import Histogram; Histogram().update(np.ones(10, np.float32)); "
             "print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from trtcal.cache import CalibrationCache
+from trtcal.cache.format import CalibrationCache
 
 OUT = Path(__file__).resolve().parent.parent / "trtcal" / "examples"
 

@@ -1,7 +1,7 @@
 """Literal, slow reference implementation of TensorRT's entropy calibration (REFERENCE.md s.1).
 
 Plain Python loops and floats, written from the GTC 2017 pseudocode, one candidate at a time;
-the fast vectorised ``trtcal.thresholds.entropy2`` must choose the same candidate.
+the fast vectorised ``trtcal.core.thresholds.entropy2`` must choose the same candidate.
 """
 
 from __future__ import annotations

@@ -1,14 +1,25 @@
 """trtcal: INT8 calibration for TensorRT.
 
-The core (cache format, histograms, thresholds, ranges) is pure numpy; ONNX Runtime, ONNX and
-TensorRT adapters import their heavy dependencies only when used.
+The layers, innermost first (docs/architecture.md; tests/test_layers.py enforces the direction):
+:mod:`trtcal.core` (histograms, thresholds, ranges, statistics: numpy only), :mod:`trtcal.cache`
+(cache formats, lint, edits, provenance: pure), :mod:`trtcal.onnx` (graph work, the Q/DQ writer)
+and :mod:`trtcal.data` (data sources), :mod:`trtcal.ort` (ONNX Runtime runs: calibration,
+evaluation, fallback, EQ), :mod:`trtcal.trt` and :mod:`trtcal.report` (TensorRT and matplotlib,
+imported lazily), and :mod:`trtcal.cli` on top.
+
+The short API: ``trtcal.calibrate``, ``trtcal.cache.read``, ``trtcal.Histogram``,
+``trtcal.thresholds.entropy2``, ``trtcal.write_qdq``.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from trtcal import cache
+from trtcal._version import __version__
+from trtcal.core import thresholds
+from trtcal.core.errors import TrtcalError
+from trtcal.core.histogram import Histogram
+from trtcal.onnx.qdq import write_qdq
+from trtcal.ort.pipeline import CalibrationResult, calibrate
 
-from trtcal.errors import TrtcalError  # noqa: E402
-from trtcal.pipeline import CalibrationResult, calibrate  # noqa: E402
-
-__all__ = ["CalibrationResult", "TrtcalError", "__version__", "calibrate"]
+__all__ = ["CalibrationResult", "Histogram", "TrtcalError", "__version__", "cache", "calibrate", "thresholds",
+           "write_qdq"]

@@ -8,7 +8,7 @@ from collections import Counter
 
 from trtcal.cli.common import DECIBELS, add_force, add_json, print_json
 from trtcal.cli.table import print_table
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 def _widths(text: str) -> list[int]:
@@ -23,9 +23,9 @@ def _widths(text: str) -> list[int]:
 
 
 def cmd_bits(args: argparse.Namespace) -> int:
-    from trtcal import fileio
-    from trtcal.bitwidth import FLOAT, choose_bits
-    from trtcal.stats import load_stats
+    from trtcal.core import fileio
+    from trtcal.core.bitwidth import FLOAT, choose_bits
+    from trtcal.core.stats import load_stats
 
     widths = _widths(args.bits)
     if args.qdq and not args.model:
@@ -74,9 +74,9 @@ def _weight_bits(args, weights, widths) -> dict[str, int]:
     width whose per-channel quantization meets --target-sqnr."""
     from onnx import numpy_helper
 
-    from trtcal.bitwidth import choose_weight_bits
-    from trtcal.model import load_model
-    from trtcal.qdq import TARGET_WEIGHT_WIDTHS
+    from trtcal.core.bitwidth import choose_weight_bits
+    from trtcal.onnx.model import load_model
+    from trtcal.onnx.qdq import TARGET_WEIGHT_WIDTHS
 
     stored = TARGET_WEIGHT_WIDTHS[args.target]
 
@@ -92,8 +92,8 @@ def _weight_bits(args, weights, widths) -> dict[str, int]:
 
 def _write_qdq(args, choices, histograms, widths):
     """The Q/DQ model with each activation at the width the target stores for its choice."""
-    from trtcal.bitwidth import stored_ranges
-    from trtcal.qdq import TARGET_WEIGHT_WIDTHS, TARGET_WIDTHS, write_qdq
+    from trtcal.core.bitwidth import stored_ranges
+    from trtcal.onnx.qdq import TARGET_WEIGHT_WIDTHS, TARGET_WIDTHS, write_qdq
 
     ranges, floats = stored_ranges(choices, histograms, TARGET_WIDTHS[args.target], method=args.method)
     if not ranges:
@@ -113,7 +113,7 @@ def _write_qdq(args, choices, histograms, widths):
 
 
 def register(sub) -> None:
-    from trtcal import thresholds
+    from trtcal.core import thresholds
 
     p = sub.add_parser("bits", help="per-tensor bit width for a target SQNR",
                        description="For each tensor in a statistics file, the smallest bit width from --bits whose "

@@ -7,13 +7,16 @@ import math
 import sys
 from collections import Counter
 
-from trtcal import cache as trtcache
-from trtcal import cache_checks, cache_edit, cache_io, fileio
-from trtcal.cache import CalibrationCache, format_version
+from trtcal.cache import checks as cache_checks
+from trtcal.cache import convert as cache_io
+from trtcal.cache import edit as cache_edit
+from trtcal.cache import format as trtcache
+from trtcal.cache.format import CalibrationCache, format_version
+from trtcal.cache.provenance import read_sidecar, sidecar_path
 from trtcal.cli.common import RTOL, add_json, add_output, fmt_float, json_float, print_json
 from trtcal.cli.table import print_table, table
-from trtcal.errors import TrtcalError
-from trtcal.provenance import read_sidecar, sidecar_path
+from trtcal.core import fileio
+from trtcal.core.errors import TrtcalError
 
 # --------------------------------------------------------------------------- inspect
 
@@ -154,14 +157,14 @@ def cmd_lint(args: argparse.Namespace) -> int:
     cache = cache_io.read_any(args.file)
     histograms = None
     if args.stats is not None:
-        from trtcal.stats import load_stats
+        from trtcal.core.stats import load_stats
 
         histograms, _ = load_stats(args.stats)
     findings = cache_checks.check_calibration(cache, histograms) + provenance_findings(args.file)
     if args.trt_version is not None:
         findings += cache_checks.check_header_for(cache, trtcache.parse_version(args.trt_version), args.algorithm)
     if args.model is not None:
-        from trtcal.model import load_model, model_tensors
+        from trtcal.onnx.model import load_model, model_tensors
 
         tensors = model_tensors(load_model(args.model))
         others = tensors.all_names() - set(tensors.activations)
@@ -198,8 +201,8 @@ class _OrderedOp(argparse.Action):
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from trtcal import overrides as ovr
-    from trtcal.provenance import write_sidecar
+    from trtcal.cache import overrides as ovr
+    from trtcal.cache.provenance import write_sidecar
 
     ops = [cache_edit.parse_op(kind, text) for kind, text in (args.ops or [])]
     if not ops and not args.overrides:

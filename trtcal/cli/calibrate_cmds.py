@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from trtcal import cache as trtcache
-from trtcal import cache_checks, fileio
-from trtcal.cache import format_version
+from trtcal.cache import checks as cache_checks
+from trtcal.cache import format as trtcache
+from trtcal.cache.format import format_version
+from trtcal.cache.provenance import sidecar_path, write_sidecar
 from trtcal.cli.common import (
     BATCH,
     BITS,
@@ -29,13 +30,13 @@ from trtcal.cli.common import (
     print_json,
 )
 from trtcal.cli.table import print_table
-from trtcal.errors import TrtcalError
-from trtcal.findings import CLIP_FRACTION
-from trtcal.provenance import sidecar_path, write_sidecar
+from trtcal.core import fileio
+from trtcal.core.errors import TrtcalError
+from trtcal.core.findings import CLIP_FRACTION
 
 
 def add_algorithm_args(p: argparse.ArgumentParser, *, with_eq: bool = False) -> None:
-    from trtcal import thresholds as thr
+    from trtcal.core import thresholds as thr
 
     p.add_argument("--algorithm", default="entropy2", choices=list(thr.METHODS) + (["eq"] if with_eq else []),
                    help="threshold algorithm (default %(default)s: TensorRT's EntropyCalibration2)"
@@ -51,7 +52,7 @@ def add_algorithm_args(p: argparse.ArgumentParser, *, with_eq: bool = False) -> 
 
 
 def add_zero_bin_arg(p: argparse.ArgumentParser) -> None:
-    from trtcal import thresholds as thr
+    from trtcal.core import thresholds as thr
 
     p.add_argument("--zero-bin", choices=thr.ZERO_BIN_RULES, default=None,
                    help="for entropy2: how bin 0 counts in the KL search: neighbour (default; bin 0 takes bin 1's "
@@ -167,7 +168,7 @@ def print_findings(results, findings, limit: int = 6) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from trtcal.data.images import Preprocess
-    from trtcal.pipeline import calibrate
+    from trtcal.ort.pipeline import calibrate
 
     version = trtcache.parse_version(args.trt_version)
     options = algorithm_options(args)
@@ -210,12 +211,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
     """Refine the --eq-init ranges in place with EQ on the first --eq-samples samples; return EQ's
     per-channel weight scales (weight name -> scales), which the cache cannot hold."""
-    from trtcal import eq
+    from trtcal.core.progress import Progress
+    from trtcal.core.thresholds import ThresholdResult
     from trtcal.data.sources import samples_in
-    from trtcal.pipeline import ranges_to_cache
-    from trtcal.progress import Progress
-    from trtcal.runner import first_batches
-    from trtcal.thresholds import ThresholdResult
+    from trtcal.ort import eq
+    from trtcal.ort.pipeline import ranges_to_cache
+    from trtcal.ort.runner import first_batches
 
     batches, specs = first_batches(args.model, args.data, samples=args.eq_samples, batch_size=args.batch_size,
                                    preprocess=preprocess, **data_options(args))
@@ -236,8 +237,8 @@ def _apply_eq(args: argparse.Namespace, result, preprocess, version) -> dict:
 
 
 def cmd_thresholds(args: argparse.Namespace) -> int:
-    from trtcal.pipeline import compute_thresholds, ranges_to_cache
-    from trtcal.stats import load_stats
+    from trtcal.core.stats import load_stats
+    from trtcal.ort.pipeline import compute_thresholds, ranges_to_cache
 
     version = trtcache.parse_version(args.trt_version)
     options = algorithm_options(args)
@@ -259,7 +260,7 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from trtcal import thresholds
+    from trtcal.core import thresholds
 
     p = sub.add_parser("calibrate", help="calibrate an ONNX model on the CPU and write a TensorRT cache",
                        description="Run the FP32 model in ONNX Runtime over the calibration data with every "

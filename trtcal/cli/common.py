@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, NoReturn
 
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,7 +18,7 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-#: Help texts of options that several commands share: one meaning, one text (tests/test_cli_options.py).
+#: Help texts of options that several commands share: one meaning, one text (tests/cli/test_cli_options.py).
 FORCE_HELP = "replace existing outputs"
 PREPROCESS_HELP = ("for image folders: e.g. resize=256,crop=224,scale=1/255,mean=0.485/0.456/0.406,"
                    "std=0.229/0.224/0.225,layout=NCHW,order=RGB; resize=HxW stretches, letterbox=HxW (or S) fits "
@@ -56,7 +56,7 @@ def add_ignore_provenance(parser: argparse.ArgumentParser) -> None:
 
 def add_output_choice(parser: argparse.ArgumentParser) -> None:
     """``--score`` and ``--classifier``: which model outputs ``eval`` and ``fallback`` score
-    (:func:`trtcal.evaluate.choose_outputs`)."""
+    (:func:`trtcal.ort.evaluate.choose_outputs`)."""
     parser.add_argument("--score", action="append", metavar="OUTPUT",
                         help="score this model output (repeatable; default: every float output; integer and "
                              "boolean outputs are never scored)")

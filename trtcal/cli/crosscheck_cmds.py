@@ -17,15 +17,15 @@ from trtcal.cli.common import (
     print_json,
 )
 from trtcal.cli.table import table
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 def cmd_crosscheck(args: argparse.Namespace) -> int:
-    from trtcal.cache_io import read_any
-    from trtcal.crosscheck import METHOD_OF, explain
+    from trtcal.cache.convert import read_any
+    from trtcal.cache.crosscheck import METHOD_OF, explain
     from trtcal.data.images import Preprocess
-    from trtcal.model import load_model, model_tensors
-    from trtcal.pipeline import calibrate
+    from trtcal.onnx.model import load_model, model_tensors
+    from trtcal.ort.pipeline import calibrate
 
     if args.rtol < 0:
         raise TrtcalError(f"--rtol {args.rtol:g}: must be >= 0")

@@ -38,7 +38,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def calibration_demo(args: argparse.Namespace) -> int:
     """Calibrate the bundled Fashion-MNIST CNN with entropy2 and say what the ranges show."""
-    from trtcal.cache import DEFAULT_TRT_VERSION, format_version
+    from trtcal.cache.format import DEFAULT_TRT_VERSION, format_version
 
     model, data = example_path(DEMO_MODEL), example_path(DEMO_DATA)
     out_dir = Path(args.output_dir)
@@ -65,9 +65,9 @@ def calibration_demo(args: argparse.Namespace) -> int:
 
 def _explain(stats: Path) -> list[str]:
     """What the demo's ranges show, read back from its statistics (so the words match the numbers)."""
-    from trtcal import thresholds
-    from trtcal.findings import clipped_fraction, find
-    from trtcal.stats import load_stats
+    from trtcal.core import thresholds
+    from trtcal.core.findings import clipped_fraction, find
+    from trtcal.core.stats import load_stats
 
     histograms, _ = load_stats(stats)
     results = thresholds.compute_all("entropy2", histograms)
@@ -99,7 +99,7 @@ def _explain(stats: Path) -> list[str]:
 
 def cache_tour(args: argparse.Namespace) -> int:
     """Inspect, lint and fix the bundled stale cache for the tiny CNN."""
-    from trtcal.cache import DEFAULT_TRT_VERSION, format_version
+    from trtcal.cache.format import DEFAULT_TRT_VERSION, format_version
 
     model, cache = example_path(EXAMPLE_MODEL), example_path(EXAMPLE_CACHE)
     out_dir = Path(args.output_dir)

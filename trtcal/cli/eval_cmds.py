@@ -37,11 +37,11 @@ def _kl(x: float | None) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from trtcal.data.images import Preprocess
-    from trtcal.evaluate import evaluate
+    from trtcal.ort.evaluate import evaluate
 
     preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
     if args.plot:  # fail before the work, never after it
-        from trtcal import fileio
+        from trtcal.core import fileio
         from trtcal.report.plots import _pyplot
 
         fileio.check_output(args.plot, force=args.force, inputs=[args.reference, args.test])

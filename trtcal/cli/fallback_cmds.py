@@ -21,12 +21,12 @@ from trtcal.cli.table import print_table
 
 
 def cmd_fallback(args: argparse.Namespace) -> int:
-    from trtcal import fileio
     from trtcal.cli.qdq_cmds import _ranges, apply_overrides, vet_ranges, weight_options
-    from trtcal.model import load_model
-    from trtcal.progress import Progress
-    from trtcal.runner import first_samples
-    from trtcal.sensitivity import analyse
+    from trtcal.core import fileio
+    from trtcal.core.progress import Progress
+    from trtcal.onnx.model import load_model
+    from trtcal.ort.runner import first_samples
+    from trtcal.ort.sensitivity import analyse
 
     fileio.check_output(args.output, force=args.force, inputs=[args.model])
     if args.list:
@@ -88,7 +88,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from trtcal.cli.qdq_cmds import add_ranges_args
-    from trtcal.sensitivity import METRICS, MODES
+    from trtcal.ort.sensitivity import METRICS, MODES
 
     p = sub.add_parser("fallback", help="find the tensors whose quantization hurts most and keep them in float",
                        description="Sensitivity: for each quantized activation of the Q/DQ model, measure the "

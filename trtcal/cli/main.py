@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from trtcal import __version__
+from trtcal._version import __version__
 from trtcal.cli import (
     bits_cmds,
     build_cmds,
@@ -20,7 +20,7 @@ from trtcal.cli import (
     report_cmds,
 )
 from trtcal.cli.common import Parser
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 def build_parser() -> Parser:

@@ -7,14 +7,14 @@ import argparse
 from trtcal.cli.calibrate_cmds import add_algorithm_args, algorithm_options
 from trtcal.cli.common import add_json, print_json
 from trtcal.cli.table import print_table
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 def cmd_onesided(args: argparse.Namespace) -> int:
-    from trtcal.model import load_model, producers
-    from trtcal.onesided import analyse
-    from trtcal.pipeline import compute_thresholds
-    from trtcal.stats import load_stats
+    from trtcal.core.onesided import analyse
+    from trtcal.core.stats import load_stats
+    from trtcal.onnx.model import load_model, producers
+    from trtcal.ort.pipeline import compute_thresholds
 
     model = load_model(args.model, fp32=True)
     histograms, _ = load_stats(args.stats)
@@ -24,7 +24,7 @@ def cmd_onesided(args: argparse.Namespace) -> int:
         raise TrtcalError(f"{args.stats}: {len(unknown)} of its {len(histograms)} tensors are not in {args.model} "
                           f"(first: {unknown[0]!r}); statistics of another model?")
     if args.cache:
-        from trtcal.cache_io import read_any
+        from trtcal.cache.convert import read_any
 
         cache = read_any(args.cache)
         amaxes = {n: cache.amax(n) for n in cache.names()}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from trtcal.cli.common import add_force
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from trtcal import fileio, thresholds
+    from trtcal.core import fileio, thresholds
+    from trtcal.core.stats import load_stats
     from trtcal.report.plots import _pyplot, plot_tensor
-    from trtcal.stats import load_stats
 
     fileio.check_output(args.output, force=args.force, inputs=[args.stats])
     _pyplot()

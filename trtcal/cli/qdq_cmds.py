@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from trtcal import fileio
 from trtcal.cli.common import (
     DISTRIBUTION_HELP,
     PERCENT,
@@ -18,7 +17,8 @@ from trtcal.cli.common import (
     print_json,
 )
 from trtcal.cli.table import print_table
-from trtcal.errors import TrtcalError
+from trtcal.core import fileio
+from trtcal.core.errors import TrtcalError
 
 
 def _ranges(args: argparse.Namespace):
@@ -29,14 +29,14 @@ def _ranges(args: argparse.Namespace):
                             ("--distribution", args.distribution), ("--zero-bin", args.zero_bin)):
             if value is not None:
                 raise TrtcalError(f"{flag} applies to --stats only (a cache already holds its ranges)")
-        from trtcal.cache_io import read_any
-        from trtcal.provenance import read_sidecar
+        from trtcal.cache.convert import read_any
+        from trtcal.cache.provenance import read_sidecar
 
         return read_any(args.cache), args.cache, read_sidecar(args.cache)
     from trtcal.cli.calibrate_cmds import algorithm_options
-    from trtcal.pipeline import compute_thresholds
-    from trtcal.ranges import from_thresholds
-    from trtcal.stats import load_stats
+    from trtcal.core.ranges import from_thresholds
+    from trtcal.core.stats import load_stats
+    from trtcal.ort.pipeline import compute_thresholds
 
     args.algorithm = args.algorithm or "entropy2"
     options = algorithm_options(args)
@@ -50,7 +50,7 @@ def vet_ranges(args: argparse.Namespace, ranges, source, record) -> list[str]:
     statistics metadata) naming another model or random data, or ranges for under half of the
     activations the placement rules quantize. With ``--ignore-provenance`` these are returned as
     warnings instead; otherwise a :class:`TrtcalError` says which, and how to go on."""
-    from trtcal.qdq import range_coverage
+    from trtcal.onnx.qdq import range_coverage
     from trtcal.trt.provenance import cache_mismatches, file_sha256
 
     problems = cache_mismatches(record, model_sha256=file_sha256(args.model))
@@ -76,10 +76,10 @@ def apply_overrides(model_path, ranges, overrides_path, target: str):
     warning counting the codes lost). ONNX Runtime's target keeps a one-sided override ``[0, max]``
     (uint8 there); other asymmetric ones are symmetrized with the same warning.
     """
-    from trtcal import overrides as ovr
-    from trtcal.cache import CalibrationCache
-    from trtcal.model import load_model, model_tensors
-    from trtcal.ranges import Range, coerce, from_cache
+    from trtcal.cache import overrides as ovr
+    from trtcal.cache.format import CalibrationCache
+    from trtcal.core.ranges import Range, coerce, from_cache
+    from trtcal.onnx.model import load_model, model_tensors
 
     entries = ovr.read(overrides_path)
     ranges = from_cache(ranges) if isinstance(ranges, CalibrationCache) else coerce(ranges)
@@ -105,7 +105,7 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def cmd_qdq(args: argparse.Namespace) -> int:
-    from trtcal.qdq import CACHE_HAS_NO_SIGNS, write_qdq
+    from trtcal.onnx.qdq import CACHE_HAS_NO_SIGNS, write_qdq
 
     if not Path(args.model).is_file():  # say this before anything about the output
         raise TrtcalError(f"{args.model}: " + ("is a directory, expected an ONNX model file"
@@ -160,9 +160,9 @@ def _print(result, output: str) -> None:
 def add_ranges_args(p: argparse.ArgumentParser) -> None:
     """Where the ranges come from (a cache, or statistics and an algorithm), the overrides over
     them, and the target: shared by ``qdq`` and ``fallback``."""
-    from trtcal import thresholds as thr
     from trtcal.cli.calibrate_cmds import add_zero_bin_arg
-    from trtcal.weight_scales import WEIGHT_METHODS
+    from trtcal.core import thresholds as thr
+    from trtcal.core.weight_scales import WEIGHT_METHODS
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cache", help="calibration cache (TensorRT, JSON or ONNX Runtime tables)")
@@ -192,7 +192,7 @@ def weight_options(args: argparse.Namespace) -> dict:
     """write_qdq's weight options from --weights and --weight-scales."""
     scales = None
     if args.weight_scales:
-        from trtcal.fileio import read_npz_arrays
+        from trtcal.core.fileio import read_npz_arrays
 
         scales = read_npz_arrays(args.weight_scales)
     return {"weight_method": args.weight_method, "weight_scales": scales}

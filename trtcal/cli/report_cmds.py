@@ -15,16 +15,16 @@ from trtcal.cli.common import (
     add_preprocess,
     data_options,
 )
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from trtcal import fileio
-    from trtcal.model import load_model, producers
-    from trtcal.progress import Progress
+    from trtcal.core import fileio
+    from trtcal.core.progress import Progress
+    from trtcal.core.stats import load_stats
+    from trtcal.onnx.model import load_model, producers
     from trtcal.report.page import build_report, render
     from trtcal.report.plots import _pyplot, sqnr_png
-    from trtcal.stats import load_stats
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -40,7 +40,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     histograms, meta = load_stats(args.stats)
     cache = None
     if args.cache:
-        from trtcal.cache_io import read_any
+        from trtcal.cache.convert import read_any
 
         cache = read_any(args.cache)
     info = {"model": args.model, "statistics": args.stats, "data": meta.get("data", "?"),
@@ -52,7 +52,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                               producers=made, cache=cache, meta=info, plots=not args.no_plots, progress=bar)
     if args.int8:
         from trtcal.data.images import Preprocess
-        from trtcal.evaluate import evaluate
+        from trtcal.ort.evaluate import evaluate
 
         preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
         report.evaluation = evaluate(args.fp32 or args.model, args.int8, args.data, labels=args.labels,

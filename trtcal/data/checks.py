@@ -34,7 +34,7 @@ def _image_shaped(a: np.ndarray) -> bool:
 class BatchChecks:
     """``inputs``: the model's input specs (for the batch axis of each; without them, axis 0 of
     the first array counts the samples). ``scaled``: inputs the model scales itself (a constant
-    Mul/Div/Sub/Add first: see :func:`trtcal.runner.scaled_inputs`), which may well be raw pixels."""
+    Mul/Div/Sub/Add first: see :func:`trtcal.ort.runner.scaled_inputs`), which may well be raw pixels."""
 
     def __init__(self, inputs: Sequence | None = None, scaled: Collection[str] = ()) -> None:
         self.samples = 0

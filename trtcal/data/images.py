@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 _CHOICES = {"layout": ("NCHW", "NHWC"), "order": ("RGB", "BGR")}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 #: Batch size for models whose batch dimension is dynamic, unless --batch-size says otherwise.
 DEFAULT_BATCH_SIZE = 32
@@ -305,7 +305,7 @@ def is_loader_script(spec) -> bool:
 
 def open_data(spec: str | os.PathLike, inputs: Sequence, *, batch_size: int | None = None,
               preprocess=None, ignore: Collection[str] = ()) -> DataSource:
-    """Open a data source for a model with ``inputs`` (a list of :class:`~trtcal.runner.InputSpec`).
+    """Open a data source for a model with ``inputs`` (a list of :class:`~trtcal.ort.runner.InputSpec`).
 
     ``ignore``: names of arrays in ``.npz`` files that are not model inputs and are left out (for
     example the labels stored beside the images).

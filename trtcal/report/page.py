@@ -13,8 +13,8 @@ import html
 import math
 from dataclasses import dataclass, field
 
-from trtcal import thresholds
-from trtcal.findings import clipped_fraction, find
+from trtcal.core import thresholds
+from trtcal.core.findings import clipped_fraction, find
 
 METHODS = ("entropy2", "minmax", "percentile", "mse", "aciq", "onesided")
 
@@ -39,7 +39,7 @@ class Report:
     title: str
     rows: list[TensorRow]
     meta: dict
-    evaluation: object | None = None  # trtcal.evaluate.Evaluation
+    evaluation: object | None = None  # trtcal.ort.evaluate.Evaluation
     sqnr_plot: bytes | None = None
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import math
 
-from trtcal import fileio
-from trtcal.errors import TrtcalError
+from trtcal.core import fileio
+from trtcal.core.errors import TrtcalError
 
 
 def _pyplot():

@@ -34,9 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trtcal import fileio
-from trtcal.cache import format_version
-from trtcal.errors import TrtcalError
+from trtcal.cache.format import format_version
+from trtcal.core import fileio
+from trtcal.core.errors import TrtcalError
 from trtcal.trt.calibrator import (
     ALGORITHM_OF_HEADER,
     ALGORITHMS,
@@ -310,8 +310,8 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
     :class:`~trtcal.trt.device.DeviceMemory`) replace the real ones in tests. ``log`` receives
     progress lines (the shapes used, what is calibrated) before the long build starts.
     ``allow_nonfinite``: feed NaN/Inf calibration inputs to TensorRT (refused otherwise)."""
-    from trtcal.model import load_model
-    from trtcal.provenance import sidecar_path, write_sidecar
+    from trtcal.cache.provenance import sidecar_path, write_sidecar
+    from trtcal.onnx.model import load_model
     from trtcal.trt.provenance import data_sha256, file_sha256
     from trtcal.trt.version import backend_from_module, load_backend
 
@@ -366,9 +366,9 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
     override_list = None
     if overrides is not None:
         try:
-            from trtcal import overrides as overrides_mod
+            from trtcal.cache import overrides as overrides_mod
         except ImportError:
-            raise TrtcalError("--overrides: this trtcal has no overrides support yet (trtcal.overrides)") from None
+            raise TrtcalError("--overrides: this trtcal has no overrides support yet (trtcal.cache.overrides)") from None
         override_list = overrides_mod.read(overrides)
 
     # ---- TensorRT
@@ -499,7 +499,7 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
                 config.set_calibration_profile(profile)
             tensors = _network_tensors(network)
             if override_list is not None:
-                from trtcal import overrides as overrides_mod
+                from trtcal.cache import overrides as overrides_mod
 
                 applied, notes = overrides_mod.resolve(override_list, list(tensors), symmetric=True,
                                                        target="the TensorRT network")
@@ -580,8 +580,8 @@ def build(model: str | os.PathLike, output: str | os.PathLike | None = None, *, 
 def _cache_coverage(model: Path, onnx_model, cache) -> str | None:
     """Why ``cache`` cannot be this model's (it has ranges for under half of the Conv, Gemm and
     MatMul inputs the Q/DQ placement rules would quantize), or None."""
-    from trtcal.cache import read
-    from trtcal.qdq import range_coverage
+    from trtcal.cache.format import read
+    from trtcal.onnx.qdq import range_coverage
 
     parsed = read(cache)
     if not parsed.names():
@@ -609,7 +609,7 @@ def _make_calibrator(be, model, inputs, bs, calibration_shapes, *, data, cache, 
                           regression_cutoff=regression_cutoff, metadata=metadata, expected=expected,
                           ignore_provenance=ignore_provenance, allow_nonfinite=allow_nonfinite, warn=warn)
     # Reusing a cache: the calibrator must be the kind the header names, or TensorRT ignores it.
-    from trtcal.cache import read
+    from trtcal.cache.format import read
 
     header_algorithm = read(cache).algorithm
     implied = ALGORITHM_OF_HEADER.get(header_algorithm or "")
@@ -621,7 +621,7 @@ def _make_calibrator(be, model, inputs, bs, calibration_shapes, *, data, cache, 
                           f"(leave out --algorithm, or use --algorithm {implied})")
     transform = None
     if override_list is not None:
-        from trtcal import overrides as overrides_mod
+        from trtcal.cache import overrides as overrides_mod
 
         def transform(parsed):
             new, _, _ = overrides_mod.apply_to_cache(parsed, override_list, allow_new=True)

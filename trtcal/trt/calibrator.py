@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trtcal import fileio
-from trtcal.cache import CalibrationCache, Version, format_version, parse
-from trtcal.errors import TrtcalError
+from trtcal.cache.format import CalibrationCache, Version, format_version, parse
+from trtcal.core import fileio
+from trtcal.core.errors import TrtcalError
 from trtcal.trt.device import DeviceMemory, LazyDevice
 
 #: trtcal's name -> (TensorRT base class, the algorithm name its cache header carries).
@@ -63,12 +63,12 @@ ALGORITHM_OF_HEADER = {header: name for name, (_, header) in ALGORITHMS.items()}
 
 
 def onnx_inputs(model_path: str | os.PathLike) -> list:
-    """The model's inputs as :class:`~trtcal.runner.InputSpec` (graph inputs that are not
+    """The model's inputs as :class:`~trtcal.ort.runner.InputSpec` (graph inputs that are not
     initializers), with ints for fixed dimensions and the ``dim_param`` (or None) for dynamic ones."""
     from onnx import helper
 
-    from trtcal.model import load_model
-    from trtcal.runner import InputSpec
+    from trtcal.onnx.model import load_model
+    from trtcal.ort.runner import InputSpec
 
     model = load_model(model_path)
     initializers = {t.name for t in model.graph.initializer}
@@ -92,7 +92,7 @@ class Calibrator:
 
     ``source``: an iterable of ``{input name: array}`` batches (e.g. a
     :class:`~trtcal.data.DataSource`), or None to only read an existing cache. ``inputs``: the
-    model's :class:`~trtcal.runner.InputSpec` list. ``shapes``: the shape each input is
+    model's :class:`~trtcal.ort.runner.InputSpec` list. ``shapes``: the shape each input is
     calibrated at (the profile's OPT shape, batch axis first); missing ones are taken from the
     first batch. ``cache``: where to read a cache from (when ``reuse_cache``) and write the new
     one to. ``device``: a :class:`~trtcal.trt.device.DeviceMemory` or a ``--cuda`` name (``auto``,
@@ -419,8 +419,8 @@ class Calibrator:
     def check_cache(self) -> bytes | None:
         """Read and vet the cache file: its bytes if TensorRT should get it, None if it should
         calibrate instead; raises :class:`TrtcalError` where there is no data to fall back on."""
-        from trtcal.cache_checks import ERROR, check_header_for
-        from trtcal.provenance import read_sidecar
+        from trtcal.cache.checks import ERROR, check_header_for
+        from trtcal.cache.provenance import read_sidecar
         from trtcal.trt.provenance import cache_mismatches
 
         path = self.cache_path
@@ -498,7 +498,7 @@ class Calibrator:
             return
         if self.cache_read is not None and path.exists() and path.read_bytes() == data:
             return  # TensorRT handed back the cache it was given
-        from trtcal.provenance import write_sidecar
+        from trtcal.cache.provenance import write_sidecar
 
         fileio.atomic_write(path, data, force=True)
         write_sidecar(path, self.record(), force=True)

@@ -9,7 +9,7 @@ context** (the one the CUDA runtime, TensorRT and PyTorch use, so they coexist i
 - :class:`CudaPythonMemory`: NVIDIA's cuda-python, the CUDA runtime API, as TensorRT's own samples
   use it since TensorRT 10.14 (``cuda.bindings.runtime`` in cuda-python >= 12.8, ``cuda.cudart``
   before). Its calls return ``(error, value...)`` tuples; a failed call is a
-  :class:`~trtcal.errors.TrtcalError` naming the call and CUDA's error.
+  :class:`~trtcal.core.errors.TrtcalError` naming the call and CUDA's error.
 - :class:`HostMemory` is the stand-in for tests: "device" buffers are host buffers, and a
   pointer is the buffer's real address, so a test can read the bytes at a pointer the way
   TensorRT would (``ctypes.string_at``).
@@ -32,7 +32,7 @@ import subprocess
 
 import numpy as np
 
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 #: The real backends ``--cuda`` names, in the order ``auto`` tries them.
 CUDA_BACKENDS = ("pycuda", "cuda-python")

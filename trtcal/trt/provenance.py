@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from trtcal.errors import TrtcalError
+from trtcal.core.errors import TrtcalError
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from trtcal import fileio
-from trtcal.errors import TrtcalError
+from trtcal.core import fileio
+from trtcal.core.errors import TrtcalError
 
 
 def run_engine(engine: str | os.PathLike, batches: Iterable[dict[str, np.ndarray]], *,

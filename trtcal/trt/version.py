@@ -13,8 +13,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from trtcal.cache import Version, parse_version
-from trtcal.errors import TrtcalError
+from trtcal.cache.format import Version, parse_version
+from trtcal.core.errors import TrtcalError
 
 #: Module names, by the ``--backend`` choice that selects them.
 MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}

@@ -1,0 +1,285 @@
+"""Which quantized tensors hurt the output most: leave-one-out sensitivity and the float fallback.
+
+For a Q/DQ model written from some ranges, each quantized activation tensor is left in float in
+turn (its consuming layers then run in float, weights included, as TensorRT would run a layer
+kept in higher precision), and the model's output error against FP32 is measured on a few
+evaluation batches. The tensors whose removal gains the most are the ones to keep in float. The
+chosen set is then applied together and measured again.
+
+Two ways to measure a tensor (``mode``): ``"leave-one-out"`` quantizes everything but that
+tensor and measures the gain directly; ``"one-at-a-time"`` quantizes that tensor alone (and so
+its consuming layers) and turns the error it causes into the gain its fallback would bring if
+the tensors' errors added up (the share ``s`` of the all-INT8 error it causes alone gives
+``-10 log10(1 - s)`` dB; infinite when it alone causes at least as much). Leave-one-out sees
+interactions with the other quantized tensors; one-at-a-time sees each tensor on clean inputs.
+
+The outputs measured are those :func:`trtcal.ort.evaluate.choose_outputs` scores (every float
+output, or those named; never integer or boolean ones), and the class scores among them are the
+ones it finds or is told. The error (``metric``): ``"sqnr"``, the output SQNR: with one output
+its SQNR, with several ``-10 log10`` of the mean of their noise-to-signal ratios (each output
+weighs the same whatever its scale: boxes in pixels do not drown probabilities); or ``"kl"``,
+the mean KL divergence of the class-score outputs' softmaxes (per position for ``[N, T, C]``,
+averaged over those outputs: it weighs the logits by the reference's probabilities, as top-1
+flips do, where SQNR weighs all 1000 logits alike). Gains are in dB either way: the SQNR
+gained, or ``10 log10`` of the factor the KL divergence shrinks by.
+
+An objective that is not a number is an error naming the output: an FP32 output that is all
+zeros or holds NaN/Inf on the evaluation batches has no SQNR. A candidate whose INT8 outputs
+hold NaN/Inf where FP32's do not scores ``-inf`` (the worst). Two infinite scores that are equal
+gain 0 dB.
+
+Everything runs in ONNX Runtime on the CPU: the FP32 outputs are computed once; each candidate is
+a fresh session over an in-memory model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtcal.core.errors import TrtcalError
+from trtcal.core.metrics import Comparison
+
+METRICS = ("sqnr", "kl")
+MODES = ("leave-one-out", "one-at-a-time")
+
+
+@dataclass
+class Score:
+    """One model's scored outputs against FP32 on the evaluation batches."""
+
+    outputs: dict[str, Comparison]  # scored output -> its comparison
+    broken: dict[str, int] = field(default_factory=dict)  # output -> INT8 NaN/Inf values where FP32 is finite
+
+    @property
+    def sqnr_db(self) -> float:
+        """The output SQNR (module doc): -inf when an output is broken."""
+        if self.broken:
+            return -math.inf
+        for name, c in self.outputs.items():
+            if not c.signal > 0 or math.isnan(c.noise):
+                raise TrtcalError(f"output {name!r}: its SQNR is not a number (FP32 signal {c.signal:g}, "
+                                  f"error {c.noise:g}); leave it out with --score")
+        ratio = sum(c.noise / c.signal for c in self.outputs.values()) / len(self.outputs)
+        return math.inf if ratio == 0 else -10.0 * math.log10(ratio)
+
+    @property
+    def classes(self) -> list[Comparison]:
+        return [c for c in self.outputs.values() if c.classifier]
+
+    @property
+    def agreement(self) -> float | None:
+        """Top-1 agreement, averaged over the class-score outputs (None without any)."""
+        return sum(c.top1_agreement for c in self.classes) / len(self.classes) if self.classes else None
+
+    @property
+    def kl(self) -> float | None:
+        """Mean KL(softmax(ref) || softmax(test)), averaged over the class-score outputs."""
+        if not self.classes:
+            return None
+        for c in self.classes:
+            if math.isnan(c.kl_mean):
+                raise TrtcalError(f"output {c.name!r}: its KL divergence is not a number "
+                                  f"({c.positions} positions scored)")
+        return sum(c.kl_mean for c in self.classes) / len(self.classes)
+
+    def value(self, metric: str) -> float:
+        """Larger is better, in dB: the SQNR, or -10 log10 of the KL divergence."""
+        if metric == "sqnr":
+            return self.sqnr_db
+        kl = self.kl
+        if self.broken:
+            return -math.inf
+        return math.inf if kl == 0 else -10.0 * math.log10(kl)
+
+
+@dataclass
+class Sensitivity:
+    baseline_db: float  # output SQNR with every tensor quantized
+    gains: dict[str, float]  # tensor -> gain (dB, see metric) when it alone stays in float, largest first
+    chosen: list[str] = field(default_factory=list)
+    final_db: float = math.nan  # output SQNR with the chosen tensors in float
+    agreement: tuple[float, float] | None = None  # top-1 agreement (baseline, final), class-score outputs' mean
+    layers: list[str] = field(default_factory=list)  # outputs of the nodes left in float (a fallback list)
+    metric: str = "sqnr"  # what the gains measure
+    mode: str = "leave-one-out"  # how they were measured
+    kl: tuple[float, float] | None = None  # mean KL divergence (baseline, final), class-score outputs' mean
+    outputs: dict[str, dict] = field(default_factory=dict)  # scored output -> its numbers, baseline and final
+    not_scored: dict[str, str] = field(default_factory=dict)  # output -> why it is not scored
+    samples: int = 0  # evaluation samples
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "mode": self.mode, "baseline_sqnr_db": self.baseline_db, "final_sqnr_db": self.final_db,
+                "chosen": self.chosen, "fallback_layers": self.layers, "gains_db": self.gains,
+                "top1_agreement": list(self.agreement) if self.agreement else None,
+                "kl_mean": list(self.kl) if self.kl else None, "outputs": self.outputs,
+                "not_scored": self.not_scored, "samples": self.samples}
+
+
+def _session(model):
+    from trtcal.ort.runner import cpu_session
+
+    return cpu_session(model, "the Q/DQ model under test", int8_kernels=False)  # TensorRT's arithmetic
+
+
+def _score(model, batches, refs, choice) -> Score:
+    session = _session(model)
+    names = choice.names
+    score = Score({n: choice.comparison(n) for n in names})
+    for batch, ref in zip(batches, refs):
+        got = session.run(names, batch)
+        for name, r, g in zip(names, ref, got):
+            bad = int(np.count_nonzero(~np.isfinite(g)))
+            if bad:
+                score.broken[name] = score.broken.get(name, 0) + bad
+            try:
+                score.outputs[name].update(r, g)
+            except ValueError as exc:
+                raise TrtcalError(str(exc)) from None
+    return score
+
+
+def _per_output(base: Score, end: Score) -> dict[str, dict]:
+    out = {}
+    for name, b in base.outputs.items():
+        e = end.outputs[name]
+        d = {"classes": b.classes, "sqnr_db": [b.sqnr_db, e.sqnr_db]}
+        if b.classifier:
+            d.update(top1_agreement=[b.top1_agreement, e.top1_agreement], kl_mean=[b.kl_mean, e.kl_mean],
+                     positions=b.positions)
+        for label, score in (("nonfinite_baseline", base), ("nonfinite_final", end)):
+            if name in score.broken:
+                d[label] = score.broken[name]
+        out[name] = d
+    return out
+
+
+def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, target: str = "tensorrt",
+            greedy: bool = False, metric: str = "sqnr", mode: str = "leave-one-out", progress=None,
+            score=None, classifiers=None, batch_axes: dict | None = None,
+            **qdq_options) -> tuple[Sensitivity, object]:
+    """Sensitivity of every quantized activation (``mode`` and ``metric``: see the module doc);
+    returns it and the Q/DQ result with the ``max_float`` most harmful tensors left in float (only
+    those that gain; at most all but one).
+
+    ``score``, ``classifiers``: which outputs are measured and which are class scores
+    (:func:`trtcal.ort.evaluate.choose_outputs`). ``batch_axes``: input -> the axis its samples are
+    on (``--batch-axis``; default 0), to count the samples. ``greedy``: instead of taking the top of the
+    ranking, pick one tensor at a time,
+    each time the one (among the ``3 * max_float`` best ranked) whose fallback, together with the
+    ones already picked, gains most; stop when none gains. Costs about ``3 * max_float**2`` more
+    evaluations; catches tensors whose errors interact. ``qdq_options`` go to every
+    :func:`~trtcal.onnx.qdq.write_qdq` (e.g. ``weight_method``).
+    """
+    from trtcal.core.ranges import from_cache
+    from trtcal.data.sources import configure_inputs, samples_in
+    from trtcal.onnx.model import load_model
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.evaluate import choose_outputs
+    from trtcal.ort.runner import input_specs
+
+    if max_float < 0:
+        raise TrtcalError(f"--max-float {max_float}: must be >= 0")
+    if metric not in METRICS:
+        raise TrtcalError(f"metric {metric!r}: choose from {', '.join(METRICS)}")
+    if mode not in MODES:
+        raise TrtcalError(f"mode {mode!r}: choose from {', '.join(MODES)}")
+    if not batches:
+        raise TrtcalError("no evaluation batches for the sensitivity analysis")
+    model = load_model(model_path, load_weights=True, fp32=True)
+    choice = choose_outputs(model, str(model_path), score=score, classifiers=classifiers)
+    if not isinstance(ranges, dict):
+        ranges = from_cache(ranges)
+    ref_session = _session(model)
+    specs, _ = configure_inputs(input_specs(ref_session), batch_axes=batch_axes)
+    names = choice.names
+    refs = [ref_session.run(names, b) for b in batches]
+    samples = sum(samples_in(b, specs) for b in batches)
+    for i, name in enumerate(names):
+        choice.first_batch(name, refs[0][i].shape)
+        bad = sum(int(np.count_nonzero(~np.isfinite(r[i]))) for r in refs)
+        if bad:
+            raise TrtcalError(f"output {name!r}: the FP32 model gives {bad} NaN/Inf values on the {samples} "
+                              "evaluation samples, so no error can be measured on it; leave it out with --score")
+        if not any(np.any(r[i] != 0) for r in refs):
+            raise TrtcalError(f"output {name!r}: all zeros in FP32 on the {samples} evaluation samples, so its SQNR "
+                              "is not a number; leave it out with --score, or measure on other data")
+    if metric == "kl" and not any(choice.classes.values()):
+        shapes = ", ".join(f"{n} {list(refs[0][i].shape)}" for i, n in enumerate(names))
+        raise TrtcalError(f"metric kl needs a classifier output, and no scored output is class scores ({shapes}): "
+                          "name one with --classifier, or use --metric sqnr")
+    full = write_qdq(model, ranges, target=target, **qdq_options)
+    base = _score(full.model, batches, refs, choice)
+    baseline = base.value(metric)
+    gains: dict[str, float] = {}
+    candidates = [q.name for q in full.activations]
+    if progress is not None and getattr(progress, "total", 0) is None:
+        progress.total = len(candidates)  # known only now: a caller need not write the model to size its bar
+
+    def score_of(subset: dict) -> float:
+        """The metric's value with only ``subset`` of the ranges quantized."""
+        trial = write_qdq(model, subset, target=target, check_onnxruntime=False, **qdq_options)
+        return _score(trial.model, batches, refs, choice).value(metric)
+
+    def score_without(dropped: set[str]) -> float:
+        return score_of({k: v for k, v in ranges.items() if k not in dropped})
+
+    for name in candidates:
+        if mode == "leave-one-out":
+            gains[name] = _gain(baseline, score_without({name}))
+        else:
+            gains[name] = _additive_gain(baseline, score_of({name: ranges[name]}))
+        if progress is not None:
+            progress.update()
+    ordered = dict(sorted(gains.items(), key=lambda kv: (-_finite(kv[1]), kv[0])))
+    # one tensor stays quantized: with none, the model is the FP32 one and no Q/DQ model can be written
+    max_float = max(0, min(max_float, len(candidates) - 1))
+    chosen = [n for n, g in ordered.items() if g > 0][:max_float]
+    if greedy:
+        pool = [n for n, g in ordered.items() if g > 0][:3 * max_float]
+        chosen, current = [], baseline
+        while len(chosen) < max_float:
+            trials = {n: score_without(set(chosen) | {n}) for n in pool if n not in chosen}
+            best = max(trials, key=lambda n: _finite(trials[n]), default=None)
+            if best is None or not _gain(current, trials[best]) > 0:
+                break
+            chosen.append(best)
+            current = trials[best]
+    final = write_qdq(model, {k: v for k, v in ranges.items() if k not in set(chosen)}, target=target,
+                      **qdq_options)
+    end = _score(final.model, batches, refs, choice)
+    consumers = {q.name: q.consumers for q in full.activations}
+    outputs_of = {(n.name or n.output[0]): n.output[0] for n in model.graph.node}
+    layers = []
+    for name in chosen:
+        for c in consumers.get(name, []):
+            node = c.replace(" (residual)", "")
+            if node in outputs_of and outputs_of[node] not in layers:
+                layers.append(outputs_of[node])
+    result = Sensitivity(base.sqnr_db, ordered, chosen, end.sqnr_db,
+                         (base.agreement, end.agreement) if base.agreement is not None else None, layers,
+                         metric, mode, (base.kl, end.kl) if base.kl is not None else None,
+                         _per_output(base, end), dict(choice.not_scored), samples)
+    return result, final
+
+
+def _gain(before: float, after: float) -> float:
+    """``after - before`` (dB), 0 when both are the same infinity (nothing to gain)."""
+    return 0.0 if before == after else after - before
+
+
+def _additive_gain(all_db: float, alone_db: float) -> float:
+    """The gain (dB) of removing an error source that alone scores ``alone_db`` from a whole that
+    scores ``all_db`` (scores: larger is better, 10 log10 of signal over error), if errors add."""
+    if alone_db == math.inf or all_db == -math.inf and alone_db > -math.inf:
+        return 0.0  # it causes no error alone, or none of the whole's broken outputs
+    if all_db == math.inf or alone_db == -math.inf:
+        return math.inf  # an exact whole is not made worse by it alone; or it alone breaks an output
+    share = 10.0 ** ((all_db - alone_db) / 10.0)
+    return math.inf if share >= 1.0 else -10.0 * math.log10(1.0 - share)
+
+
+def _finite(x: float) -> float:
+    return 1e9 if x == math.inf else (-1e9 if x == -math.inf or math.isnan(x) else x)
