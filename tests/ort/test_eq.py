@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper
 
-from trtcal.ort import eq
+from trtcal.ort import eq, layers
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "trtcal" / "examples"
 
@@ -103,11 +103,11 @@ def test_a_memory_budget_changes_nothing_but_the_runs():
     batches = first_samples(model, EXAMPLES / "fashion_calib.npz", samples=48, batch_size=16)
     amaxes = {n: r.amax for n, r in trtcal.calibrate(model, EXAMPLES / "fashion_calib.npz", progress=False,
                                                        max_batches=2).thresholds.items()}
-    names = list(dict.fromkeys(layer.x for layer in eq._layers(load_model(model, load_weights=True))))
+    names = list(dict.fromkeys(layer.x for layer in layers.weighted_layers(load_model(model, load_weights=True))))
     tiny = 1e-6  # every layer input alone is over budget: one run per layer
-    runs = list(eq._chunks(load_model(model, load_weights=True), names, batches, tiny, None, str(model)))
+    runs = list(layers.input_runs(load_model(model, load_weights=True), names, batches, tiny, None, str(model)))
     assert runs == [[n] for n in names] and len(runs) == 4
-    whole = list(eq._chunks(load_model(model, load_weights=True), names, batches, 1e6, None, str(model)))
+    whole = list(layers.input_runs(load_model(model, load_weights=True), names, batches, 1e6, None, str(model)))
     assert whole == [names]
     a = eq.refine(model, batches, amaxes, steps=8, memory_mb=tiny)
     b = eq.refine(model, batches, amaxes, steps=8, memory_mb=1e6)
