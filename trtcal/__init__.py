@@ -7,7 +7,7 @@ and :mod:`trtcal.data` (data sources), :mod:`trtcal.ort` (ONNX Runtime runs: cal
 evaluation, fallback, EQ), :mod:`trtcal.trt` and :mod:`trtcal.report` (TensorRT and matplotlib,
 imported lazily), and :mod:`trtcal.cli` on top.
 
-The short API: ``trtcal.calibrate``, ``trtcal.cache.read``, ``trtcal.Histogram``,
+The short API: ``trtcal.quantize``, ``trtcal.calibrate``, ``trtcal.cache.read``, ``trtcal.Histogram``,
 ``trtcal.thresholds.entropy2``, ``trtcal.write_qdq``.
 """
 
@@ -20,6 +20,7 @@ from trtcal.core.errors import TrtcalError
 from trtcal.core.histogram import Histogram
 from trtcal.onnx.qdq import write_qdq
 from trtcal.ort.pipeline import CalibrationResult, calibrate
+from trtcal.ort.quantize import QuantizeResult, quantize
 
-__all__ = ["CalibrationResult", "Histogram", "TrtcalError", "__version__", "cache", "calibrate", "thresholds",
-           "write_qdq"]
+__all__ = ["CalibrationResult", "Histogram", "QuantizeResult", "TrtcalError", "__version__", "cache", "calibrate",
+           "quantize", "thresholds", "write_qdq"]

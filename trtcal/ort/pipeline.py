@@ -105,7 +105,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
               progress: bool | None = None, threads: int | None = None, growth: str = "power2",
               bins: int = 2048, memory_budget_mb: float = MEMORY_BUDGET_MB, include_constants: bool = False,
               expose_all: bool = False, batch_axes: dict | None = None, shapes: dict | None = None,
-              allow_nonfinite: bool = False, **options) -> CalibrationResult:
+              allow_nonfinite: bool = False, keep_batch=None, **options) -> CalibrationResult:
     """Calibrate ``model`` (an FP32 ONNX file) on ``data``; see :mod:`trtcal.data` for sources.
 
     ``algorithm`` is one of :data:`trtcal.core.thresholds.METHODS`; ``options`` go to it (e.g.
@@ -125,7 +125,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
     :func:`trtcal.data.sources.configure_inputs`. NaN/Inf in the inputs are an error unless
     ``allow_nonfinite`` (then they are counted and left out of the ranges). An explicit
     ``batch_size`` whose exposed tensors exceed ``memory_budget_mb`` gets a warning with the
-    measured size.
+    measured size. ``keep_batch``: a function of the batch index; batches it rejects are skipped
+    (held out for evaluation, as :func:`trtcal.ort.quantize.quantize` does).
     """
     from trtcal.ort.runner import Runner
 
@@ -169,6 +170,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike | None = None, *
         for index, batch in enumerate(source):
             if max_batches is not None and index >= max_batches:
                 break
+            if keep_batch is not None and not keep_batch(index):
+                continue
             batch = check_batch(batch, inputs, f"{source.description}: batch {index}", finite=finite)
             checks.observe(index, batch)
             tensors = dict(runner.run(batch))

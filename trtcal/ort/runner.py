@@ -257,9 +257,10 @@ def first_samples(model_path, data, *, samples: int = 64, batch_size: int | None
 
 def first_batches(model_path, data, *, samples: int = 64, batch_size: int | None = None,
                   preprocess=None, batch_axes: dict | None = None, shapes: dict | None = None,
-                  allow_nonfinite: bool = False) -> tuple[list[dict], list[InputSpec]]:
+                  allow_nonfinite: bool = False, keep_batch=None) -> tuple[list[dict], list[InputSpec]]:
     """:func:`first_samples`, and the model's inputs (:class:`InputSpec`, batch axes applied) that
-    say how to count and slice those batches (:func:`trtcal.data.sources.samples_in`)."""
+    say how to count and slice those batches (:func:`trtcal.data.sources.samples_in`).
+    ``keep_batch``: a function of the batch index; batches it rejects are skipped."""
     from trtcal.data import open_data
     from trtcal.data.sources import check_batch, configure_inputs, samples_in, take
 
@@ -269,6 +270,8 @@ def first_batches(model_path, data, *, samples: int = 64, batch_size: int | None
     source = open_data(data, specs, batch_size=batch_size, preprocess=preprocess, ignore={"labels"})
     out, seen = [], 0
     for index, batch in enumerate(source):
+        if keep_batch is not None and not keep_batch(index):
+            continue
         batch = check_batch(batch, specs, f"{source.description}: batch {index}", finite=not allow_nonfinite)
         n = samples_in(batch, specs)
         take_n = min(n, samples - seen)

@@ -124,7 +124,34 @@ def _session(model):
     return cpu_session(model, "the Q/DQ model under test", int8_kernels=False)  # TensorRT's arithmetic
 
 
-def _score(model, batches, refs, choice) -> Score:
+def reference_outputs(model, batches: list[dict], choice, *, batch_axes: dict | None = None
+                      ) -> tuple[list[list[np.ndarray]], int]:
+    """The FP32 model's scored outputs (``choice.names``) on each batch, and the samples counted
+    along the inputs' batch axes; an output that holds NaN/Inf or is all zeros is an error (no
+    SQNR can be measured on it)."""
+    from trtcal.data.sources import configure_inputs, samples_in
+    from trtcal.ort.runner import input_specs
+
+    ref_session = _session(model)
+    specs, _ = configure_inputs(input_specs(ref_session), batch_axes=batch_axes)
+    names = choice.names
+    refs = [ref_session.run(names, b) for b in batches]
+    samples = sum(samples_in(b, specs) for b in batches)
+    for i, name in enumerate(names):
+        choice.first_batch(name, refs[0][i].shape)
+        bad = sum(int(np.count_nonzero(~np.isfinite(r[i]))) for r in refs)
+        if bad:
+            raise TrtcalError(f"output {name!r}: the FP32 model gives {bad} NaN/Inf values on the {samples} "
+                              "evaluation samples, so no error can be measured on it; leave it out with --score")
+        if not any(np.any(r[i] != 0) for r in refs):
+            raise TrtcalError(f"output {name!r}: all zeros in FP32 on the {samples} evaluation samples, so its SQNR "
+                              "is not a number; leave it out with --score, or measure on other data")
+    return refs, samples
+
+
+def score_model(model, batches, refs, choice) -> Score:
+    """``model`` (a Q/DQ ModelProto, run as written: TensorRT's arithmetic) scored against the FP32
+    outputs ``refs`` (:func:`reference_outputs`) on ``batches``."""
     session = _session(model)
     names = choice.names
     score = Score({n: choice.comparison(n) for n in names})
@@ -174,11 +201,9 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     :func:`~trtcal.onnx.qdq.write_qdq` (e.g. ``weight_method``).
     """
     from trtcal.core.ranges import from_cache
-    from trtcal.data.sources import configure_inputs, samples_in
     from trtcal.onnx.model import load_model
     from trtcal.onnx.qdq import write_qdq
     from trtcal.ort.evaluate import choose_outputs
-    from trtcal.ort.runner import input_specs
 
     if max_float < 0:
         raise TrtcalError(f"--max-float {max_float}: must be >= 0")
@@ -192,26 +217,14 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     choice = choose_outputs(model, str(model_path), score=score, classifiers=classifiers)
     if not isinstance(ranges, dict):
         ranges = from_cache(ranges)
-    ref_session = _session(model)
-    specs, _ = configure_inputs(input_specs(ref_session), batch_axes=batch_axes)
+    refs, samples = reference_outputs(model, batches, choice, batch_axes=batch_axes)
     names = choice.names
-    refs = [ref_session.run(names, b) for b in batches]
-    samples = sum(samples_in(b, specs) for b in batches)
-    for i, name in enumerate(names):
-        choice.first_batch(name, refs[0][i].shape)
-        bad = sum(int(np.count_nonzero(~np.isfinite(r[i]))) for r in refs)
-        if bad:
-            raise TrtcalError(f"output {name!r}: the FP32 model gives {bad} NaN/Inf values on the {samples} "
-                              "evaluation samples, so no error can be measured on it; leave it out with --score")
-        if not any(np.any(r[i] != 0) for r in refs):
-            raise TrtcalError(f"output {name!r}: all zeros in FP32 on the {samples} evaluation samples, so its SQNR "
-                              "is not a number; leave it out with --score, or measure on other data")
     if metric == "kl" and not any(choice.classes.values()):
         shapes = ", ".join(f"{n} {list(refs[0][i].shape)}" for i, n in enumerate(names))
         raise TrtcalError(f"metric kl needs a classifier output, and no scored output is class scores ({shapes}): "
                           "name one with --classifier, or use --metric sqnr")
     full = write_qdq(model, ranges, target=target, **qdq_options)
-    base = _score(full.model, batches, refs, choice)
+    base = score_model(full.model, batches, refs, choice)
     baseline = base.value(metric)
     gains: dict[str, float] = {}
     candidates = [q.name for q in full.activations]
@@ -221,7 +234,7 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     def score_of(subset: dict) -> float:
         """The metric's value with only ``subset`` of the ranges quantized."""
         trial = write_qdq(model, subset, target=target, check_onnxruntime=False, **qdq_options)
-        return _score(trial.model, batches, refs, choice).value(metric)
+        return score_model(trial.model, batches, refs, choice).value(metric)
 
     def score_without(dropped: set[str]) -> float:
         return score_of({k: v for k, v in ranges.items() if k not in dropped})
@@ -249,7 +262,7 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
             current = trials[best]
     final = write_qdq(model, {k: v for k, v in ranges.items() if k not in set(chosen)}, target=target,
                       **qdq_options)
-    end = _score(final.model, batches, refs, choice)
+    end = score_model(final.model, batches, refs, choice)
     consumers = {q.name: q.consumers for q in full.activations}
     outputs_of = {(n.name or n.output[0]): n.output[0] for n in model.graph.node}
     layers = []

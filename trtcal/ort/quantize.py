@@ -1,0 +1,223 @@
+"""``quantize``: an FP32 ONNX model and data in, the best INT8 trtcal can make out: the Q/DQ model
+(TensorRT 11, TensorRT-RTX, ONNX Runtime), the TensorRT cache of the same ranges (TensorRT <= 10),
+the statistics, and a quality summary on held-out samples.
+
+1. **Calibrate** once (:func:`trtcal.ort.pipeline.calibrate`, entropy2, statistics kept). Without
+   separate evaluation data, every :data:`HOLDOUT_EVERY`-th batch is held out: never calibrated
+   on, used for the summary only.
+2. **Choose ranges per tensor** for every activation TensorRT's placement quantizes
+   (:mod:`trtcal.ort.range_choice`), on the first ``select_samples`` calibration samples.
+3. **Check the choice at the model's outputs**: the per-tensor choice and each single method
+   applied to every tensor (entropy2 as TensorRT does, minmax, the percentiles, mse, ...) are
+   written as Q/DQ models and scored (output SQNR: :mod:`trtcal.ort.sensitivity`) on the same
+   calibration samples; the best wins, so the result is never worse there than any single method.
+4. **Fallback**, only when asked (``max_float``): the tensors whose float fallback gains most
+   stay in float (:func:`trtcal.ort.sensitivity.analyse`).
+5. **Write** the Q/DQ model, the TensorRT cache (the chosen ranges; entropy2 for the tensors the
+   Q/DQ placement leaves alone, which TensorRT's implicit INT8 may still ask for), the statistics
+   and the provenance sidecars, and **score** the written model and TensorRT's default (entropy2
+   everywhere) on the held-out samples.
+
+Nothing is written until everything has been computed; existing outputs are replaced only with
+``force``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trtcal.cache.format import DEFAULT_TRT_VERSION, CalibrationCache, Version, format_version
+from trtcal.core.errors import TrtcalError
+
+#: Without evaluation data, batch ``i`` is held out when ``i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1``.
+HOLDOUT_EVERY = 5
+TARGETS = ("tensorrt", "onnxruntime")
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize` wrote and measured."""
+
+    model: Path  # the Q/DQ model
+    cache: Path  # the TensorRT cache of the same ranges
+    stats: Path  # the calibration statistics
+    chosen: str  # "per-tensor", or the single method that scored best at the outputs
+    choice: object  # the per-tensor RangeChoice (every tensor's candidates and errors)
+    selection: dict[str, float]  # candidate range set -> output SQNR (dB) on the selection samples
+    summary: dict  # held-out scores: the written model and TensorRT's entropy2
+    float_tensors: list[str] = field(default_factory=list)  # left in float by the fallback
+    metadata: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model": str(self.model), "cache": str(self.cache), "stats": str(self.stats), "chosen": self.chosen,
+                "selection_sqnr_db": self.selection, "summary": self.summary, "float_tensors": self.float_tensors,
+                "ranges": self.choice.to_dict(), "metadata": self.metadata, "warnings": self.warnings}
+
+
+def default_outputs(model: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """``<model stem>.int8.onnx`` beside the model, ``calib_caches/<stem>.cache`` and its statistics."""
+    m = Path(model)
+    return (m.with_name(m.stem + ".int8.onnx"), Path("calib_caches") / f"{m.stem}.cache",
+            Path("calib_caches") / f"{m.stem}.stats.npz")
+
+
+def _held_out(index: int) -> bool:
+    return index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+
+
+def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str | os.PathLike | None = None,
+             cache: str | os.PathLike | None = None, stats: str | os.PathLike | None = None,
+             target: str = "tensorrt", eval_data: str | os.PathLike | None = None, eval_samples: int = 256,
+             select_samples: int = 64, max_float: int = 0, trt_version: Version = DEFAULT_TRT_VERSION,
+             preprocess=None, batch_size: int | None = None, max_batches: int | None = None,
+             batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
+             score=None, classifiers=None, candidates=None, force: bool = False, progress: bool | None = None,
+             log=None) -> QuantizeResult:
+    """Quantize ``model`` with ``data`` (any :mod:`trtcal.data` source); see the module doc.
+
+    ``output``, ``cache``, ``stats``: where the Q/DQ model, the TensorRT cache and the statistics
+    go (default :func:`default_outputs`). ``eval_data``: held-out samples for the summary (default:
+    every fifth batch of ``data``, not calibrated on). ``select_samples``: calibration samples the
+    ranges are chosen on; ``eval_samples``: held-out samples scored. ``max_float``: tensors the
+    fallback may leave in float (0: all INT8). ``score``, ``classifiers``: which outputs are
+    scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``log`` receives one line per phase.
+    """
+    from trtcal.cache.provenance import sidecar_path, write_sidecar
+    from trtcal.core import fileio
+    from trtcal.core.progress import Progress
+    from trtcal.core.ranges import Range, from_thresholds
+    from trtcal.core.stats import save_stats
+    from trtcal.onnx.model import load_model
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.evaluate import choose_outputs
+    from trtcal.ort.pipeline import calibrate, file_sha256
+    from trtcal.ort.range_choice import choose_ranges
+    from trtcal.ort.runner import first_batches
+    from trtcal.ort.sensitivity import analyse, reference_outputs, score_model
+
+    say = log or (lambda line: None)
+    if target not in TARGETS:
+        raise TrtcalError(f"--target {target!r}: choose from {', '.join(TARGETS)}")
+    for name, value in (("--eval-samples", eval_samples), ("--select-samples", select_samples)):
+        if not isinstance(value, int) or value < 1:
+            raise TrtcalError(f"{name} {value!r}: must be a whole number >= 1")
+    if not isinstance(max_float, int) or max_float < 0:
+        raise TrtcalError(f"--max-float {max_float!r}: must be a whole number >= 0")
+    default = default_outputs(model)
+    if cache is None or stats is None:
+        default[1].parent.mkdir(exist_ok=True)  # calib_caches/, as trtcal calibrate makes it
+    output, cache, stats = (Path(p) if p is not None else d for p, d in zip((output, cache, stats), default))
+    inputs_read = [model, data] + ([eval_data] if eval_data is not None else [])
+    for path in (output, cache, sidecar_path(cache), stats, sidecar_path(output)):
+        fileio.check_output(path, force=force, inputs=inputs_read)
+    fp32 = load_model(model, load_weights=True, fp32=True)
+    choice_of_outputs = choose_outputs(fp32, str(model), score=score, classifiers=classifiers)
+    feed = {"batch_axes": batch_axes, "shapes": shapes, "allow_nonfinite": allow_nonfinite}
+
+    # 1. calibrate (held-out batches skipped when there is no evaluation data)
+    say(f"calibrating {model} on {data}" + ("" if eval_data is not None else
+                                             f" (every {HOLDOUT_EVERY}th batch held out for the summary)"))
+    keep = None if eval_data is not None else (lambda i: not _held_out(i))
+    cal = calibrate(model, data, algorithm="entropy2", batch_size=batch_size, max_batches=max_batches,
+                    trt_version=trt_version, preprocess=preprocess, progress=progress, keep_batch=keep, **feed)
+    bs = cal.metadata["batch_size"]
+    warnings = list(cal.warnings)
+    selection, specs = first_batches(model, data, samples=select_samples, batch_size=bs, preprocess=preprocess,
+                                     keep_batch=keep, **feed)
+    held_note = None
+    if eval_data is not None:
+        held, _ = first_batches(model, eval_data, samples=eval_samples, batch_size=bs, preprocess=preprocess, **feed)
+        held_from = str(eval_data)
+    else:
+        held, _ = first_batches(model, data, samples=eval_samples, batch_size=bs, preprocess=preprocess,
+                                keep_batch=_held_out, **feed)
+        held_from = f"{data} (every {HOLDOUT_EVERY}th batch, not calibrated on)"
+        if not held:
+            held, held_from = selection, f"{data} (calibration samples: fewer than {HOLDOUT_EVERY} batches to hold one out)"
+            held_note = ("the summary is measured on calibration samples: the data has fewer than "
+                         f"{HOLDOUT_EVERY} batches of {bs}; give held-out samples with --eval-data")
+            warnings.append(held_note)
+
+    # 2. the activations TensorRT's placement quantizes, and a range for each
+    base_ranges = from_thresholds(cal.thresholds, cal.histograms, source="entropy2")
+    placed = write_qdq(fp32, base_ranges, target=target, check_onnxruntime=False)
+    tensors = [q.name for q in placed.activations]
+    if not tensors:
+        raise TrtcalError(f"{model}: TensorRT's placement quantizes no activation here (no Conv, Gemm, MatMul ... "
+                          "with calibrated inputs): nothing to quantize")
+    unsigned = {q.name for q in placed.activations if q.dtype == "uint8"}
+    say(f"choosing ranges for {len(tensors)} tensors on {select_samples} calibration samples")
+    with Progress(len(tensors), "choosing ranges", enabled=progress) as bar:
+        choice = choose_ranges(model, cal.histograms, selection, tensors, unsigned=unsigned,
+                               candidates=candidates, inputs=specs, progress=bar)
+
+    def ranges_of(amaxes: dict[str, float], label: str) -> dict[str, Range]:
+        out = dict(base_ranges)
+        for name, amax in amaxes.items():
+            out[name] = Range(0.0, amax, 8, label) if base_ranges[name].low == 0 else Range.symmetric(amax, source=label)
+        return out
+
+    # 3. the per-tensor choice against every single method, at the model's outputs
+    sets = {"per-tensor": ranges_of(choice.amaxes, "per-tensor")}
+    labels = list(dict.fromkeys(label for c in choice.choices.values() for label in c.amaxes))
+    for label in labels:
+        sets[label] = ranges_of({n: c.amaxes.get(label, c.amaxes.get("entropy2", c.amax)) for n, c in choice.choices.items()},
+                                label)  # a label a tensor lacks (onesided, unsigned) is entropy2 there
+    refs, _ = reference_outputs(fp32, selection, choice_of_outputs, batch_axes=batch_axes)
+    scores: dict[str, float] = {}
+    with Progress(len(sets), "scoring at the outputs", enabled=progress) as bar:
+        for label, ranges in sets.items():
+            trial = write_qdq(fp32, ranges, target=target, check_onnxruntime=False)
+            scores[label] = score_model(trial.model, selection, refs, choice_of_outputs).sqnr_db
+            bar.update()
+    chosen = max(scores, key=lambda k: (_finite(scores[k]), k == "per-tensor"))
+    ranges = sets[chosen]
+    say(f"ranges: {chosen} ({scores[chosen]:.2f} dB on the selection samples; entropy2 "
+        f"{scores.get('entropy2', math.nan):.2f} dB)")
+
+    # 4. fallback, if asked
+    float_tensors: list[str] = []
+    if max_float > 0:
+        with Progress(None, "fallback", enabled=progress) as bar:
+            sens, final = analyse(model, ranges, selection, max_float=max_float, target=target, progress=bar,
+                                  score=score, classifiers=classifiers, batch_axes=batch_axes)
+        float_tensors = list(sens.chosen)
+    else:
+        final = write_qdq(fp32, ranges, target=target)
+
+    # 5. score on held-out samples, then write
+    held_refs, held_samples = reference_outputs(fp32, held, choice_of_outputs, batch_axes=batch_axes)
+    got = score_model(final.model, held, held_refs, choice_of_outputs)
+    trt_default = score_model(write_qdq(fp32, base_ranges, target=target, check_onnxruntime=False).model,
+                              held, held_refs, choice_of_outputs)
+    summary = {"data": held_from, "samples": held_samples, "sqnr_db": got.sqnr_db,
+               "entropy2_sqnr_db": trt_default.sqnr_db,
+               "outputs": {n: {"sqnr_db": c.sqnr_db, **({"top1_agreement": c.top1_agreement}
+                                                        if c.classifier else {})} for n, c in got.outputs.items()}}
+    if got.agreement is not None:
+        summary.update(top1_agreement=got.agreement, entropy2_top1_agreement=trt_default.agreement)
+    if held_note:
+        summary["note"] = held_note
+
+    amaxes = {name: r.amax for name, r in cal.thresholds.items()}
+    amaxes.update({name: r.amax for name, r in ranges.items() if name in amaxes})
+    trt_cache = CalibrationCache.from_amaxes(amaxes, version=trt_version, algorithm="EntropyCalibration2")
+    meta = dict(cal.metadata)
+    meta.update(algorithm="quantize", ranges=chosen, target=target, model_sha256=file_sha256(model),
+                float_tensors=float_tensors, held_out=held_from)
+    save_stats(stats, cal.histograms, cal.metadata, force=force)
+    trt_cache.write(cache, force=force)
+    write_sidecar(cache, meta, force=force)
+    final.save(output, force=force, inputs=inputs_read)
+    write_sidecar(output, {**meta, "cache": str(cache), "stats": str(stats)}, force=force)
+    return QuantizeResult(output, cache, stats, chosen, choice, scores, summary, float_tensors,
+                          {"version": format_version(trt_version), "batch_size": bs, "calibration": cal.metadata},
+                          warnings)
+
+
+def _finite(x: float) -> float:
+    return -1e300 if math.isnan(x) or x == -math.inf else x

@@ -1,0 +1,198 @@
+"""Per-tensor range choice by measured effect: each quantized activation gets, among several
+threshold methods, the range whose quantization costs least where it matters.
+
+No single threshold method is best on every model, nor on every tensor of one model; and the
+tensor's own error (what ``mse`` minimises) is not what the model feels: a Conv or MatMul sums
+thousands of quantized inputs times quantized weights. So for every activation the Q/DQ placement
+quantizes, each candidate's amax (computed from the tensor's histogram: :data:`CANDIDATES`;
+equal amaxes measured once) is tried on a few calibration samples and scored by its *relative error*
+(noise power over signal power):
+
+- a tensor feeding weighted layers (Conv, ConvTranspose, Gemm, MatMul with an initializer
+  weight): the error of those layers' outputs, the input fake-quantized at the candidate amax and
+  the weights at their per-channel max scales (what :func:`~trtcal.onnx.qdq.write_qdq` writes),
+  against the FP32 layer outputs; averaged over the layers it feeds;
+- a tensor feeding no weighted layer (a residual Add, pooling, an activation x activation
+  MatMul: consumers linear in it, or multiplying it by another activation): the error of its own
+  values.
+
+Layers run one at a time as single-node ONNX Runtime sessions (:mod:`trtcal.ort.layers`), each
+input captured over the samples within a memory budget, as EQ does; every tensor sees FP32
+inputs (layer-wise). The smallest error wins; ties keep the earlier candidate (entropy2 first).
+Tensors quantized unsigned (ONNX Runtime targets, one-sided tensors) are scored with 256 levels
+on ``[0, amax]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtcal.core import thresholds as thr
+from trtcal.core.errors import TrtcalError
+from trtcal.ort.layers import (
+    default_specs,
+    fake_quant,
+    input_runs,
+    layer_inputs,
+    max_scale,
+    single_node_session,
+    weighted_layers,
+)
+
+#: The candidates, in order of preference on ties: label -> (threshold method, its options).
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "entropy2": ("entropy2", {}),
+    "minmax": ("minmax", {}),
+    "percentile 99.9": ("percentile", {"q": 0.999}),
+    "percentile 99.99": ("percentile", {"q": 0.9999}),
+    "percentile 99.999": ("percentile", {"q": 0.99999}),
+    "mse": ("mse", {}),
+    "aciq": ("aciq", {}),
+    "onesided": ("onesided", {}),
+}
+#: Default bound on the captured tensor values held at once (MB).
+MEMORY_MB = 512
+
+
+@dataclass
+class Choice:
+    """One tensor's choice: the winning candidate, its amax, and every candidate's error."""
+
+    tensor: str
+    method: str  # the winning candidate's label
+    amax: float
+    errors: dict[str, float]  # candidate label -> relative error (noise / signal)
+    amaxes: dict[str, float]  # candidate label -> its amax
+    measured_at: list[str]  # the layer outputs scored, or [tensor] for its own values
+    unsigned: bool = False
+
+    def to_dict(self) -> dict:
+        return {"tensor": self.tensor, "method": self.method, "amax": self.amax, "unsigned": self.unsigned,
+                "measured_at": self.measured_at, "errors": self.errors, "amaxes": self.amaxes}
+
+
+@dataclass
+class RangeChoice:
+    """The choice for every tensor (graph order), and the samples it was measured on."""
+
+    choices: dict[str, Choice] = field(default_factory=dict)
+    samples: int = 0
+
+    @property
+    def amaxes(self) -> dict[str, float]:
+        return {name: c.amax for name, c in self.choices.items()}
+
+    def counts(self) -> dict[str, int]:
+        """How many tensors each candidate won."""
+        out: dict[str, int] = {}
+        for c in self.choices.values():
+            out[c.method] = out.get(c.method, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "counts": self.counts(),
+                "tensors": {name: c.to_dict() for name, c in self.choices.items()}}
+
+
+def candidate_amaxes(hist, *, unsigned: bool = False, candidates=None) -> dict[str, float]:
+    """Each candidate's amax for ``hist`` (candidates whose amax is not a positive number are left
+    out; ``onesided``, a symmetric quantizer's method, is left out for an unsigned tensor)."""
+    out: dict[str, float] = {}
+    for label, (method, options) in (candidates or CANDIDATES).items():
+        if method == "onesided" and unsigned:
+            continue
+        opts = dict(options)
+        if method != "onesided":
+            opts["unsigned"] = unsigned
+        amax = float(thr.compute(method, hist, **opts).amax)
+        if amax > 0 and np.isfinite(amax):
+            out[label] = amax
+    return out
+
+
+def quantize_values(x: np.ndarray, amax: float, unsigned: bool) -> np.ndarray:
+    """``x`` fake-quantized to 8 bits: symmetric int8 at ``amax / 127``, or unsigned (256 levels
+    on ``[0, amax]``, zero point 0) at ``amax / 255``."""
+    if not unsigned:
+        return fake_quant(x, amax / 127)
+    s = np.float32(amax / 255)
+    return (np.clip(np.rint(x / s), 0, 255) * s).astype(np.float32)
+
+
+def _relative_error(ref: np.ndarray, got: np.ndarray) -> float:
+    r = ref.astype(np.float64)
+    signal = float(np.sum(r * r))
+    noise = float(np.sum((got.astype(np.float64) - r) ** 2))
+    if signal > 0:
+        return noise / signal
+    return 0.0 if noise == 0 else float("inf")
+
+
+def choose_ranges(model_path, histograms: dict, batches: list[dict], tensors: list[str], *,
+                  unsigned: set[str] | frozenset = frozenset(), candidates=None, inputs=None,
+                  threads: int | None = None, memory_mb: float = MEMORY_MB, progress=None) -> RangeChoice:
+    """Choose a range for each of ``tensors`` (the activations the Q/DQ placement quantizes, in
+    graph order) from ``histograms`` (the calibration statistics), measured on ``batches``
+    (checked model input dicts: a few calibration samples). ``unsigned``: tensors quantized
+    unsigned. ``inputs``: the model's :class:`~trtcal.ort.runner.InputSpec` list with batch axes
+    (default axis 0). ``progress`` gets one update per tensor."""
+    import onnx
+
+    from trtcal.data.sources import samples_in
+    from trtcal.onnx.model import load_model
+
+    if not batches:
+        raise TrtcalError("no samples to choose ranges on")
+    missing = [t for t in tensors if t not in histograms]
+    if missing:
+        raise TrtcalError(f"no statistics for tensor {missing[0]!r} (and {len(missing) - 1} more): calibrate "
+                          "the same model")
+    model = load_model(model_path, load_weights=True)
+    specs = list(inputs) if inputs is not None else default_specs(batches[0])
+    result = RangeChoice(samples=sum(samples_in(b, specs) for b in batches))
+    consumers: dict[str, list] = {}
+    for layer in weighted_layers(model):
+        if layer.x in tensors:
+            consumers.setdefault(layer.x, []).append(layer)
+    amaxes = {t: candidate_amaxes(histograms[t], unsigned=t in unsigned, candidates=candidates) for t in tensors}
+    todo = [t for t in tensors if amaxes[t]]
+    runs = iter(input_runs(model, todo, batches, memory_mb, threads, str(model_path), specs))
+    xs: dict[str, np.ndarray] = {}
+    for name in todo:
+        if name not in xs:  # the next run of tensors whose values fit the memory budget
+            xs.clear()
+            xs.update(layer_inputs(model, next(runs), batches, threads, str(model_path), specs))
+        x = xs.pop(name)
+        cands = amaxes[name]
+        is_unsigned = name in unsigned
+        group = consumers.get(name, [])
+        if group:
+            x_info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(x.shape))
+            scored = []
+            for layer in group:
+                session = single_node_session(model, layer, x_info, threads)
+                ref = session.run(None, {name: x, layer.w: layer.weight})[0]
+                wq = fake_quant(layer.weight, max_scale(layer.weight, layer.axis), layer.axis)
+                scored.append((session, ref, layer.w, wq))
+
+            def error(amax: float, x=x, name=name, is_unsigned=is_unsigned, scored=scored) -> float:
+                xq = quantize_values(x, amax, is_unsigned)
+                return float(np.mean([_relative_error(ref, s.run(None, {name: xq, w: wq})[0])
+                                      for s, ref, w, wq in scored]))
+            where = [layer.node.output[0] for layer in group]
+        else:
+            def error(amax: float, x=x, is_unsigned=is_unsigned) -> float:
+                return _relative_error(x, quantize_values(x, amax, is_unsigned))
+            where = [name]
+        by_amax: dict[float, float] = {}  # candidates with equal amaxes are measured once
+        for a in cands.values():
+            if a not in by_amax:
+                by_amax[a] = error(a)
+        errors = {label: by_amax[a] for label, a in cands.items()}
+        best = min(errors, key=lambda label: errors[label])  # first of equals: the candidates' order
+        result.choices[name] = Choice(name, best, cands[best], errors, cands, where, is_unsigned)
+        if progress is not None:
+            progress.update()
+    return result
