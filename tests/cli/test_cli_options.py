@@ -8,7 +8,7 @@ import argparse
 import pytest
 from conftest import run_cli
 
-from trtcal.cli.common import Bounded
+from trtcal.cli.args.numbers import Bounded
 from trtcal.cli.main import build_parser
 
 
@@ -64,7 +64,8 @@ def test_bad_numbers_fail_in_one_line(words, action, positionals, value, tmp_pat
 #: Options whose meaning depends on the command (so their help says what it is there), each with
 #: why. Every other option that several commands take has one help text everywhere.
 MEANS_PER_COMMAND = {
-    "--algorithm": "a threshold method, a TensorRT calibrator (build) or a cache header's name (cache ...)",
+    "--algorithm": "a threshold method (calibrate: also eq; qdq, fallback: with --stats only), a TensorRT "
+                   "calibrator (build) or a cache header's name (cache ...)",
     "--all": "cache diff lists agreeing tensors, eval every tensor",
     "--batch-size": "the defaults differ (calibrate: --memory-budget; build: the OPT shape; crosscheck: TensorRT's)",
     "--bits": "a bit width, or bits' candidate widths",
@@ -74,7 +75,8 @@ MEANS_PER_COMMAND = {
     "--output": "each command writes a different kind of file",
     "--overrides": "applied to a cache, to ranges, or with set_dynamic_range",
     "--shapes": "build: an optimization profile NAME:MIN,OPT,MAX; elsewhere one batch's shape NAME=DxD (not unified yet)",
-    "--stats": "calibrate writes statistics, the others read them",
+    "--stats": "calibrate writes statistics, cache lint checks a cache against them; every command that reads "
+               "them says the same (test_cli_args)",
     "--target": "bits' --qdq target stores other widths",
     "--trt-version": "the release a cache is stamped for, or will be read by",
     "--verbose": "cache lint's informational findings, build's TensorRT messages",
@@ -92,4 +94,6 @@ def test_shared_options_have_one_help_text():
     differ = {opt: t for opt, t in texts.items() if len(t) > 1 and opt not in MEANS_PER_COMMAND}
     assert differ == {}, differ
     shared = [opt for opt, t in texts.items() if sum(map(len, t.values())) > 1]
-    assert {"--force", "--preprocess", "--max-batches", "--percentile", "--ignore-provenance", "--labels"} <= set(shared)
+    assert {"--force", "--preprocess", "--max-batches", "--percentile", "--ignore-provenance", "--labels",
+            "--json", "--quiet", "--distribution", "--zero-bin", "--score", "--classifier", "--batch-axis",
+            "--allow-nonfinite", "--weights", "--weight-scales"} <= set(shared)

@@ -6,9 +6,18 @@ import argparse
 import sys
 from collections import Counter
 
-from trtcal.cli.common import DECIBELS, add_force, add_json, print_json
+from trtcal.cli.args.algorithm import AlgorithmArgs
+from trtcal.cli.args.numbers import DECIBELS
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.args.stats import StatsArgs
+from trtcal.cli.common import add_command, print_json
 from trtcal.cli.table import print_table
 from trtcal.core.errors import TrtcalError
+
+STATS = StatsArgs()
+#: ``--bits`` here lists candidate widths: the algorithm group gives ``--algorithm`` only
+ALGORITHM = AlgorithmArgs(("--algorithm",))
+OUTPUT = OutputArgs("write {tensor: bits or 'float'} as JSON")
 
 
 def _widths(text: str) -> list[int]:
@@ -23,31 +32,38 @@ def _widths(text: str) -> list[int]:
 
 
 def cmd_bits(args: argparse.Namespace) -> int:
+    """per-tensor bit width for a target SQNR
+
+    For each tensor in a statistics file, the smallest bit width from --bits whose symmetric
+    quantization (threshold from --algorithm at that width) keeps the tensor's SQNR at or above
+    --target-sqnr, estimated from the histogram; tensors that meet it at no width stay in
+    float."""
     from trtcal.core import fileio
     from trtcal.core.bitwidth import FLOAT, choose_bits
     from trtcal.core.stats import load_stats
 
     widths = _widths(args.bits)
+    stats, method, output = STATS.parse(args), ALGORITHM.parse(args).algorithm, OUTPUT.parse(args)
     if args.qdq and not args.model:
         raise TrtcalError("--qdq needs the MODEL the statistics were collected on")
-    for out in (args.output, args.qdq):
+    for out in (output.path, args.qdq):
         if out:
-            fileio.check_output(out, force=args.force, inputs=[args.stats] + ([args.model] if args.model else []))
-    histograms, _ = load_stats(args.stats)
-    choices = choose_bits(histograms, args.target_sqnr, widths, method=args.method)
-    doc = {"target_sqnr_db": args.target_sqnr, "widths": widths, "algorithm": args.method,
+            fileio.check_output(out, force=output.force, inputs=[stats] + ([args.model] if args.model else []))
+    histograms, _ = load_stats(stats)
+    choices = choose_bits(histograms, args.target_sqnr, widths, method=method)
+    doc = {"target_sqnr_db": args.target_sqnr, "widths": widths, "algorithm": method,
            "tensors": [c.to_dict() for c in choices]}
-    qdq = _write_qdq(args, choices, histograms, widths) if args.qdq else None
+    qdq = _write_qdq(args, choices, histograms, widths, method, output.force) if args.qdq else None
     if qdq is not None:
         doc["qdq"] = {"path": args.qdq, "target": args.target, "opset": qdq.opset,
                       "stored": {q.name: q.dtype for q in qdq.activations},
                       "weights": {q.name: q.dtype for q in qdq.weights}, "float_tensors": qdq.float_tensors}
-    if args.output:
+    if output.path:
         import json
 
-        fileio.atomic_write(args.output, json.dumps({c.tensor: c.bits for c in choices}, indent=1) + "\n",
-                            force=args.force)
-    if args.json:
+        fileio.atomic_write(output.path, json.dumps({c.tensor: c.bits for c in choices}, indent=1) + "\n",
+                            force=output.force)
+    if output.json:
         print_json(doc)
         return 0
     print_table(("bits", *(f"{w}-bit dB" for w in widths), "tensor"),
@@ -55,7 +71,7 @@ def cmd_bits(args: argparse.Namespace) -> int:
                  for c in choices], ">" * (len(widths) + 1) + "<")
     counts = Counter(c.bits for c in choices)
     parts = [f"{counts[w]} x {w}-bit" for w in widths if counts[w]] + ([f"{counts[FLOAT]} float"] if counts[FLOAT] else [])
-    print(f"target {args.target_sqnr:g} dB ({args.method}): " + ", ".join(parts))
+    print(f"target {args.target_sqnr:g} dB ({method}): " + ", ".join(parts))
     if qdq is not None:
         stored = Counter(q.dtype for q in qdq.activations)
         wstored = Counter(q.dtype for q in qdq.weights)
@@ -63,7 +79,7 @@ def cmd_bits(args: argparse.Namespace) -> int:
               ", ".join(f"{n} x {d}" for d, n in sorted(stored.items())) + "; weights " +
               ", ".join(f"{n} x {d}" for d, n in sorted(wstored.items())) +
               f"; {len(qdq.float_tensors)} tensors in float, {len(qdq.float_nodes)} nodes in float")
-    for out in (args.output, args.qdq):
+    for out in (output.path, args.qdq):
         if out:
             print(f"wrote {out}")
     return 0
@@ -90,12 +106,12 @@ def _weight_bits(args, weights, widths) -> dict[str, int]:
     return out
 
 
-def _write_qdq(args, choices, histograms, widths):
+def _write_qdq(args, choices, histograms, widths, method: str, force: bool):
     """The Q/DQ model with each activation at the width the target stores for its choice."""
     from trtcal.core.bitwidth import stored_ranges
     from trtcal.onnx.qdq import TARGET_WEIGHT_WIDTHS, TARGET_WIDTHS, write_qdq
 
-    ranges, floats = stored_ranges(choices, histograms, TARGET_WIDTHS[args.target], method=args.method)
+    ranges, floats = stored_ranges(choices, histograms, TARGET_WIDTHS[args.target], method=method)
     if not ranges:
         raise TrtcalError(f"--qdq: no tensor can be quantized at {args.target_sqnr:g} dB with the widths "
                           f"{args.target} stores; lower --target-sqnr")
@@ -108,25 +124,15 @@ def _write_qdq(args, choices, histograms, widths):
             result.float_tensors[name] = why
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    result.save(args.qdq, force=args.force, inputs=[args.model, args.stats])
+    result.save(args.qdq, force=force, inputs=[args.model, args.stats])
     return result
 
 
 def register(sub) -> None:
-    from trtcal.core import thresholds
-
-    p = sub.add_parser("bits", help="per-tensor bit width for a target SQNR",
-                       description="For each tensor in a statistics file, the smallest bit width from --bits whose "
-                                   "symmetric quantization (threshold from --algorithm at that width) keeps the "
-                                   "tensor's SQNR at or above --target-sqnr, estimated from the histogram; tensors "
-                                   "that meet it at no width stay in float.")
+    p = add_command(sub, "bits", cmd_bits, STATS, ALGORITHM, OUTPUT)
     p.add_argument("model", nargs="?", help="the ONNX model (needed for --qdq; otherwise for the record)")
-    p.add_argument("--stats", required=True, help="statistics (.npz) from trtcal calibrate --stats")
     p.add_argument("--target-sqnr", type=DECIBELS, required=True, metavar="DB", help="per-tensor SQNR to meet, in dB")
     p.add_argument("--bits", default="4,6,8,16", help="candidate widths, smallest first (default %(default)s)")
-    p.add_argument("--algorithm", dest="method", default="entropy2", choices=list(thresholds.METHODS),
-                   help="threshold method (default %(default)s)")
-    p.add_argument("-o", "--output", help="write {tensor: bits or 'float'} as JSON")
     p.add_argument("--qdq", metavar="OUT.onnx",
                    help="also write MODEL as a Q/DQ model with these widths: each activation at the smallest width "
                         "the --target stores that is at least its choice (threshold recomputed there), float where "
@@ -135,6 +141,3 @@ def register(sub) -> None:
                    help="for --qdq: tensorrt stores int8 only (wider choices stay float); onnxruntime stores "
                         "int4/int8/int16 activations (uint for one-sided tensors) and int4/int8 weights, chosen by "
                         "the same target, at opset 21 (default %(default)s)")
-    add_force(p)
-    add_json(p)
-    p.set_defaults(func=cmd_bits)

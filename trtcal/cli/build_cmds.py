@@ -5,38 +5,40 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trtcal.cli.common import (
-    BATCH,
-    COUNT,
-    FRACTION,
-    MAX_BATCHES_HELP,
-    MEGABYTES_INT,
-    add_force,
-    add_ignore_provenance,
-    add_json,
-    add_preprocess,
-    print_json,
-)
+from trtcal.cli.args.data import DataArgs
+from trtcal.cli.args.numbers import FRACTION, MEGABYTES_INT
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.args.ranges import add_ignore_provenance
+from trtcal.cli.common import add_command, print_json
+
+#: ``--data`` stands beside ``--cache`` (one or the other), so ``build`` adds it itself; TensorRT
+#: feeds the inputs (``--shapes`` is the optimization profile here)
+DATA = DataArgs(None, batch_size_help="calibration batch size = the OPT shape's batch axis (default: the model's "
+                                      "fixed batch, else 32 when calibrating, else 1)", feed=False)
+OUTPUT = OutputArgs("engine to write (default engines/<model stem>.engine)", metavar="ENGINE")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """build a TensorRT engine: implicit INT8 (calibrator or cache), FP16, or a Q/DQ model
+
+    Build MODEL.onnx into a TensorRT engine with a provenance record beside it
+    (<engine>.trtcal.json: TensorRT version, GPU, sha256 of model, cache and data). TensorRT <=
+    10: --int8 with --data (TensorRT calibrates; the cache is kept) or --cache (reused only if
+    its header and provenance fit). A model with Q/DQ nodes builds strongly typed (TensorRT 10
+    and 11, TensorRT-RTX). TensorRT 11 and TensorRT-RTX have no implicit INT8: use `trtcal qdq`."""
     from trtcal.trt.builder import build, parse_shapes
     from trtcal.trt.device import LazyDevice
 
-    preprocess = None
-    if args.preprocess:
-        from trtcal.data.images import Preprocess
-
-        preprocess = Preprocess.parse(args.preprocess)
-    stream = sys.stderr if args.json else sys.stdout
-    result = build(args.model, args.output, int8=args.int8, fp16=args.fp16, cache=args.cache, data=args.data,
-                   preprocess=preprocess, batch_size=args.batch_size, max_batches=args.max_batches,
+    data = DATA.parse(args)
+    output = OUTPUT.parse(args)
+    stream = sys.stderr if output.json else sys.stdout
+    result = build(args.model, output.path, int8=args.int8, fp16=args.fp16, cache=args.cache, data=args.data,
                    algorithm=args.algorithm, quantile=args.quantile, regression_cutoff=args.regression_cutoff,
                    save_cache=args.save_cache, overrides=args.overrides, fallback=args.fallback_list,
                    timing_cache=args.timing_cache, workspace_mb=args.workspace, shapes=parse_shapes(args.shapes),
                    backend=args.backend, device=LazyDevice(args.cuda), ignore_provenance=args.ignore_provenance,
-                   force=args.force, verbose=args.verbose, log=lambda line: print(line, file=stream))
-    if args.json:
+                   force=output.force, verbose=args.verbose, log=lambda line: print(line, file=stream), **data)
+    if output.json:
         print_json({"engine": str(result.engine), "provenance": str(result.record_path), **result.record})
         return 0
     rec = result.record
@@ -61,23 +63,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "build", help="build a TensorRT engine: implicit INT8 (calibrator or cache), FP16, or a Q/DQ model",
-        description="Build MODEL.onnx into a TensorRT engine with a provenance record beside it "
-                    "(<engine>.trtcal.json: TensorRT version, GPU, sha256 of model, cache and data). "
-                    "TensorRT <= 10: --int8 with --data (TensorRT calibrates; the cache is kept) or --cache (reused "
-                    "only if its header and provenance fit). A model with Q/DQ nodes builds strongly typed (TensorRT "
-                    "10 and 11, TensorRT-RTX). TensorRT 11 and TensorRT-RTX have no implicit INT8: use `trtcal qdq`.")
+    p = add_command(sub, "build", cmd_build, DATA, OUTPUT)
     p.add_argument("model", help="ONNX model (FP32, or with Q/DQ nodes)")
-    p.add_argument("-o", "--output", metavar="ENGINE", help="engine to write (default engines/<model stem>.engine)")
     p.add_argument("--int8", action="store_true", help="implicit INT8 (TensorRT <= 10): needs --data or --cache")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--cache", help="reuse this calibration cache (TensorRT's text format)")
     src.add_argument("--data", help="calibrate with TensorRT on this data (as for trtcal calibrate)")
-    add_preprocess(p)
-    p.add_argument("--batch-size", type=BATCH, help="calibration batch size = the OPT shape's batch axis "
-                                                  "(default: the model's fixed batch, else 32 when calibrating, else 1)")
-    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--algorithm", choices=("entropy2", "minmax", "entropy", "legacy"),
                    help="TensorRT calibrator (default entropy2; with --cache: the one its header names)")
     p.add_argument("--quantile", type=FRACTION, default=0.9999, help="legacy calibrator: quantile (default %(default)g)")
@@ -101,7 +92,4 @@ def register(sub) -> None:
                    help="CUDA backend for the calibration buffers: pycuda, cuda-python (as TensorRT's samples "
                         "since 10.14), or auto: pycuda if installed, else cuda-python (default)")
     add_ignore_provenance(p)
-    add_force(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show TensorRT's info messages")
-    add_json(p)
-    p.set_defaults(func=cmd_build)

@@ -13,10 +13,17 @@ from trtcal.cache import edit as cache_edit
 from trtcal.cache import format as trtcache
 from trtcal.cache.format import CalibrationCache, format_version
 from trtcal.cache.provenance import read_sidecar, sidecar_path
-from trtcal.cli.common import RTOL, add_json, add_output, fmt_float, json_float, print_json
+from trtcal.cli.args.numbers import RTOL
+from trtcal.cli.args.output import OUTPUT_FILE_HELP, OutputArgs
+from trtcal.cli.common import add_command, fmt_float, json_float, print_json
 from trtcal.cli.table import print_table, table
 from trtcal.core import fileio
 from trtcal.core.errors import TrtcalError
+
+#: ``inspect``, ``diff`` and ``lint`` print; ``edit``, ``restamp`` and ``convert`` write a file.
+PRINTS = OutputArgs(force=False)
+WRITES = OutputArgs(OUTPUT_FILE_HELP, required=True, metavar="OUT")
+WRITES_TEXT = OutputArgs(OUTPUT_FILE_HELP, required=True, metavar="OUT", json=False)
 
 # --------------------------------------------------------------------------- inspect
 
@@ -40,9 +47,14 @@ def provenance_findings(path) -> list[cache_checks.Finding]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """table of every tensor's range and a summary of suspicious entries
+
+    Show the header, every tensor's scale, amax and hex, and flag zero, inf, NaN, denormal,
+    negative, huge and duplicate entries."""
+    output = PRINTS.parse(args)
     cache = cache_io.read_any(args.file, args.source_format)
     findings = cache_checks.check_cache(cache) + provenance_findings(args.file)
-    if args.json:
+    if output.json:
         print_json({
             "file": str(args.file),
             "header": cache.header_text,
@@ -122,13 +134,18 @@ def diff_caches(a: CalibrationCache, b: CalibrationCache, rtol: float) -> dict:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    """compare two caches tensor by tensor (exit 1 when they differ)
+
+    Per-tensor amax ratio B/A, tensors only in one cache. Exit status 0 when every common
+    tensor agrees within --rtol and no tensor is missing, else 1."""
+    output = PRINTS.parse(args)
     if not (args.rtol >= 0 and math.isfinite(args.rtol)):
         raise TrtcalError(f"--rtol {args.rtol}: must be a finite number >= 0")
     a = cache_io.read_any(args.a)
     b = cache_io.read_any(args.b)
     d = diff_caches(a, b, args.rtol)
     same = d["differ"] == 0 and not d["only_a"] and not d["only_b"]
-    if args.json:
+    if output.json:
         d["rows"] = [{**r, "amax_a": json_float(r["amax_a"]), "amax_b": json_float(r["amax_b"]),
                       "ratio": json_float(r["ratio"])} for r in d["rows"]]
         print_json({"a": str(args.a), "b": str(args.b), "same": same, **d})
@@ -154,6 +171,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
+    """find problems in a cache, against a model and a TensorRT release
+
+    Everything inspect flags, plus (with --model) names the model lacks and model tensors
+    without a range, and (with --trt-version) a header that release would ignore. Exit status 1
+    on any error or warning."""
+    output = PRINTS.parse(args)
     cache = cache_io.read_any(args.file)
     histograms = None
     if args.stats is not None:
@@ -170,7 +193,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
         others = tensors.all_names() - set(tensors.activations)
         findings += cache_checks.check_against_model(cache, tensors.activations, others)
     bad = cache_checks.failing(findings)
-    if args.json:
+    if output.json:
         print_json({"file": str(args.file), "ok": not bad, "counts": dict(Counter(f.code for f in findings)),
                     "findings": [f.to_dict() for f in findings]})
         return 1 if bad else 0
@@ -201,16 +224,21 @@ class _OrderedOp(argparse.Action):
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    """set, scale or drop ranges (by name or glob) into a new cache
+
+    Apply --set/--scale/--drop in the order given and write a new cache. Patterns are globs on
+    tensor names (an exact name always matches itself); a pattern matching nothing is an error."""
     from trtcal.cache import overrides as ovr
     from trtcal.cache.provenance import write_sidecar
 
+    output = WRITES.parse(args)
     ops = [cache_edit.parse_op(kind, text) for kind, text in (args.ops or [])]
     if not ops and not args.overrides:
         raise TrtcalError("cache edit: nothing to do; give --set, --scale, --drop or --overrides")
-    fileio.check_output(args.output, force=args.force, inputs=[args.file])
+    fileio.check_output(output.path, force=output.force, inputs=[args.file])
     entries = ovr.read(args.overrides) if args.overrides else []
     if entries:
-        fileio.check_output(sidecar_path(args.output), force=args.force, inputs=[args.file])
+        fileio.check_output(sidecar_path(output.path), force=output.force, inputs=[args.file])
     cache = cache_io.read_any(args.file, "trt")
     edited, changes = cache_edit.edit(cache, ops, allow_new=args.allow_new)
     applied, warnings = {}, []
@@ -219,16 +247,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
         edited, applied, warnings = ovr.apply_to_cache(edited, entries, allow_new=args.allow_new)
         changes += [cache_edit.Change(name, "override", before.amax(name) if name in before else None,
                                       edited.amax(name)) for name in applied]
-    edited.write(args.output, force=args.force, inputs=[args.file])
+    edited.write(output.path, force=output.force, inputs=[args.file])
     if entries:  # the reasons travel beside the cache (a TensorRT cache has no room for them)
         meta = dict(read_sidecar(args.file) or {})
         meta.pop("trtcal_version", None)
         meta["overrides"] = {"file": str(args.overrides), "applied": [a.to_dict() for a in applied.values()]}
-        write_sidecar(args.output, meta, force=args.force)
+        write_sidecar(output.path, meta, force=output.force)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if args.json:
-        print_json({"output": str(args.output), "changes": [
+    if output.json:
+        print_json({"output": str(output.path), "changes": [
             {"tensor": c.tensor, "op": c.op, "old_amax": json_float(c.old_amax), "new_amax": json_float(c.new_amax)}
             for c in changes], "overrides": [a.to_dict() for a in applied.values()], "warnings": warnings})
         return 0
@@ -238,7 +266,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                    for c in changes], ">><<<")
     for line in lines[1:]:  # no header: each line reads as a sentence
         print(line)
-    print(f"wrote {args.output}: {len(changes)} changes, {len(edited)} tensors")
+    print(f"wrote {output.path}: {len(changes)} changes, {len(edited)} tensors")
     return 0
 
 
@@ -246,13 +274,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_restamp(args: argparse.Namespace) -> int:
+    """rewrite the header for another TensorRT release
+
+    TensorRT ignores a cache stamped for another release or calibrator. Rewrite the header
+    (the ranges are kept bit for bit)."""
+    output = WRITES_TEXT.parse(args)
     version = trtcache.parse_version(args.trt_version)
-    fileio.check_output(args.output, force=args.force, inputs=[args.file])
+    fileio.check_output(output.path, force=output.force, inputs=[args.file])
     cache = cache_io.read_any(args.file, "trt")
     new = cache.restamped(version, args.algorithm)
-    new.write(args.output, force=args.force, inputs=[args.file])
+    new.write(output.path, force=output.force, inputs=[args.file])
     old = cache.header if cache.header is not None else cache.header_line
-    print(f"wrote {args.output}: header {old!r} -> {new.header_line!r}, {len(new)} tensors unchanged")
+    print(f"wrote {output.path}: header {old!r} -> {new.header_line!r}, {len(new)} tensors unchanged")
     if cache.algorithm and args.algorithm and args.algorithm != cache.algorithm:
         print(f"note: the ranges were computed by {cache.algorithm}; the header now claims {args.algorithm}")
     return 0
@@ -262,13 +295,19 @@ def cmd_restamp(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    """convert between TensorRT caches, JSON and ONNX Runtime tables
+
+    Formats: trt (TensorRT cache), json (trtcal's JSON), ort-table (ONNX Runtime
+    calibration.cache), ort-json (calibration.json), ort-flatbuffers (calibration.flatbuffers,
+    read by the TensorRT EP)."""
+    output = WRITES_TEXT.parse(args)
     version = trtcache.parse_version(args.trt_version)
-    fileio.check_output(args.output, force=args.force, inputs=[args.file])
+    fileio.check_output(output.path, force=output.force, inputs=[args.file])
     data = fileio.read_bytes(args.file, what="calibration cache")
     src = cache_io.detect_format(data, str(args.file)) if args.source_format == "auto" else args.source_format
     out = cache_io.convert(data, args.to, source=str(args.file), fmt=src, version=version, algorithm=args.algorithm)
-    fileio.atomic_write(args.output, out, force=args.force, inputs=[args.file])
-    print(f"wrote {args.output}: {src} -> {args.to}")
+    fileio.atomic_write(output.path, out, force=output.force, inputs=[args.file])
+    print(f"wrote {output.path}: {src} -> {args.to}")
     return 0
 
 
@@ -281,30 +320,19 @@ def register(sub) -> None:
     cmds = group.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
     cmds.required = True
 
-    p = cmds.add_parser("inspect", help="table of every tensor's range and a summary of suspicious entries",
-                        description="Show the header, every tensor's scale, amax and hex, and flag zero, inf, "
-                                    "NaN, denormal, negative, huge and duplicate entries.")
+    p = add_command(cmds, "inspect", cmd_inspect, PRINTS)
     p.add_argument("file", help="calibration cache (any format trtcal reads)")
     p.add_argument("--from", dest="source_format", default="auto", choices=("auto",) + cache_io.FORMATS,
                    help="input format (default: detected)")
     p.add_argument("--summary", action="store_true", help="only the header and the suspicious entries")
-    add_json(p)
-    p.set_defaults(func=cmd_inspect)
 
-    p = cmds.add_parser("diff", help="compare two caches tensor by tensor (exit 1 when they differ)",
-                        description="Per-tensor amax ratio B/A, tensors only in one cache. Exit status 0 when "
-                                    "every common tensor agrees within --rtol and no tensor is missing, else 1.")
+    p = add_command(cmds, "diff", cmd_diff, PRINTS)
     p.add_argument("a", help="first cache")
     p.add_argument("b", help="second cache")
     p.add_argument("--rtol", type=RTOL, default=1e-6, help="relative tolerance on amax (default 1e-6)")
     p.add_argument("--all", action="store_true", help="list agreeing tensors too")
-    add_json(p)
-    p.set_defaults(func=cmd_diff)
 
-    p = cmds.add_parser("lint", help="find problems in a cache, against a model and a TensorRT release",
-                        description="Everything inspect flags, plus (with --model) names the model lacks and "
-                                    "model tensors without a range, and (with --trt-version) a header that release "
-                                    "would ignore. Exit status 1 on any error or warning.")
+    p = add_command(cmds, "lint", cmd_lint, PRINTS)
     p.add_argument("file", help="calibration cache")
     p.add_argument("--model", help="ONNX model the cache is meant for")
     p.add_argument("--trt-version", help="TensorRT release that will read the cache, e.g. 10.9.0")
@@ -313,13 +341,8 @@ def register(sub) -> None:
     p.add_argument("--stats", help="statistics (.npz) of the tensors (trtcal calibrate --stats): also check each "
                    "range against its data (an amax below every value, NaN/Inf), as trtcal calibrate reports")
     p.add_argument("-v", "--verbose", action="store_true", help="also list informational findings")
-    add_json(p)
-    p.set_defaults(func=cmd_lint)
 
-    p = cmds.add_parser("edit", help="set, scale or drop ranges (by name or glob) into a new cache",
-                        description="Apply --set/--scale/--drop in the order given and write a new cache. "
-                                    "Patterns are globs on tensor names (an exact name always matches itself); "
-                                    "a pattern matching nothing is an error.")
+    p = add_command(cmds, "edit", cmd_edit, WRITES)
     p.add_argument("file", help="input cache (never modified)")
     p.add_argument("--set", dest="set", action=_OrderedOp, metavar="NAME=AMAX", help="set a tensor's amax")
     p.add_argument("--scale", dest="scale", action=_OrderedOp, metavar="PATTERN=FACTOR",
@@ -329,23 +352,14 @@ def register(sub) -> None:
                    "applied after --set/--scale/--drop; their reasons go to OUT's .trtcal.json")
     p.add_argument("--allow-new", action="store_true", help="let --set (and exact-name overrides) add a tensor the "
                    "cache lacks")
-    add_output(p)
-    add_json(p)
-    p.set_defaults(func=cmd_edit, ops=None)
+    p.set_defaults(ops=None)
 
-    p = cmds.add_parser("restamp", help="rewrite the header for another TensorRT release",
-                        description="TensorRT ignores a cache stamped for another release or calibrator. Rewrite "
-                                    "the header (the ranges are kept bit for bit).")
+    p = add_command(cmds, "restamp", cmd_restamp, WRITES_TEXT)
     p.add_argument("file", help="input cache (never modified)")
     p.add_argument("--trt-version", required=True, help="target TensorRT release, e.g. 10.9.0 or 8.6.1")
     p.add_argument("--algorithm", choices=trtcache.KNOWN_ALGORITHMS, help="calibrator name (default: keep)")
-    add_output(p)
-    p.set_defaults(func=cmd_restamp)
 
-    p = cmds.add_parser("convert", help="convert between TensorRT caches, JSON and ONNX Runtime tables",
-                        description="Formats: trt (TensorRT cache), json (trtcal's JSON), ort-table "
-                                    "(ONNX Runtime calibration.cache), ort-json (calibration.json), "
-                                    "ort-flatbuffers (calibration.flatbuffers, read by the TensorRT EP).")
+    p = add_command(cmds, "convert", cmd_convert, WRITES_TEXT)
     p.add_argument("file", help="input file (never modified)")
     p.add_argument("--to", required=True, choices=cache_io.FORMATS, help="output format")
     p.add_argument("--from", dest="source_format", default="auto", choices=("auto",) + cache_io.FORMATS,
@@ -354,5 +368,3 @@ def register(sub) -> None:
                    help="header version when the input has none (default %(default)s)")
     p.add_argument("--algorithm", default="EntropyCalibration2", choices=trtcache.KNOWN_ALGORITHMS,
                    help="header algorithm when the input has none (default %(default)s)")
-    add_output(p)
-    p.set_defaults(func=cmd_convert)

@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import argparse
 
-from trtcal.cli.common import (
-    BATCH,
-    COUNT,
-    MAX_BATCHES_HELP,
-    RTOL,
-    add_data_options,
-    add_json,
-    add_preprocess,
-    data_options,
-    fmt_float,
-    print_json,
-)
+from trtcal.cli.args.algorithm import AlgorithmArgs
+from trtcal.cli.args.data import DataArgs
+from trtcal.cli.args.numbers import RTOL
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.common import add_command, fmt_float, print_json
 from trtcal.cli.table import table
 from trtcal.core.errors import TrtcalError
 
+DATA = DataArgs("the calibration data TensorRT used (as for trtcal calibrate)", required=True,
+                batch_size_help="TensorRT's calibration batch size (it moves entropy ranges)")
+#: the cache's header names the algorithm; only entropy2's zero-bin rule is open
+ALGORITHM = AlgorithmArgs(("--zero-bin",))
+OUTPUT = OutputArgs(force=False, quiet=True)
+
 
 def cmd_crosscheck(args: argparse.Namespace) -> int:
+    """recompute a TensorRT cache in numpy and explain every difference
+
+    Run the FP32 model over the same batches TensorRT calibrated on (same batch size and
+    order, TensorRT's power-of-two range growth), recompute every tensor's range with the
+    cache's algorithm, and report per tensor TensorRT's amax, trtcal's, the ratio and the likely
+    reason for a difference. Exit 0 when all agree, 1 otherwise."""
     from trtcal.cache.convert import read_any
     from trtcal.cache.crosscheck import METHOD_OF, explain
-    from trtcal.data.images import Preprocess
     from trtcal.onnx.model import load_model, model_tensors
     from trtcal.ort.pipeline import calibrate
 
@@ -34,18 +38,17 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
         raise TrtcalError(f"{args.cache}: algorithm {cache.algorithm!r} in its header is not one of TensorRT's "
                           f"({', '.join(METHOD_OF)}); cannot tell how to recompute it")
     method, options = METHOD_OF[cache.algorithm]
-    if args.zero_bin is not None:
+    zero_bin = ALGORITHM.parse(args).options
+    if zero_bin:
         if method != "entropy2":
             raise TrtcalError(f"--zero-bin applies to entropy caches, not {cache.algorithm}")
-        options = {**options, "zero_bin": args.zero_bin}
-    preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
-    result = calibrate(args.model, args.data, algorithm=method, batch_size=args.batch_size,
-                       max_batches=args.max_batches, preprocess=preprocess, progress=False if args.quiet else None,
-                       **data_options(args), **options)
+        options = {**options, **zero_bin}
+    output = OUTPUT.parse(args)
+    result = calibrate(args.model, algorithm=method, progress=output.progress, **DATA.parse(args), **options)
     names = model_tensors(load_model(args.model, fp32=True)).all_names()
     rows = explain(cache, result.histograms, result.thresholds, names, rtol=args.rtol, skipped=result.skipped)
     differ = [r for r in rows if r.status != "agree"]
-    if args.json:
+    if output.json:
         print_json({"cache": str(args.cache), "algorithm": cache.algorithm, "method": method,
                     "data": result.metadata["data"], "batches": result.metadata["batches"],
                     "agree": len(rows) - len(differ), "differ": len(differ),
@@ -69,23 +72,8 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from trtcal.cli.calibrate_cmds import add_zero_bin_arg
-
-    p = sub.add_parser("crosscheck", help="recompute a TensorRT cache in numpy and explain every difference",
-                       description="Run the FP32 model over the same batches TensorRT calibrated on (same batch size "
-                                   "and order, TensorRT's power-of-two range growth), recompute every tensor's range "
-                                   "with the cache's algorithm, and report per tensor TensorRT's amax, trtcal's, the "
-                                   "ratio and the likely reason for a difference. Exit 0 when all agree, 1 otherwise.")
+    p = add_command(sub, "crosscheck", cmd_crosscheck, DATA, ALGORITHM, OUTPUT)
     p.add_argument("model", help="the FP32 ONNX model the cache was calibrated for")
     p.add_argument("--cache", required=True, help="the TensorRT calibration cache (or an ONNX Runtime table)")
-    p.add_argument("--data", required=True, help="the calibration data TensorRT used (as for trtcal calibrate)")
-    add_preprocess(p)
-    add_data_options(p)
-    p.add_argument("--batch-size", type=BATCH, help="TensorRT's calibration batch size (it moves entropy ranges)")
-    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--rtol", type=RTOL, default=1e-6, help="relative tolerance on amax (default %(default)g; "
                    "bit-identical scales always agree)")
-    add_zero_bin_arg(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    add_json(p)
-    p.set_defaults(func=cmd_crosscheck)

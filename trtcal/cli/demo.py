@@ -7,10 +7,15 @@ import shlex
 from importlib import resources
 from pathlib import Path
 
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.common import add_command
+
 DEMO_MODEL = "fashion_cnn.onnx"
 DEMO_DATA = "fashion_calib.npz"
 EXAMPLE_MODEL = "tiny_cnn.onnx"
 EXAMPLE_CACHE = "tiny_cnn.cache"
+
+OUTPUT = OutputArgs(force=False, quiet=True, json=False)
 
 
 def example_path(name: str) -> Path:
@@ -33,6 +38,11 @@ def _shown(path: Path) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """run the bundled example (no arguments needed)
+
+    Calibrate the bundled Fashion-MNIST CNN with entropy2 on the CPU, writing
+    calib_caches/fashion_cnn.cache (and its statistics), and lint the result. With --caches:
+    inspect, lint and fix a stale bundled cache instead, writing calib_caches/tiny_cnn.cache."""
     return cache_tour(args) if args.caches else calibration_demo(args)
 
 
@@ -49,7 +59,7 @@ def calibration_demo(args: argparse.Namespace) -> int:
           f"images) with TensorRT's EntropyCalibration2, on the CPU, for TensorRT {trt}.")
     argv = ["calibrate", _shown(model), "--data", _shown(data), "--algorithm", "entropy2",
             "--trt-version", trt, "-o", _shown(cache), "--stats", _shown(stats), "--force"]
-    if args.quiet:
+    if OUTPUT.parse(args).quiet:
         argv.append("--quiet")
     status = _run(argv)
     if status:
@@ -122,12 +132,6 @@ def cache_tour(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the bundled example (no arguments needed)",
-                       description="Calibrate the bundled Fashion-MNIST CNN with entropy2 on the CPU, writing "
-                                   "calib_caches/fashion_cnn.cache (and its statistics), and lint the result. "
-                                   "With --caches: inspect, lint and fix a stale bundled cache instead, "
-                                   "writing calib_caches/tiny_cnn.cache.")
+    p = add_command(sub, "demo", cmd_demo, OUTPUT)
     p.add_argument("--caches", action="store_true", help="the cache toolkit tour instead of calibration")
     p.add_argument("--output-dir", default="calib_caches", help="where to write results (default %(default)s)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_demo)

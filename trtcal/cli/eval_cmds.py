@@ -5,22 +5,18 @@ from __future__ import annotations
 import argparse
 import math
 
-from trtcal.cli.common import (
-    BATCH,
-    COUNT,
-    COUNT0,
-    LABELS_HELP,
-    MAX_BATCHES_HELP,
-    PROBABILITY,
-    add_data_options,
-    add_force,
-    add_json,
-    add_output_choice,
-    add_preprocess,
-    data_options,
-    print_json,
-)
+from trtcal.cli.args.data import EVALUATION_DATA_HELP, DataArgs
+from trtcal.cli.args.numbers import COUNT0, PROBABILITY
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.args.plot import PlotArgs
+from trtcal.cli.args.scoring import ScoringArgs
+from trtcal.cli.common import add_command, print_json
 from trtcal.cli.table import print_table
+
+DATA = DataArgs(EVALUATION_DATA_HELP, required=True, labels=True)
+SCORING = ScoringArgs()
+PLOT = PlotArgs("write a PNG of per-tensor SQNR (needs the plot extra)")
+OUTPUT = OutputArgs(quiet=True)
 
 
 def _pct(x: float) -> str:
@@ -36,26 +32,25 @@ def _kl(x: float | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trtcal.data.images import Preprocess
+    """compare an INT8 (Q/DQ) model with its FP32 original on real data
+
+    Run both models in ONNX Runtime on the CPU over the same data and report, per scored output
+    (--score; never integer or boolean ones), SQNR, cosine similarity and, for class scores
+    (--classifier), top-1 agreement (per position for [N, T, C]; over all and over those FP32
+    is sure of), the mean KL divergence of the softmaxes and (with --labels) top-1 accuracy; and
+    the SQNR of every tensor the two models share, worst first."""
     from trtcal.ort.evaluate import evaluate
 
-    preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
-    if args.plot:  # fail before the work, never after it
-        from trtcal.core import fileio
-        from trtcal.report.plots import _pyplot
-
-        fileio.check_output(args.plot, force=args.force, inputs=[args.reference, args.test])
-        _pyplot()
-    result = evaluate(args.reference, args.test, args.data, labels=args.labels, batch_size=args.batch_size,
-                      max_batches=args.max_batches, per_tensor=not args.no_per_tensor, preprocess=preprocess,
-                      progress=False if args.quiet else None, int8_kernels=args.int8_kernels,
-                      confidence=args.confidence, score=args.score, classifiers=args.classifier,
-                      **data_options(args))
-    if args.plot:
+    output = OUTPUT.parse(args)
+    data = DATA.parse(args)
+    plots = PLOT.parse(args, inputs=[args.reference, args.test])  # fail before the work, never after it
+    result = evaluate(args.reference, args.test, per_tensor=not args.no_per_tensor, progress=output.progress,
+                      int8_kernels=args.int8_kernels, confidence=args.confidence, **data, **SCORING.parse(args))
+    if plots.path:
         from trtcal.report.plots import plot_sqnr
 
-        plot_sqnr(result, args.plot, force=args.force)
-    if args.json:
+        plot_sqnr(result, plots.path, force=output.force)
+    if output.json:
         print_json(result)
         return 0
     meta = result.metadata
@@ -82,28 +77,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print_table(("SQNR", "as quantized", "tensor"),
                     [(_db(c.sqnr_db), _db(result.quantized[c.name].sqnr_db) if c.name in result.quantized else "",
                       c.name) for c in shown], ">><")
-    if args.plot:
-        print(f"wrote {args.plot}")
+    if plots.path:
+        print(f"wrote {plots.path}")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="compare an INT8 (Q/DQ) model with its FP32 original on real data",
-                       description="Run both models in ONNX Runtime on the CPU over the same data and report, per "
-                                   "scored output (--score; never integer or boolean ones), SQNR, cosine similarity and, "
-                                   "for class scores (--classifier), top-1 agreement (per position for [N, T, C]; "
-                                   "over all and over those FP32 is sure of), the mean KL divergence of the "
-                                   "softmaxes and (with --labels) top-1 accuracy; and the SQNR of every tensor "
-                                   "the two models share, worst first.")
+    p = add_command(sub, "eval", cmd_eval, DATA, SCORING, PLOT, OUTPUT)
     p.add_argument("reference", help="the FP32 ONNX model")
     p.add_argument("test", help="the INT8 model to judge (Q/DQ ONNX), or any model with the same outputs")
-    p.add_argument("--data", required=True, help="evaluation data (as for trtcal calibrate)")
-    p.add_argument("--labels", help=LABELS_HELP)
-    add_output_choice(p)
-    add_preprocess(p)
-    add_data_options(p)
-    p.add_argument("--batch-size", type=BATCH, help="samples per batch (default: the model's fixed batch, else 32)")
-    p.add_argument("--max-batches", type=COUNT, help=MAX_BATCHES_HELP)
     p.add_argument("--int8-kernels", action="store_true",
                    help="let ONNX Runtime fuse Q/DQ into its integer kernels (what an ONNX Runtime deployment "
                         "runs; results depend on the CPU). Default: run Q/DQ as written, TensorRT's arithmetic")
@@ -113,8 +95,3 @@ def register(sub) -> None:
     p.add_argument("--no-per-tensor", action="store_true", help="compare the outputs only (faster)")
     p.add_argument("--top", type=COUNT0, default=15, help="per-tensor rows to print (default %(default)s)")
     p.add_argument("--all", action="store_true", help="print every tensor")
-    p.add_argument("--plot", help="write a PNG of per-tensor SQNR (needs the plot extra)")
-    add_force(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    add_json(p)
-    p.set_defaults(func=cmd_eval)

@@ -5,57 +5,65 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trtcal.cli.common import (
-    BATCH,
-    COUNT,
-    COUNT0,
-    add_data_options,
-    add_force,
-    add_json,
-    add_output_choice,
-    add_preprocess,
-    data_options,
-    print_json,
-)
+from trtcal.cli.args.data import EVALUATION_DATA_HELP, DataArgs
+from trtcal.cli.args.numbers import COUNT, COUNT0
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.args.qdq import QdqArgs
+from trtcal.cli.args.ranges import RangesArgs
+from trtcal.cli.args.scoring import ScoringArgs
+from trtcal.cli.common import add_command, print_json
 from trtcal.cli.table import print_table
+
+RANGES = RangesArgs()
+QDQ = QdqArgs()
+DATA = DataArgs(EVALUATION_DATA_HELP, required=True, batch_size_help="samples per batch", max_batches=False)
+SCORING = ScoringArgs()
+OUTPUT = OutputArgs("the Q/DQ model with the fallback applied", required=True, quiet=True)
 
 
 def cmd_fallback(args: argparse.Namespace) -> int:
-    from trtcal.cli.qdq_cmds import _ranges, apply_overrides, vet_ranges, weight_options
+    """find the tensors whose quantization hurts most and keep them in float
+
+    Sensitivity: for each quantized activation of the Q/DQ model, measure the error of the
+    scored outputs (--score) against FP32 (--metric) with that tensor (and so its consuming
+    layers) in float, or with it alone quantized (--mode); keep the --max-float most harmful in
+    float. Writes the Q/DQ model and, with --list, the layers to keep in float for trtcal build
+    --fallback-list (TensorRT 10 layer precisions)."""
+    from trtcal.cli.qdq_cmds import apply_overrides, vet_ranges
     from trtcal.core import fileio
     from trtcal.core.progress import Progress
     from trtcal.onnx.model import load_model
     from trtcal.ort.runner import first_samples
     from trtcal.ort.sensitivity import analyse
 
-    fileio.check_output(args.output, force=args.force, inputs=[args.model])
+    output = OUTPUT.parse(args)
+    force = output.force
+    fileio.check_output(output.path, force=force, inputs=[args.model])
     if args.list:
-        fileio.check_output(args.list, force=args.force, inputs=[args.model])
+        fileio.check_output(args.list, force=force, inputs=[args.model])
     load_model(args.model, fp32=True)  # the model's problems before the data's
-    ranges, source, record = _ranges(args)
-    if args.overrides:
-        ranges, _ = apply_overrides(args.model, ranges, args.overrides, args.target)
-    for warning in vet_ranges(args, ranges, source, record):
+    source = RANGES.parse(args)
+    ranges, record = source.load()
+    placement = QDQ.placement(args)
+    if source.overrides:
+        ranges, _ = apply_overrides(args.model, ranges, source.overrides, placement["target"])
+    for warning in vet_ranges(args.model, ranges, record, source, placement):
         print(f"warning: {warning}", file=sys.stderr)
-    from trtcal.data.images import Preprocess
-
-    preprocess = Preprocess.parse(args.preprocess) if args.preprocess else None
-    batches = first_samples(args.model, args.data, samples=args.samples, batch_size=args.batch_size,
-                            preprocess=preprocess, **data_options(args))
-    weights = weight_options(args)
-    with Progress(None, args.mode, enabled=False if args.quiet else None) as bar:
-        sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, target=args.target,
-                              greedy=args.greedy, metric=args.metric, mode=args.mode, progress=bar,
-                              score=args.score, classifiers=args.classifier,
-                              batch_axes=data_options(args)["batch_axes"], **weights)
-    final.save(args.output, force=args.force, inputs=[args.model])
+    data = DATA.parse(args)
+    batches = first_samples(args.model, samples=args.samples, **data)
+    qdq = QDQ.parse(args)
+    with Progress(None, args.mode, enabled=output.progress) as bar:
+        sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, greedy=args.greedy,
+                              metric=args.metric, mode=args.mode, progress=bar, batch_axes=data["batch_axes"],
+                              **SCORING.parse(args), **qdq)
+    final.save(output.path, force=force, inputs=[args.model])
     if args.list:
         text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"
         text += "".join(f"{name}\n" for name in sens.layers)
-        fileio.atomic_write(args.list, text, force=args.force)
-    if args.json:
+        fileio.atomic_write(args.list, text, force=force)
+    if output.json:
         doc = sens.to_dict()
-        doc.update(output=str(args.output), list=args.list)
+        doc.update(output=str(output.path), list=args.list)
         print_json(doc)
         return 0
     measure = "KL divergence shrinks by, in dB" if sens.metric == "kl" else "output SQNR gain"
@@ -82,29 +90,16 @@ def cmd_fallback(args: argparse.Namespace) -> int:
             print(line)
     if sens.not_scored:
         print("not scored: " + ", ".join(f"{n} ({why})" for n, why in sens.not_scored.items()))
-    print(f"wrote {args.output}" + (f" and {args.list}" if args.list else ""))
+    print(f"wrote {output.path}" + (f" and {args.list}" if args.list else ""))
     return 0
 
 
 def register(sub) -> None:
-    from trtcal.cli.qdq_cmds import add_ranges_args
     from trtcal.ort.sensitivity import METRICS, MODES
 
-    p = sub.add_parser("fallback", help="find the tensors whose quantization hurts most and keep them in float",
-                       description="Sensitivity: for each quantized activation of the Q/DQ model, measure the "
-                                   "error of the scored outputs (--score) against FP32 (--metric) with that tensor (and so its consuming "
-                                   "layers) in float, or with it alone quantized (--mode); keep the --max-float "
-                                   "most harmful in float. Writes the Q/DQ "
-                                   "model and, with --list, the layers to keep in float for trtcal build "
-                                   "--fallback-list (TensorRT 10 layer precisions).")
+    p = add_command(sub, "fallback", cmd_fallback, RANGES, QDQ, DATA, SCORING, OUTPUT)
     p.add_argument("model", help="FP32 ONNX model")
-    add_ranges_args(p)
-    p.add_argument("--data", required=True, help="evaluation data (as for trtcal eval)")
-    add_preprocess(p)
-    add_data_options(p)
-    add_output_choice(p)
     p.add_argument("--samples", type=COUNT, default=256, help="samples to measure on (default %(default)s)")
-    p.add_argument("--batch-size", type=BATCH, help="samples per batch")
     p.add_argument("--max-float", type=COUNT0, default=5, help="tensors to keep in float at most (default %(default)s)")
     p.add_argument("--greedy", action="store_true", help="pick one tensor at a time, re-measuring with the ones "
                    "already picked (slower; catches interacting errors)")
@@ -116,9 +111,4 @@ def register(sub) -> None:
                    help="leave-one-out: measure each tensor's fallback with everything else quantized; "
                         "one-at-a-time: quantize each tensor alone and estimate its fallback's gain from the "
                         "share of the error it causes (default %(default)s)")
-    p.add_argument("-o", "--output", required=True, help="the Q/DQ model with the fallback applied")
     p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
-    add_force(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    add_json(p)
-    p.set_defaults(func=cmd_fallback, bits=None)

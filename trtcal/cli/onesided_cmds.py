@@ -4,24 +4,38 @@ from __future__ import annotations
 
 import argparse
 
-from trtcal.cli.calibrate_cmds import add_algorithm_args, algorithm_options
-from trtcal.cli.common import add_json, print_json
+from trtcal.cli.args.algorithm import AlgorithmArgs
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.args.stats import StatsArgs
+from trtcal.cli.common import add_command, print_json
 from trtcal.cli.table import print_table
 from trtcal.core.errors import TrtcalError
 
+STATS = StatsArgs()
+#: ``--trt-version`` is taken, as everywhere the algorithm is, but no cache is written
+ALGORITHM = AlgorithmArgs(stamps_cache=False)
+OUTPUT = OutputArgs(force=False)
+
 
 def cmd_onesided(args: argparse.Namespace) -> int:
+    """one-sided (ReLU-like) tensors: codes wasted and SQNR lost to symmetric int8
+
+    List every tensor whose values are all >= 0 (ReLU, Clip, Sigmoid, MaxPool of them...),
+    the int8 codes it can use under symmetric quantization, and the SQNR of its values under
+    symmetric int8 vs unsigned 8 bits at the same threshold, estimated from the saved
+    histograms."""
     from trtcal.core.onesided import analyse
     from trtcal.core.stats import load_stats
     from trtcal.onnx.model import load_model, producers
     from trtcal.ort.pipeline import compute_thresholds
 
+    stats = STATS.parse(args)
     model = load_model(args.model, fp32=True)
-    histograms, _ = load_stats(args.stats)
+    histograms, _ = load_stats(stats)
     made = producers(model)
     unknown = [n for n in histograms if n not in made]
     if unknown:
-        raise TrtcalError(f"{args.stats}: {len(unknown)} of its {len(histograms)} tensors are not in {args.model} "
+        raise TrtcalError(f"{stats}: {len(unknown)} of its {len(histograms)} tensors are not in {args.model} "
                           f"(first: {unknown[0]!r}); statistics of another model?")
     if args.cache:
         from trtcal.cache.convert import read_any
@@ -30,11 +44,12 @@ def cmd_onesided(args: argparse.Namespace) -> int:
         amaxes = {n: cache.amax(n) for n in cache.names()}
         source = f"ranges from {args.cache}"
     else:
-        results = compute_thresholds(histograms, args.algorithm, **algorithm_options(args))
+        thresholding = ALGORITHM.parse(args)
+        results = compute_thresholds(histograms, thresholding.algorithm, **thresholding.options)
         amaxes = {n: r.amax for n, r in results.items()}
-        source = f"{args.algorithm} thresholds"
+        source = f"{thresholding.algorithm} thresholds"
     rows = analyse(histograms, amaxes, made)
-    if args.json:
+    if OUTPUT.parse(args).json:
         print_json({"source": source, "tensors": len(histograms),
                     "one_sided": rows})
         return 0
@@ -50,14 +65,6 @@ def cmd_onesided(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("onesided", help="one-sided (ReLU-like) tensors: codes wasted and SQNR lost to symmetric int8",
-                       description="List every tensor whose values are all >= 0 (ReLU, Clip, Sigmoid, MaxPool "
-                                   "of them...), the int8 codes it can use under symmetric quantization, and the "
-                                   "SQNR of its values under symmetric int8 vs unsigned 8 bits at the same "
-                                   "threshold, estimated from the saved histograms.")
+    p = add_command(sub, "onesided", cmd_onesided, STATS, ALGORITHM, OUTPUT)
     p.add_argument("model", help="the FP32 ONNX model the statistics came from (names the producers)")
-    p.add_argument("--stats", required=True, help="statistics (.npz) from trtcal calibrate --stats")
     p.add_argument("--cache", help="take the thresholds from this cache instead of computing them")
-    add_algorithm_args(p)
-    add_json(p)
-    p.set_defaults(func=cmd_onesided)

@@ -6,67 +6,40 @@ import argparse
 import sys
 from pathlib import Path
 
-from trtcal.cli.common import (
-    DISTRIBUTION_HELP,
-    PERCENT,
-    PERCENTILE_HELP,
-    add_ignore_provenance,
-    add_json,
-    add_output,
-    fmt_float,
-    print_json,
-)
+from trtcal.cli.args.output import OUTPUT_FILE_HELP, OutputArgs
+from trtcal.cli.args.qdq import QdqArgs
+from trtcal.cli.args.ranges import RangesArgs, RangeSource
+from trtcal.cli.common import add_command, fmt_float, print_json
 from trtcal.cli.table import print_table
 from trtcal.core import fileio
 from trtcal.core.errors import TrtcalError
 
-
-def _ranges(args: argparse.Namespace):
-    """The ranges to write (the cache itself, or Range objects from the statistics), the file
-    they came from, and its provenance record (the cache's sidecar, the statistics' metadata)."""
-    if args.cache:
-        for flag, value in (("--algorithm", args.algorithm), ("--percentile", args.percentile),
-                            ("--distribution", args.distribution), ("--zero-bin", args.zero_bin)):
-            if value is not None:
-                raise TrtcalError(f"{flag} applies to --stats only (a cache already holds its ranges)")
-        from trtcal.cache.convert import read_any
-        from trtcal.cache.provenance import read_sidecar
-
-        return read_any(args.cache), args.cache, read_sidecar(args.cache)
-    from trtcal.cli.calibrate_cmds import algorithm_options
-    from trtcal.core.ranges import from_thresholds
-    from trtcal.core.stats import load_stats
-    from trtcal.ort.pipeline import compute_thresholds
-
-    args.algorithm = args.algorithm or "entropy2"
-    options = algorithm_options(args)
-    histograms, meta = load_stats(args.stats)
-    results = compute_thresholds(histograms, args.algorithm, **options)
-    return from_thresholds(results, histograms, source=f"stats:{args.algorithm}"), args.stats, meta
+RANGES = RangesArgs()
+QDQ = QdqArgs(excludes=True)
+OUTPUT = OutputArgs(OUTPUT_FILE_HELP, required=True, metavar="OUT")
 
 
-def vet_ranges(args: argparse.Namespace, ranges, source, record) -> list[str]:
-    """Refuse ranges that do not belong to ``args.model``: a provenance record (cache sidecar or
+def vet_ranges(model, ranges, record, source: RangeSource, placement: dict) -> list[str]:
+    """Refuse ranges that do not belong to ``model``: a provenance record (cache sidecar or
     statistics metadata) naming another model or random data, or ranges for under half of the
-    activations the placement rules quantize. With ``--ignore-provenance`` these are returned as
-    warnings instead; otherwise a :class:`TrtcalError` says which, and how to go on."""
+    activations the placement rules quantize (``placement``: :meth:`QdqArgs.placement`). With
+    ``--ignore-provenance`` these are returned as warnings instead; otherwise a
+    :class:`TrtcalError` says which, and how to go on."""
     from trtcal.onnx.qdq import range_coverage
     from trtcal.trt.provenance import cache_mismatches, file_sha256
 
-    problems = cache_mismatches(record, model_sha256=file_sha256(args.model))
-    covered, missing = range_coverage(args.model, ranges, target=args.target,
-                                      exclude_nodes=getattr(args, "exclude_nodes", None) or (),
-                                      exclude_ops=_split(getattr(args, "exclude_ops", None)))
+    problems = cache_mismatches(record, model_sha256=file_sha256(model))
+    covered, missing = range_coverage(model, ranges, **placement)
     wanted = len(covered) + len(missing)
     if wanted and 2 * len(covered) < wanted:
         problems.append(f"it has ranges for {len(covered)} of the {wanted} activations this model quantizes "
                         f"(none for {missing[0]!r}, ...): a cache of another model, or a partial one?")
     if not problems:
         return []
-    what = "cache" if args.cache else "statistics"
-    if getattr(args, "ignore_provenance", False):
-        return [f"{source}: used although {p} (--ignore-provenance)" for p in problems]
-    raise TrtcalError(f"{source}: {what} not used: {'; '.join(problems)} (pass --ignore-provenance to use it anyway)")
+    if source.ignore_provenance:
+        return [f"{source.path}: used although {p} (--ignore-provenance)" for p in problems]
+    raise TrtcalError(f"{source.path}: {source.kind} not used: {'; '.join(problems)} (pass --ignore-provenance to use it "
+                      "anyway)")
 
 
 def apply_overrides(model_path, ranges, overrides_path, target: str):
@@ -97,38 +70,40 @@ def apply_overrides(model_path, ranges, overrides_path, target: str):
     return out, warnings + more
 
 
-def _split(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out.extend(p.strip() for p in v.split(",") if p.strip())
-    return out
-
-
 def cmd_qdq(args: argparse.Namespace) -> int:
+    """write a Q/DQ (explicit INT8) ONNX model from a cache or statistics
+
+    Insert QuantizeLinear/DequantizeLinear by TensorRT's placement rules: the inputs of Conv,
+    ConvTranspose, Gemm and MatMul (activations per tensor from the ranges, weights per output
+    channel from the weights), the residual input of an Add after a quantized conv; biases and
+    outputs stay in float. Tensors without a usable range stay in float and are listed. See
+    docs/qdq.md."""
     from trtcal.onnx.qdq import CACHE_HAS_NO_SIGNS, write_qdq
 
     if not Path(args.model).is_file():  # say this before anything about the output
         raise TrtcalError(f"{args.model}: " + ("is a directory, expected an ONNX model file"
                                                if Path(args.model).is_dir() else "no such model file"))
-    fileio.check_output(args.output, force=args.force, inputs=[args.model, args.cache or args.stats])
-    ranges, source, record = _ranges(args)
+    output = OUTPUT.parse(args)
+    fileio.check_output(output.path, force=output.force, inputs=[args.model, args.cache or args.stats])
+    source = RANGES.parse(args)
+    ranges, record = source.load()
+    placement = QDQ.placement(args)
     override_warnings: list[str] = []
-    if args.overrides:
-        ranges, override_warnings = apply_overrides(args.model, ranges, args.overrides, args.target)
-    override_warnings += vet_ranges(args, ranges, source, record)
-    result = write_qdq(args.model, ranges, target=args.target, exclude_nodes=args.exclude_nodes or (),
-                       exclude_ops=_split(args.exclude_ops), **weight_options(args))
-    if args.cache and args.target == "onnxruntime" and CACHE_HAS_NO_SIGNS not in result.warnings:
+    if source.overrides:
+        ranges, override_warnings = apply_overrides(args.model, ranges, source.overrides, placement["target"])
+    override_warnings += vet_ranges(args.model, ranges, record, source, placement)
+    result = write_qdq(args.model, ranges, **QDQ.parse(args))
+    if source.cache and placement["target"] == "onnxruntime" and CACHE_HAS_NO_SIGNS not in result.warnings:
         result.warnings.append(CACHE_HAS_NO_SIGNS)  # with --overrides the cache arrives as a dict
     for w in override_warnings:
         print(f"warning: {w}", file=sys.stderr)
-    result.save(args.output, force=args.force, inputs=[args.model, source])
-    if args.json:
+    result.save(output.path, force=output.force, inputs=[args.model, source.path])
+    if output.json:
         doc = result.to_dict()
-        doc["output"] = args.output
+        doc["output"] = output.path
         print_json(doc)
         return 0
-    _print(result, args.output)
+    _print(result, output.path)
     return 0
 
 
@@ -157,62 +132,6 @@ def _print(result, output: str) -> None:
     print(f"wrote {output} (opset {result.opset})")
 
 
-def add_ranges_args(p: argparse.ArgumentParser) -> None:
-    """Where the ranges come from (a cache, or statistics and an algorithm), the overrides over
-    them, and the target: shared by ``qdq`` and ``fallback``."""
-    from trtcal.cli.calibrate_cmds import add_zero_bin_arg
-    from trtcal.core import thresholds as thr
-    from trtcal.core.weight_scales import WEIGHT_METHODS
-
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--cache", help="calibration cache (TensorRT, JSON or ONNX Runtime tables)")
-    src.add_argument("--stats", help="statistics (.npz) from trtcal calibrate --stats")
-    p.add_argument("--algorithm", choices=list(thr.METHODS), default=None,
-                   help="with --stats: threshold algorithm (default entropy2)")
-    p.add_argument("--percentile", type=PERCENT, default=None,
-                   help=PERCENTILE_HELP)
-    p.add_argument("--distribution", choices=("gaussian", "laplace"), default=None,
-                   help=DISTRIBUTION_HELP)
-    add_zero_bin_arg(p)
-    add_ignore_provenance(p)
-    p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
-                   help="tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided "
-                        "tensors (min >= 0 in --stats; a --cache holds no signs, so all int8)")
-    p.add_argument("--overrides", metavar="FILE", help="hand-set ranges (YAML or JSON, see docs/overrides.md), "
-                   "applied over the cache or statistics")
-    p.add_argument("--weights", dest="weight_method", choices=WEIGHT_METHODS, default="max",
-                   help="per-channel weight ranges: max|w| (default, what TensorRT does) or the clipping point "
-                        "with the least squared error (helps channels with an outlying weight)")
-    p.add_argument("--weight-scales", metavar="FILE.npz",
-                   help="per-channel weight scales by weight name (e.g. <cache>.weights.npz from calibrate "
-                        "--algorithm eq); they take precedence over --weights")
-
-
-def weight_options(args: argparse.Namespace) -> dict:
-    """write_qdq's weight options from --weights and --weight-scales."""
-    scales = None
-    if args.weight_scales:
-        from trtcal.core.fileio import read_npz_arrays
-
-        scales = read_npz_arrays(args.weight_scales)
-    return {"weight_method": args.weight_method, "weight_scales": scales}
-
-
 def register(sub) -> None:
-
-    p = sub.add_parser("qdq", help="write a Q/DQ (explicit INT8) ONNX model from a cache or statistics",
-                       description="Insert QuantizeLinear/DequantizeLinear by TensorRT's placement rules: the "
-                                   "inputs of Conv, ConvTranspose, Gemm and MatMul (activations per tensor from the "
-                                   "ranges, weights per output channel from the weights), the residual input of an "
-                                   "Add after a quantized conv; biases and outputs stay in float. Tensors without a "
-                                   "usable range stay in float and are listed. See docs/qdq.md.")
+    p = add_command(sub, "qdq", cmd_qdq, RANGES, QDQ, OUTPUT)
     p.add_argument("model", help="FP32 ONNX model (opset < 13 is converted to 13, or refused)")
-    add_ranges_args(p)
-    p.add_argument("--exclude-nodes", action="append", metavar="PATTERN",
-                   help="leave nodes whose name matches this glob in float (repeatable)")
-    p.add_argument("--exclude-ops", action="append", metavar="TYPES",
-                   help="leave these op types in float, comma-separated: Conv, ConvTranspose, Gemm, MatMul, "
-                        "Add (no residual quantization)")
-    add_output(p)
-    add_json(p)
-    p.set_defaults(func=cmd_qdq, bits=None)
