@@ -12,7 +12,6 @@ method applied everywhere, nor better than an exhaustive search over every tenso
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -21,12 +20,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtcal.cache import read
 from trtcal.core import thresholds
 from trtcal.core.histogram import Histogram
-from trtcal.core.stats import load_stats
 from trtcal.onnx.qdq import read_qdq_scales, write_qdq
-from trtcal.ort.evaluate import evaluate
 from trtcal.ort.quantize import quantize
 from trtcal.ort.range_choice import CANDIDATES, choose_ranges
 
@@ -113,65 +109,6 @@ def test_choice_needs_statistics_for_every_tensor(mlp_case):
 
     with pytest.raises(TrtcalError, match="no statistics for tensor 'h0'"):
         choose_ranges(path, hists, [{"x": x}], ["h0"])
-
-
-@pytest.fixture(scope="module")
-def fashion(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quantize")
-    result = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz",
-                      eval_data=EXAMPLES / "fashion_eval.npz", output=out / "f.int8.onnx", cache=out / "f.cache",
-                      stats=out / "f.stats.npz", progress=False)
-    return out, result
-
-
-def test_quantize_writes_the_chosen_ranges_everywhere(fashion):
-    out, r = fashion
-    model = onnx.load(out / "f.int8.onnx")
-    qdq = read_qdq_scales(model)
-    cache = read(out / "f.cache")
-    winner = r.selection[r.chosen]
-    assert all(winner >= v for v in r.selection.values())
-    chosen = r.choice.amaxes if r.chosen == "per-tensor" else {
-        n: c.amaxes.get(r.chosen, c.amaxes["entropy2"]) for n, c in r.choice.choices.items()}
-    for name, amax in chosen.items():
-        assert qdq.amax(name) == pytest.approx(amax, rel=1e-6)
-        assert cache.amax(name) == pytest.approx(amax, rel=1e-6)
-    hists, meta = load_stats(out / "f.stats.npz")
-    assert set(r.choice.choices) <= set(hists) and meta["algorithm"] == "entropy2"
-    side = json.loads((out / "f.int8.onnx.trtcal.json").read_text())
-    assert side["algorithm"] == "quantize" and side["ranges"] == r.chosen
-    assert json.loads((out / "f.cache.trtcal.json").read_text())["model_sha256"] == side["model_sha256"]
-
-
-def test_quantize_summary_agrees_with_eval_of_the_written_model(fashion):
-    out, r = fashion
-    ev = evaluate(EXAMPLES / "fashion_cnn.onnx", out / "f.int8.onnx", EXAMPLES / "fashion_eval.npz", per_tensor=False,
-                  progress=False)
-    logits = ev.outputs[0]
-    assert r.summary["samples"] == 256  # --eval-samples' default
-    assert ev.metadata["samples"] >= 256
-    # eval scores every evaluation sample, the summary the first 256: close, not equal
-    assert r.summary["sqnr_db"] == pytest.approx(logits.sqnr_db, abs=1.5)
-    assert r.summary["sqnr_db"] > r.summary["entropy2_sqnr_db"] + 10  # entropy2 clips the input's background spike
-
-
-def test_quantize_holds_out_every_fifth_batch_without_eval_data(tmp_path):
-    r = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "m.onnx",
-                 cache=tmp_path / "m.cache", stats=tmp_path / "m.npz", batch_size=32, progress=False)
-    # 512 samples in 16 batches of 32: batches 4, 9 and 14 held out
-    assert r.metadata["calibration"]["batches"] == 13 and r.metadata["calibration"]["samples"] == 13 * 32
-    assert r.summary["samples"] == 96 and "not calibrated on" in r.summary["data"]
-
-
-def test_quantize_refuses_to_overwrite_before_doing_any_work(fashion, tmp_path):
-    from trtcal.core.errors import TrtcalError
-
-    out, _ = fashion
-    before = (out / "f.cache").read_bytes()
-    with pytest.raises(TrtcalError, match="exists"):
-        quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "new.onnx",
-                 cache=out / "f.cache", stats=tmp_path / "s.npz", progress=False)
-    assert (out / "f.cache").read_bytes() == before and not (tmp_path / "new.onnx").exists()
 
 
 def test_the_choice_lies_between_the_best_single_method_and_exhaustive_search(mlp_case, tmp_path):

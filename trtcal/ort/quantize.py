@@ -11,8 +11,10 @@ the statistics, and a quality summary on held-out samples.
    applied to every tensor (entropy2 as TensorRT does, minmax, the percentiles, mse, ...) are
    written as Q/DQ models and scored (output SQNR: :mod:`trtcal.ort.sensitivity`) on the same
    calibration samples; the best wins, so the result is never worse there than any single method.
-4. **Fallback**, only when asked (``max_float``): the tensors whose float fallback gains most
-   stay in float (:func:`trtcal.ort.sensitivity.analyse`).
+4. **Fallback**, only when asked: ``max_float`` leaves the tensors whose float fallback gains most
+   in float (:func:`trtcal.ort.sensitivity.analyse`, leave-one-out); ``target_sqnr`` leaves the
+   fewest of them, in that order, that bring the output SQNR on the selection samples to the
+   target (at most :data:`MAX_TARGET_FLOAT`; the summary says whether it was reached).
 5. **Write** the Q/DQ model, the TensorRT cache (the chosen ranges; entropy2 for the tensors the
    Q/DQ placement leaves alone, which TensorRT's implicit INT8 may still ask for), the statistics
    and the provenance sidecars, and **score** the written model and TensorRT's default (entropy2
@@ -35,6 +37,8 @@ from trtcal.core.errors import TrtcalError
 #: Without evaluation data, batch ``i`` is held out when ``i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1``.
 HOLDOUT_EVERY = 5
 TARGETS = ("tensorrt", "onnxruntime")
+#: The most tensors ``target_sqnr`` leaves in float.
+MAX_TARGET_FLOAT = 20
 
 
 @dataclass
@@ -72,7 +76,7 @@ def _held_out(index: int) -> bool:
 def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str | os.PathLike | None = None,
              cache: str | os.PathLike | None = None, stats: str | os.PathLike | None = None,
              target: str = "tensorrt", eval_data: str | os.PathLike | None = None, eval_samples: int = 256,
-             select_samples: int = 64, max_float: int = 0, trt_version: Version = DEFAULT_TRT_VERSION,
+             select_samples: int = 64, max_float: int = 0, target_sqnr: float | None = None, trt_version: Version = DEFAULT_TRT_VERSION,
              preprocess=None, batch_size: int | None = None, max_batches: int | None = None,
              batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
              score=None, classifiers=None, candidates=None, force: bool = False, progress: bool | None = None,
@@ -83,7 +87,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     go (default :func:`default_outputs`). ``eval_data``: held-out samples for the summary (default:
     every fifth batch of ``data``, not calibrated on). ``select_samples``: calibration samples the
     ranges are chosen on; ``eval_samples``: held-out samples scored. ``max_float``: tensors the
-    fallback may leave in float (0: all INT8). ``score``, ``classifiers``: which outputs are
+    fallback may leave in float (0: all INT8); ``target_sqnr``: instead, the fewest that reach this
+    output SQNR (dB) on the selection samples. ``score``, ``classifiers``: which outputs are
     scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``log`` receives one line per phase.
     """
     from trtcal.cache.provenance import sidecar_path, write_sidecar
@@ -107,6 +112,10 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
             raise TrtcalError(f"{name} {value!r}: must be a whole number >= 1")
     if not isinstance(max_float, int) or max_float < 0:
         raise TrtcalError(f"--max-float {max_float!r}: must be a whole number >= 0")
+    if target_sqnr is not None and max_float:
+        raise TrtcalError("--max-float and --target-sqnr exclude each other: give a count, or a target")
+    if target_sqnr is not None and not math.isfinite(target_sqnr):
+        raise TrtcalError(f"--target-sqnr {target_sqnr!r}: must be a number of dB")
     default = default_outputs(model)
     if cache is None or stats is None:
         default[1].parent.mkdir(exist_ok=True)  # calib_caches/, as trtcal calibrate makes it
@@ -181,11 +190,30 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
 
     # 4. fallback, if asked
     float_tensors: list[str] = []
+    fallback = None
     if max_float > 0:
         with Progress(None, "fallback", enabled=progress) as bar:
             sens, final = analyse(model, ranges, selection, max_float=max_float, target=target, progress=bar,
                                   score=score, classifiers=classifiers, batch_axes=batch_axes)
         float_tensors = list(sens.chosen)
+        fallback = {"max_float": max_float, "selection_sqnr_db": [sens.baseline_db, sens.final_db]}
+    elif target_sqnr is not None and scores[chosen] < target_sqnr:
+        with Progress(None, "fallback", enabled=progress) as bar:
+            sens, final = analyse(model, ranges, selection, max_float=0, target=target, progress=bar,
+                                  score=score, classifiers=classifiers, batch_axes=batch_axes)
+        current = scores[chosen]
+        for name in [n for n, g in sens.gains.items() if g > 0][:MAX_TARGET_FLOAT]:
+            if current >= target_sqnr:
+                break
+            float_tensors.append(name)
+            final = write_qdq(fp32, {n: r for n, r in ranges.items() if n not in float_tensors}, target=target)
+            current = score_model(final.model, selection, refs, choice_of_outputs).sqnr_db
+        fallback = {"target_sqnr_db": target_sqnr, "reached": current >= target_sqnr,
+                    "selection_sqnr_db": [scores[chosen], current]}
+        if current < target_sqnr:
+            warnings.append(f"--target-sqnr {target_sqnr:g}: reached {current:.2f} dB on the selection samples with "
+                            f"{len(float_tensors)} tensor(s) in float (at most {MAX_TARGET_FLOAT}, only those "
+                            "whose fallback gains)")
     else:
         final = write_qdq(fp32, ranges, target=target)
 
@@ -202,6 +230,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
         summary.update(top1_agreement=got.agreement, entropy2_top1_agreement=trt_default.agreement)
     if held_note:
         summary["note"] = held_note
+    if fallback is not None:
+        summary["fallback"] = fallback
 
     amaxes = {name: r.amax for name, r in cal.thresholds.items()}
     amaxes.update({name: r.amax for name, r in ranges.items() if name in amaxes})

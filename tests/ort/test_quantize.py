@@ -1,0 +1,98 @@
+"""``quantize`` (trtcal.ort.quantize) on the bundled Fashion-MNIST model: what it writes is read
+back by independent readers (Q/DQ scales, the cache, the statistics), its held-out summary agrees
+with ``trtcal eval``'s SQNR of the written model, the held-out split, refusals, and the fallback to
+a target SQNR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from trtcal.cache import read
+from trtcal.core.errors import TrtcalError
+from trtcal.core.stats import load_stats
+from trtcal.onnx.qdq import read_qdq_scales
+from trtcal.ort.evaluate import evaluate
+from trtcal.ort.quantize import quantize
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "trtcal" / "examples"
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quantize")
+    result = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz",
+                      eval_data=EXAMPLES / "fashion_eval.npz", output=out / "f.int8.onnx", cache=out / "f.cache",
+                      stats=out / "f.stats.npz", progress=False)
+    return out, result
+
+
+def test_quantize_writes_the_chosen_ranges_everywhere(fashion):
+    out, r = fashion
+    model = onnx.load(out / "f.int8.onnx")
+    qdq = read_qdq_scales(model)
+    cache = read(out / "f.cache")
+    winner = r.selection[r.chosen]
+    assert all(winner >= v for v in r.selection.values())
+    chosen = r.choice.amaxes if r.chosen == "per-tensor" else {
+        n: c.amaxes.get(r.chosen, c.amaxes["entropy2"]) for n, c in r.choice.choices.items()}
+    for name, amax in chosen.items():
+        assert qdq.amax(name) == pytest.approx(amax, rel=1e-6)
+        assert cache.amax(name) == pytest.approx(amax, rel=1e-6)
+    hists, meta = load_stats(out / "f.stats.npz")
+    assert set(r.choice.choices) <= set(hists) and meta["algorithm"] == "entropy2"
+    side = json.loads((out / "f.int8.onnx.trtcal.json").read_text())
+    assert side["algorithm"] == "quantize" and side["ranges"] == r.chosen
+    assert json.loads((out / "f.cache.trtcal.json").read_text())["model_sha256"] == side["model_sha256"]
+
+
+def test_quantize_summary_agrees_with_eval_of_the_written_model(fashion):
+    out, r = fashion
+    ev = evaluate(EXAMPLES / "fashion_cnn.onnx", out / "f.int8.onnx", EXAMPLES / "fashion_eval.npz", per_tensor=False,
+                  progress=False)
+    logits = ev.outputs[0]
+    assert r.summary["samples"] == 256  # --eval-samples' default
+    assert ev.metadata["samples"] >= 256
+    # eval scores every evaluation sample, the summary the first 256: close, not equal
+    assert r.summary["sqnr_db"] == pytest.approx(logits.sqnr_db, abs=1.5)
+    assert r.summary["sqnr_db"] > r.summary["entropy2_sqnr_db"] + 10  # entropy2 clips the input's background spike
+
+
+def test_quantize_holds_out_every_fifth_batch_without_eval_data(tmp_path):
+    r = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "m.onnx",
+                 cache=tmp_path / "m.cache", stats=tmp_path / "m.npz", batch_size=32, progress=False)
+    # 512 samples in 16 batches of 32: batches 4, 9 and 14 held out
+    assert r.metadata["calibration"]["batches"] == 13 and r.metadata["calibration"]["samples"] == 13 * 32
+    assert r.summary["samples"] == 96 and "not calibrated on" in r.summary["data"]
+
+
+def test_quantize_refuses_to_overwrite_before_doing_any_work(fashion, tmp_path):
+    out, _ = fashion
+    before = (out / "f.cache").read_bytes()
+    with pytest.raises(TrtcalError, match="exists"):
+        quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "new.onnx",
+                 cache=out / "f.cache", stats=tmp_path / "s.npz", progress=False)
+    assert (out / "f.cache").read_bytes() == before and not (tmp_path / "new.onnx").exists()
+
+
+def test_target_sqnr_leaves_the_fewest_tensors_in_float_that_reach_it(fashion, tmp_path):
+    _, all_int8 = fashion
+    target = all_int8.selection[all_int8.chosen] + 3
+    r = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", eval_data=EXAMPLES / "fashion_eval.npz",
+                 output=tmp_path / "t.onnx", cache=tmp_path / "t.cache", stats=tmp_path / "t.npz", target_sqnr=target,
+                 progress=False)
+    fb = r.summary["fallback"]
+    assert fb["reached"] and fb["selection_sqnr_db"][1] >= target and r.float_tensors
+    scales = read_qdq_scales(onnx.load(tmp_path / "t.onnx"))
+    assert not any(name in scales.names() for name in r.float_tensors)  # left in float: no Q/DQ on them
+    # one tensor fewer would not have reached the target: the walk stops at the first that does
+    assert len(r.float_tensors) == 1 or fb["selection_sqnr_db"][0] < target
+
+
+def test_max_float_and_target_sqnr_exclude_each_other(tmp_path):
+    with pytest.raises(TrtcalError, match="exclude each other"):
+        quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "x.onnx",
+                 max_float=2, target_sqnr=30.0, progress=False)
