@@ -209,6 +209,7 @@ SUBSCRIPTIONS = {
     "fallback": ["ranges", "thresholds", "Q/DQ model", "data", "feeding the data to the model's inputs",
                  "scored outputs", "output"],
     "eval": ["data", "feeding the data to the model's inputs", "scored outputs", "plots", "output"],
+    "quantize": ["data", "feeding the data to the model's inputs", "scored outputs", "output"],
     "build": ["data", "output"],
 }
 
@@ -251,7 +252,7 @@ def test_an_option_stands_under_one_heading():
 def test_every_command_that_reads_statistics_says_the_same():
     readers = {" ".join(w): next(a.help for a in p._actions if "--stats" in a.option_strings)
                for w, p in subcommands(build_parser()) if any("--stats" in a.option_strings for a in p._actions)}
-    assert {c for c, text in readers.items() if text != STATS_HELP} == {"calibrate", "cache lint"}  # write, check
+    assert {c for c, text in readers.items() if text != STATS_HELP} == {"calibrate", "quantize", "cache lint"}  # write, check
 
 
 def test_batch_size_defaults_are_said_per_command():

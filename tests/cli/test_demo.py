@@ -1,4 +1,4 @@
-"""``trtcal demo``: the README's first command, on the bundled Fashion-MNIST CNN.
+"""``trtcal demo``: the README's first command, ``trtcal quantize`` on the bundled Fashion-MNIST CNN.
 
 Expected values come from the model's own graph and the bundled data, not from trtcal: the
 tensors an ONNX graph holds, which of them are one-sided by construction (Relu outputs and
@@ -49,7 +49,8 @@ def demo(tmp_path_factory):
 
 def test_demo_writes_cache_sidecar_and_stats(demo):
     out_dir, out, _ = demo
-    assert sorted(os.listdir(out_dir)) == ["fashion_cnn.cache", "fashion_cnn.cache.trtcal.json", "fashion_cnn.stats.npz"]
+    assert sorted(os.listdir(out_dir)) == ["fashion_cnn.cache", "fashion_cnn.cache.trtcal.json", "fashion_cnn.int8.onnx",
+                                           "fashion_cnn.int8.onnx.trtcal.json", "fashion_cnn.stats.npz"]
     header, entries = read_cache(out_dir / "fashion_cnn.cache")
     assert header == "TRT-101303-EntropyCalibration2"
     model = onnx.load(str(MODEL))
@@ -57,7 +58,13 @@ def test_demo_writes_cache_sidecar_and_stats(demo):
     assert list(entries) == tensors  # every tensor, in graph order
     side = json.loads((out_dir / "fashion_cnn.cache.trtcal.json").read_text())
     assert side["fake_data"] is False and side["samples"] == 512
-    assert "$ trtcal calibrate" in out and "$ trtcal cache lint" in out and "no findings" in out
+    assert "$ trtcal quantize" in out and "$ trtcal cache lint" in out and "no findings" in out
+    assert side["algorithm"] == "quantize" and "$ trtcal thresholds" in out
+    # the Q/DQ model holds the cache's ranges for the tensors it quantizes
+    from trtcal.onnx.qdq import read_qdq_scales
+
+    qdq = read_qdq_scales(onnx.load(out_dir / "fashion_cnn.int8.onnx"))
+    assert qdq.names() and all(qdq.amax(n) == pytest.approx(entries[n], rel=1e-6) for n in qdq.names())
 
 
 def test_demo_reports_one_sided_tensors_from_the_graph(demo):
@@ -74,12 +81,15 @@ def test_demo_reports_one_sided_tensors_from_the_graph(demo):
 def test_demo_input_range_and_clipping_match_the_data(demo):
     out_dir, out, _ = demo
     x = np.load(CALIB)["images"].astype(np.float64)
-    _, entries = read_cache(out_dir / "fashion_cnn.cache")
-    amax = entries["images"]
+    # entropy2's row of the thresholds table: its amax, and the share of pixels it clips
+    row = next(line for line in out.splitlines() if line.endswith("  images"))
+    amax = float(row.split()[0])
     clipped = np.mean(np.abs(x) > amax)
     shown = float(re.search(r"images (\d+\.\d)%", out).group(1))
     assert shown == pytest.approx(100 * clipped, abs=0.5)
     assert 0.1 < clipped < 0.5  # the KL search stops after the background spike: a real finding
+    _, entries = read_cache(out_dir / "fashion_cnn.cache")
+    assert np.mean(np.abs(x) > entries["images"]) < 0.01  # quantize's range for the input clips almost nothing
     # minmax from the saved statistics is the data's own max |x|, bit for bit
     rc, _, err = run_cli("thresholds", "--stats", out_dir / "fashion_cnn.stats.npz", "--algorithm", "minmax",
                          "-o", out_dir.parent / "minmax.cache")

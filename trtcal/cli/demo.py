@@ -12,6 +12,7 @@ from trtcal.cli.common import add_command
 
 DEMO_MODEL = "fashion_cnn.onnx"
 DEMO_DATA = "fashion_calib.npz"
+DEMO_EVAL = "fashion_eval.npz"
 EXAMPLE_MODEL = "tiny_cnn.onnx"
 EXAMPLE_CACHE = "tiny_cnn.cache"
 
@@ -40,41 +41,49 @@ def _shown(path: Path) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     """run the bundled example (no arguments needed)
 
-    Calibrate the bundled Fashion-MNIST CNN with entropy2 on the CPU, writing
-    calib_caches/fashion_cnn.cache (and its statistics), and lint the result. With --caches:
+    Quantize the bundled Fashion-MNIST CNN on the CPU (trtcal quantize), writing
+    calib_caches/fashion_cnn.int8.onnx (Q/DQ), calib_caches/fashion_cnn.cache (TensorRT <= 10) and
+    the statistics, lint the cache, and show what TensorRT's entropy2 would have done. With --caches:
     inspect, lint and fix a stale bundled cache instead, writing calib_caches/tiny_cnn.cache."""
     return cache_tour(args) if args.caches else calibration_demo(args)
 
 
 def calibration_demo(args: argparse.Namespace) -> int:
-    """Calibrate the bundled Fashion-MNIST CNN with entropy2 and say what the ranges show."""
+    """Quantize the bundled Fashion-MNIST CNN, lint its cache, and show what TensorRT's entropy2
+    would have done with the same statistics."""
     from trtcal.cache.format import DEFAULT_TRT_VERSION, format_version
 
-    model, data = example_path(DEMO_MODEL), example_path(DEMO_DATA)
+    model, data, held_out = example_path(DEMO_MODEL), example_path(DEMO_DATA), example_path(DEMO_EVAL)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache, stats = out_dir / "fashion_cnn.cache", out_dir / "fashion_cnn.stats.npz"
+    qdq, cache, stats = out_dir / "fashion_cnn.int8.onnx", out_dir / "fashion_cnn.cache", out_dir / "fashion_cnn.stats.npz"
     trt = format_version(DEFAULT_TRT_VERSION)
-    print("trtcal demo: calibrate a small ReLU CNN trained on Fashion-MNIST (bundled with 512 calibration "
-          f"images) with TensorRT's EntropyCalibration2, on the CPU, for TensorRT {trt}.")
-    argv = ["calibrate", _shown(model), "--data", _shown(data), "--algorithm", "entropy2",
-            "--trt-version", trt, "-o", _shown(cache), "--stats", _shown(stats), "--force"]
+    print("trtcal demo: quantize a small ReLU CNN trained on Fashion-MNIST (bundled with 512 calibration and "
+          f"1000 held-out images) to INT8 on the CPU: a Q/DQ model for TensorRT 11 / TensorRT-RTX and the "
+          f"calibration cache of the same ranges for TensorRT {trt}.")
+    argv = ["quantize", _shown(model), "--data", _shown(data), "--eval-data", _shown(held_out), "--trt-version", trt,
+            "-o", _shown(qdq), "--cache", _shown(cache), "--stats", _shown(stats), "--force"]
     if OUTPUT.parse(args).quiet:
         argv.append("--quiet")
     status = _run(argv)
     if status:
         return status
     status = _run(["cache", "lint", _shown(cache), "--model", _shown(model), "--trt-version", trt])
+    print("\nFor comparison, TensorRT's own EntropyCalibration2 on the same statistics (no model run):")
+    _run(["thresholds", "--stats", _shown(stats), "--algorithm", "entropy2"])
     print("\nWhat this shows:")
-    print(f"- {_shown(cache)} is what `trtexec --int8 --calib=...` or a TensorRT <= 10 builder reads; "
+    print(f"- {_shown(qdq)} builds in TensorRT 11 or TensorRT-RTX (`trtcal build {_shown(qdq)}`, or trtexec "
+          f"--onnx=); {_shown(cache)} is what `trtexec --int8 --calib=...` or a TensorRT <= 10 builder reads; "
           f"`cache lint` found {'nothing wrong with it' if status == 0 else 'problems (above)'}.")
-    for line in _explain(stats):
+    for line in _explain(stats, cache):
         print(f"- {line}")
     return status
 
 
-def _explain(stats: Path) -> list[str]:
-    """What the demo's ranges show, read back from its statistics (so the words match the numbers)."""
+def _explain(stats: Path, cache: Path) -> list[str]:
+    """What the demo's ranges show, read back from its statistics and the cache quantize wrote (so
+    the words match the numbers)."""
+    from trtcal.cache.format import read
     from trtcal.core import thresholds
     from trtcal.core.findings import clipped_fraction, find
     from trtcal.core.stats import load_stats
@@ -98,11 +107,11 @@ def _explain(stats: Path) -> list[str]:
     if clipped:
         worst = clipped[0]
         h = histograms[worst.tensor]
-        mm = thresholds.minmax(h).amax
+        chosen = read(cache).amax(worst.tensor)
         lines.append(f"entropy2 clips on purpose, but it clips {100 * worst.value:.1f}% of {worst.tensor!r} "
-                     f"(amax {results[worst.tensor].amax:.4g} of max |x| {h.abs_max:.4g}); minmax would keep all "
-                     f"of it (amax {mm:.4g}, {100 * clipped_fraction(h, mm):.1f}% clipped) at coarser steps. "
-                     "Other algorithms cost no inference: "
+                     f"(amax {results[worst.tensor].amax:.4g} of max |x| {h.abs_max:.4g}); quantize gave it amax "
+                     f"{chosen:.4g} ({100 * clipped_fraction(h, chosen):.1f}% clipped), the range that cost its "
+                     "consuming layer least. Any algorithm costs no inference from the statistics: "
                      f"trtcal thresholds --stats {_shown(stats)} --algorithm minmax")
     return lines
 

@@ -17,6 +17,7 @@ from trtcal.cli import (
     onesided_cmds,
     plot_cmds,
     qdq_cmds,
+    quantize_cmds,
     report_cmds,
 )
 from trtcal.cli.common import Parser
@@ -32,8 +33,9 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"trtcal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    # in the order of the work: calibrate, look at and fix the ranges, quantize, judge, build
-    for module in (demo, calibrate_cmds, cache_cmds, onesided_cmds, plot_cmds, report_cmds, bits_cmds,
+    # the one command first, then in the order of the work: calibrate, look at and fix the ranges,
+    # quantize, judge, build
+    for module in (demo, quantize_cmds, calibrate_cmds, cache_cmds, onesided_cmds, plot_cmds, report_cmds, bits_cmds,
                    crosscheck_cmds, qdq_cmds, fallback_cmds, eval_cmds, build_cmds):
         module.register(sub)
     return parser

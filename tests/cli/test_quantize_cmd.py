@@ -1,0 +1,53 @@
+"""``trtcal quantize`` on the command line: what it prints and writes, --json, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+from conftest import run_cli
+
+from trtcal.cache import read
+from trtcal.onnx.qdq import read_qdq_scales
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "trtcal" / "examples"
+MODEL, CALIB, EVAL = EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", EXAMPLES / "fashion_eval.npz"
+
+
+def test_quantize_writes_model_cache_and_stats_and_prints_the_summary(tmp_path):
+    out, cache, stats = tmp_path / "m.int8.onnx", tmp_path / "m.cache", tmp_path / "m.npz"
+    rc, text, err = run_cli("quantize", MODEL, "--data", CALIB, "--eval-data", EVAL, "-o", out, "--cache", cache,
+                            "--stats", stats, "-q")
+    assert rc == 0, err
+    assert out.exists() and cache.exists() and stats.exists() and Path(str(cache) + ".trtcal.json").exists()
+    assert "held out: 256 samples from" in text and "entropy2 (TensorRT's default)" in text
+    qdq, trt = read_qdq_scales(onnx.load(out)), read(cache)
+    for name in qdq.names():  # the model and the cache hold the same ranges
+        assert trt.amax(name) == qdq.amax(name) or abs(trt.amax(name) / qdq.amax(name) - 1) < 1e-6
+
+
+def test_quantize_json(tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    rc, text, err = run_cli("quantize", MODEL, "--data", CALIB, "-o", out, "--cache", tmp_path / "c",
+                            "--stats", tmp_path / "s.npz", "--json", "--max-float", "1")
+    assert rc == 0, err
+    doc = json.loads(text)
+    assert doc["model"] == str(out) and len(doc["float_tensors"]) <= 1
+    assert doc["summary"]["samples"] == 96 and doc["summary"]["fallback"]["max_float"] == 1
+    assert set(doc["ranges"]["tensors"]) >= set(doc["float_tensors"])
+    assert doc["chosen"] in doc["selection_sqnr_db"]
+
+
+def test_quantize_refuses_without_overwriting(tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    out.write_bytes(b"keep")
+    rc, text, err = run_cli("quantize", MODEL, "--data", CALIB, "-o", out, "--cache", tmp_path / "c",
+                            "--stats", tmp_path / "s.npz")
+    assert rc == 2 and "already exists" in err and "Traceback" not in err
+    assert out.read_bytes() == b"keep" and not (tmp_path / "c").exists()
+    rc, _, err = run_cli("quantize", MODEL, "--data", CALIB, "--max-float", "2", "--target-sqnr", "30")
+    assert rc == 2 and "not allowed with" in err
+    rc, _, err = run_cli("quantize", MODEL, "--data", tmp_path / "missing.npz", "-o", tmp_path / "x.onnx",
+                         "--cache", tmp_path / "c", "--stats", tmp_path / "s.npz")
+    assert rc == 2 and "missing.npz" in err and err.count("\n") == 1

@@ -1,0 +1,95 @@
+"""``trtcal quantize``: an FP32 ONNX model and data to the best INT8 trtcal makes, in one command."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from trtcal.cli.args.algorithm import TRT_VERSION_HELP
+from trtcal.cli.args.data import CALIBRATION_DATA_HELP, DataArgs
+from trtcal.cli.args.numbers import COUNT, COUNT0, DECIBELS
+from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.args.scoring import ScoringArgs
+from trtcal.cli.common import add_command, print_json
+from trtcal.cli.table import print_table
+
+DATA = DataArgs(CALIBRATION_DATA_HELP, required=True,
+                batch_size_help="samples per batch (default: the model's fixed batch, else as many as keep one batch's "
+                                "exposed tensors within 256 MB, at most 32)")
+SCORING = ScoringArgs()
+OUTPUT = OutputArgs("the Q/DQ model (default <model stem>.int8.onnx beside the model)", quiet=True)
+TARGET_HELP = "tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided tensors (min >= 0)"
+TARGET_SQNR_HELP = ("instead of --max-float: leave the fewest tensors in float that bring the model's output SQNR "
+                    "on the calibration samples to DB (at most 20)")
+
+
+def _db(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else ("inf" if math.isinf(x) and x > 0 else f"{x:.2f}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """an FP32 ONNX model and data to the best INT8: Q/DQ model, TensorRT cache and a quality summary
+
+    Calibrate once (statistics kept), choose each quantized tensor's range among entropy2, minmax,
+    percentiles, mse, aciq and onesided by the error it causes in the layers that consume it, keep
+    that choice only if it beats every single method at the model's outputs, and write the Q/DQ
+    model by TensorRT's placement rules (TensorRT 11, TensorRT-RTX; --target onnxruntime for ONNX
+    Runtime), the TensorRT cache of the same ranges (trtexec --int8 --calib=, TensorRT <= 10), the
+    statistics and their provenance. The summary scores the written model and TensorRT's default
+    (entropy2 everywhere) against FP32 on held-out samples: --eval-data, else every fifth batch of
+    --data, never calibrated on. Nothing is left in float unless --max-float or --target-sqnr asks."""
+    from trtcal.cache.format import parse_version
+    from trtcal.ort.quantize import quantize
+
+    output = OUTPUT.parse(args)
+    data = DATA.parse(args)
+    stream = sys.stderr if output.json or output.quiet else sys.stdout
+    result = quantize(args.model, output=output.path, cache=args.cache, stats=args.stats, target=args.target,
+                      eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
+                      max_float=args.max_float, target_sqnr=args.target_sqnr,
+                      trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
+                      log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if output.json:
+        print_json(result)
+        return 0
+    counts = ", ".join(f"{label} {n}" for label, n in result.choice.counts().items())
+    print(f"ranges chosen per tensor on {result.choice.samples} calibration samples: {counts}")
+    ranked = sorted(result.selection.items(), key=lambda kv: -kv[1] if not math.isnan(kv[1]) else math.inf)
+    print_table(("output SQNR dB", "ranges (on the calibration samples)"),
+                [(_db(v), label + ("  <- chosen" if label == result.chosen else "")) for label, v in ranked], "><")
+    s = result.summary
+    if result.float_tensors:
+        print(f"left in float: {', '.join(result.float_tensors)}")
+    print(f"\nheld out: {s['samples']} samples from {s['data']}")
+    rows = [("this model", _db(s["sqnr_db"]), _pct(s.get("top1_agreement"))),
+            ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), _pct(s.get("entropy2_top1_agreement")))]
+    print_table(("INT8 vs FP32", "output SQNR dB", "top-1 agreement"), rows, "<>>")
+    print(f"wrote {result.model}, {result.cache} and {result.stats} (with .trtcal.json provenance)")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def register(sub) -> None:
+    from trtcal.cache.format import DEFAULT_TRT_VERSION, format_version
+
+    p = add_command(sub, "quantize", cmd_quantize, DATA, SCORING, OUTPUT)
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("--eval-data", help="held-out evaluation data for the summary (default: every fifth batch of "
+                                       "--data, not calibrated on)")
+    p.add_argument("--eval-samples", type=COUNT, default=256, help="held-out samples scored (default %(default)s)")
+    p.add_argument("--select-samples", type=COUNT, default=64,
+                   help="calibration samples the ranges are chosen on (default %(default)s)")
+    p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
+    fallback = p.add_mutually_exclusive_group()
+    fallback.add_argument("--max-float", type=COUNT0, default=0,
+                          help="tensors to keep in float at most (default %(default)s)")
+    fallback.add_argument("--target-sqnr", type=DECIBELS, metavar="DB", help=TARGET_SQNR_HELP)
+    p.add_argument("--cache", help="the TensorRT cache to write (default calib_caches/<model stem>.cache)")
+    p.add_argument("--stats", help="the statistics to write (default calib_caches/<model stem>.stats.npz)")
+    p.add_argument("--trt-version", default=format_version(DEFAULT_TRT_VERSION), help=TRT_VERSION_HELP)
