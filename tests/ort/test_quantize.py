@@ -96,3 +96,14 @@ def test_max_float_and_target_sqnr_exclude_each_other(tmp_path):
     with pytest.raises(TrtcalError, match="exclude each other"):
         quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "x.onnx",
                  max_float=2, target_sqnr=30.0, progress=False)
+
+
+@pytest.mark.rtx
+def test_the_quantized_model_builds_in_tensorrt_rtx(fashion, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from trtcal.trt.builder import build
+
+    out, _ = fashion
+    result = build(out / "f.int8.onnx", tmp_path / "f.engine", backend="rtx",
+                   shapes={"images": ((1, 1, 28, 28), (8, 1, 28, 28), (32, 1, 28, 28))})
+    assert result.engine.stat().st_size > 100_000 and result.record["mode"] != "fp32"
