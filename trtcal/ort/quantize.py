@@ -96,6 +96,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     from trtcal.core.progress import Progress
     from trtcal.core.ranges import Range, from_thresholds
     from trtcal.core.stats import save_stats
+    from trtcal.data.sources import samples_in
     from trtcal.onnx.model import load_model
     from trtcal.onnx.qdq import write_qdq
     from trtcal.ort.evaluate import choose_outputs
@@ -159,7 +160,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
         raise TrtcalError(f"{model}: TensorRT's placement quantizes no activation here (no Conv, Gemm, MatMul ... "
                           "with calibrated inputs): nothing to quantize")
     unsigned = {q.name for q in placed.activations if q.dtype == "uint8"}
-    say(f"choosing ranges for {len(tensors)} tensors on {select_samples} calibration samples")
+    say(f"choosing ranges for {len(tensors)} tensors on {sum(samples_in(b, specs) for b in selection)} "
+        "calibration samples")
     with Progress(len(tensors), "choosing ranges", enabled=progress) as bar:
         choice = choose_ranges(model, cal.histograms, selection, tensors, unsigned=unsigned,
                                candidates=candidates, inputs=specs, progress=bar)
