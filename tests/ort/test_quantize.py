@@ -107,3 +107,11 @@ def test_the_quantized_model_builds_in_tensorrt_rtx(fashion, tmp_path):
     result = build(out / "f.int8.onnx", tmp_path / "f.engine", backend="rtx",
                    shapes={"images": ((1, 1, 28, 28), (8, 1, 28, 28), (32, 1, 28, 28))})
     assert result.engine.stat().st_size > 100_000 and result.record["mode"] != "fp32"
+
+
+def test_too_few_batches_to_hold_one_out_is_said(tmp_path):
+    r = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "m.onnx",
+                 cache=tmp_path / "m.cache", stats=tmp_path / "m.npz", batch_size=256, progress=False)
+    assert r.metadata["calibration"]["batches"] == 2  # nothing held out: batch 4 does not exist
+    assert "calibration samples" in r.summary["data"] and "--eval-data" in r.summary["note"]
+    assert any("--eval-data" in w for w in r.warnings)
