@@ -24,7 +24,7 @@ from trtcal.core import thresholds
 from trtcal.core.histogram import Histogram
 from trtcal.onnx.qdq import read_qdq_scales, write_qdq
 from trtcal.ort.quantize import quantize
-from trtcal.ort.range_choice import CANDIDATES, choose_ranges
+from trtcal.ort.range_choice import CANDIDATES, WEIGHT_FACTORS, choose_ranges, search_weights
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "trtcal" / "examples"
 RNG = np.random.default_rng(7)
@@ -91,6 +91,23 @@ def test_each_tensor_gets_the_candidate_with_the_smallest_layer_output_error(mlp
     assert len({round(e, 12) for e in got.choices["h"].errors.values()}) > 2  # the candidates really differ here
 
 
+def test_weight_scales_are_searched_per_channel_against_a_brute_force(mlp_case):
+    path, x, h, y, hists = mlp_case
+    amax = choose_ranges(path, hists, [{"x": x}], ["h"]).choices["h"].amax
+    got = search_weights(path, {"h": amax}, [{"x": x}])
+    hq = fq(h, amax / 127)
+    ref = h @ W2
+    s0 = np.abs(W2).max(axis=0) / 127
+    want = np.empty(4, np.float32)
+    for j in range(4):  # every candidate scale of channel j, its output column's squared error
+        options = [np.float32(s0[j])] + [np.float32(np.float32(s0[j]) * np.float32(f)) for f in WEIGHT_FACTORS]
+        errors = [np.sum((hq @ fq(W2[:, j], s) - ref[:, j]).astype(np.float64) ** 2) for s in options]
+        want[j] = options[int(np.argmin(errors))]
+    assert set(got) == {"W2"}  # only the layer whose input has a range
+    np.testing.assert_allclose(got["W2"], want, rtol=1e-6)
+    assert not np.allclose(want, s0)  # the search moved some channel off the max scale
+
+
 def test_unsigned_tensors_are_scored_with_256_levels(mlp_case):
     path, x, h, y, hists = mlp_case
     got = choose_ranges(path, hists, [{"x": x}], ["h"], unsigned={"h"})
@@ -117,7 +134,8 @@ def test_the_choice_lies_between_the_best_single_method_and_exhaustive_search(ml
     path, x, h, y, hists = mlp_case
     np.savez(tmp_path / "data.npz", x=x)
     r = quantize(path, tmp_path / "data.npz", eval_data=tmp_path / "data.npz", output=tmp_path / "q.onnx",
-                 cache=tmp_path / "q.cache", stats=tmp_path / "q.npz", select_samples=96, progress=False)
+                 cache=tmp_path / "q.cache", stats=tmp_path / "q.npz", select_samples=96, progress=False,
+                 search_weights=False)  # activation ranges only: the exhaustive search keeps max weights
     model = mlp()
     ref = x @ W1
     ref = np.maximum(ref, 0) @ W2 * 2

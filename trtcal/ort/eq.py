@@ -31,6 +31,7 @@ from trtcal.ort.layers import (
     layer_count,
     layer_inputs,
     max_scale,
+    search_weight_scales,
     single_node_session,
     weighted_layers,
 )
@@ -46,13 +47,6 @@ class EqResult:
     amaxes: dict[str, float]  # activation tensor -> refined amax
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight initializer -> per-channel scale
     cosines: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> (before, after)
-
-
-def _cosine_per_channel(ref: np.ndarray, got: np.ndarray, axis: int) -> np.ndarray:
-    r = np.moveaxis(ref, axis, 0).reshape(ref.shape[axis], -1).astype(np.float64)
-    g = np.moveaxis(got, axis, 0).reshape(got.shape[axis], -1).astype(np.float64)
-    den = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-    return np.where(den > 0, (r * g).sum(1) / np.where(den > 0, den, 1), 1.0)
 
 
 def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
@@ -123,8 +117,8 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
         for lay in group:
             out = lay.node.output[0]
             if weights:
-                wscale[lay.w] = _search_weights(lay, sessions[out], x_name, fake_quant(x, amax / 127), ref[out],
-                                                wscale[lay.w], factors)
+                wscale[lay.w] = search_weight_scales(lay, sessions[out], x_name, fake_quant(x, amax / 127), ref[out],
+                                                     wscale[lay.w], factors, metric="cosine")
             result.weight_scales[lay.w] = wscale[lay.w]
         after = mean_cos(amax)
         for lay in group:
@@ -132,22 +126,3 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
         if progress is not None:
             progress.update(len(group))
     return result
-
-
-def _search_weights(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
-                    factors: np.ndarray) -> np.ndarray:
-    """Per output channel, the weight scale factor with the best cosine of that channel's output."""
-    out_axis = layer.out_axis if layer.out_axis >= 0 else ref.ndim + layer.out_axis
-    best_cos = _cosine_per_channel(ref, session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, s0, layer.axis)})[0],
-                                   out_axis)
-    best = s0.copy()
-    for f in factors:
-        s = (s0 * np.float32(f)).astype(np.float32)
-        got = session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, s, layer.axis)})[0]
-        cos = _cosine_per_channel(ref, got, out_axis)
-        better = cos > best_cos
-        best = np.where(better, s, best)
-        best_cos = np.where(better, cos, best_cos)
-    return best.astype(np.float32)
-
-

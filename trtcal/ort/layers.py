@@ -184,3 +184,41 @@ def layer_count(model_path) -> int:
     from trtcal.onnx.model import load_model
 
     return len(weighted_layers(load_model(model_path, load_weights=True)))
+
+
+def _per_channel(a: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).astype(np.float64)
+
+
+def _score_per_channel(ref: np.ndarray, got: np.ndarray, axis: int, metric: str) -> np.ndarray:
+    """Per output channel, larger is better: the cosine of ``got`` with ``ref``, or minus the
+    squared error."""
+    r, g = _per_channel(ref, axis), _per_channel(got, axis)
+    if metric == "mse":
+        return -((g - r) ** 2).sum(1)
+    den = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+    return np.where(den > 0, (r * g).sum(1) / np.where(den > 0, den, 1), 1.0)
+
+
+def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
+                         factors: np.ndarray, *, metric: str = "cosine") -> np.ndarray:
+    """Per output channel, the weight scale among ``s0`` and ``s0 * factors`` that scores best
+    (``metric``: ``"cosine"``, EQ's, or ``"mse"``) for that channel of the layer's output, the
+    input fixed at ``xq`` (already fake-quantized); output channel ``k`` depends on weight channel
+    ``k`` alone, so every channel is searched in the same runs."""
+    if metric not in ("cosine", "mse"):
+        raise TrtcalError(f"weight search metric {metric!r}: cosine or mse")
+    out_axis = layer.out_axis if layer.out_axis >= 0 else ref.ndim + layer.out_axis
+
+    def score(scales: np.ndarray) -> np.ndarray:
+        got = session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, scales, layer.axis)})[0]
+        return _score_per_channel(ref, got, out_axis, metric)
+
+    best, best_score = s0.copy(), score(s0)
+    for f in factors:
+        s = (s0 * np.float32(f)).astype(np.float32)
+        got = score(s)
+        better = got > best_score
+        best = np.where(better, s, best)
+        best_score = np.where(better, got, best_score)
+    return best.astype(np.float32)

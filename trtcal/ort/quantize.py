@@ -11,6 +11,10 @@ the statistics, and a quality summary on held-out samples.
    applied to every tensor (entropy2 as TensorRT does, minmax, the percentiles, mse, ...) are
    written as Q/DQ models and scored (output SQNR: :mod:`trtcal.ort.sensitivity`) on the same
    calibration samples; the best wins, so the result is never worse there than any single method.
+   With ``search_weights`` (the default), the weighted layers' per-channel weight scales are then
+   searched for the winning ranges (:func:`trtcal.ort.range_choice.search_weights`) and kept if
+   the model scores better with them. They live in the Q/DQ model only: a TensorRT <= 10 cache
+   holds activation ranges, and TensorRT computes its weight scales itself.
 4. **Fallback**, only when asked: ``max_float`` leaves the tensors whose float fallback gains most
    in float (:func:`trtcal.ort.sensitivity.analyse`, leave-one-out); ``target_sqnr`` leaves the
    fewest of them, in that order, that bring the output SQNR on the selection samples to the
@@ -48,7 +52,7 @@ class QuantizeResult:
     model: Path  # the Q/DQ model
     cache: Path  # the TensorRT cache of the same ranges
     stats: Path  # the calibration statistics
-    chosen: str  # "per-tensor", or the single method that scored best at the outputs
+    chosen: str  # "per-tensor" or the single method that scored best at the outputs, "+ weights" when searched
     choice: object  # the per-tensor RangeChoice (every tensor's candidates and errors)
     selection: dict[str, float]  # candidate range set -> output SQNR (dB) on the selection samples
     summary: dict  # held-out scores: the written model and TensorRT's entropy2
@@ -79,8 +83,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
              select_samples: int = 64, max_float: int = 0, target_sqnr: float | None = None, trt_version: Version = DEFAULT_TRT_VERSION,
              preprocess=None, batch_size: int | None = None, max_batches: int | None = None,
              batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
-             score=None, classifiers=None, candidates=None, force: bool = False, progress: bool | None = None,
-             log=None) -> QuantizeResult:
+             score=None, classifiers=None, candidates=None, search_weights: bool = True, force: bool = False,
+             progress: bool | None = None, log=None) -> QuantizeResult:
     """Quantize ``model`` with ``data`` (any :mod:`trtcal.data` source); see the module doc.
 
     ``output``, ``cache``, ``stats``: where the Q/DQ model, the TensorRT cache and the statistics
@@ -89,7 +93,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     ranges are chosen on; ``eval_samples``: held-out samples scored. ``max_float``: tensors the
     fallback may leave in float (0: all INT8); ``target_sqnr``: instead, the fewest that reach this
     output SQNR (dB) on the selection samples. ``score``, ``classifiers``: which outputs are
-    scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``log`` receives one line per phase.
+    scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``search_weights``: also search per-channel
+    weight scales (module doc). ``log`` receives one line per phase.
     """
     from trtcal.cache.provenance import sidecar_path, write_sidecar
     from trtcal.core import fileio
@@ -102,6 +107,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     from trtcal.ort.evaluate import choose_outputs
     from trtcal.ort.pipeline import calibrate, file_sha256
     from trtcal.ort.range_choice import choose_ranges
+    from trtcal.ort.range_choice import search_weights as search_weights_for
     from trtcal.ort.runner import first_batches
     from trtcal.ort.sensitivity import analyse, reference_outputs, score_model
 
@@ -187,6 +193,17 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
             bar.update()
     chosen = max(scores, key=lambda k: (_finite(scores[k]), k == "per-tensor"))
     ranges = sets[chosen]
+    weights: dict = {}
+    if search_weights:
+        amaxes_chosen = {n: ranges[n].amax for n in tensors if n in ranges}
+        say(f"searching per-channel weight scales for {chosen}")
+        with Progress(len(tensors), "searching weight scales", enabled=progress) as bar:
+            scales = search_weights_for(model, amaxes_chosen, selection, unsigned=unsigned, inputs=specs, progress=bar)
+        trial = write_qdq(fp32, ranges, target=target, check_onnxruntime=False, weight_scales=scales)
+        label = f"{chosen} + weights"
+        scores[label] = score_model(trial.model, selection, refs, choice_of_outputs).sqnr_db
+        if _finite(scores[label]) > _finite(scores[chosen]):
+            chosen, weights = label, {"weight_scales": scales}
     say(f"ranges: {chosen} ({scores[chosen]:.2f} dB on the selection samples; entropy2 "
         f"{scores.get('entropy2', math.nan):.2f} dB)")
 
@@ -196,19 +213,20 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     if max_float > 0:
         with Progress(None, "fallback", enabled=progress) as bar:
             sens, final = analyse(model, ranges, selection, max_float=max_float, target=target, progress=bar,
-                                  score=score, classifiers=classifiers, batch_axes=batch_axes)
+                                  score=score, classifiers=classifiers, batch_axes=batch_axes, **weights)
         float_tensors = list(sens.chosen)
         fallback = {"max_float": max_float, "selection_sqnr_db": [sens.baseline_db, sens.final_db]}
     elif target_sqnr is not None and scores[chosen] < target_sqnr:
         with Progress(None, "fallback", enabled=progress) as bar:
             sens, final = analyse(model, ranges, selection, max_float=0, target=target, progress=bar,
-                                  score=score, classifiers=classifiers, batch_axes=batch_axes)
+                                  score=score, classifiers=classifiers, batch_axes=batch_axes, **weights)
         current = scores[chosen]
         for name in [n for n, g in sens.gains.items() if g > 0][:MAX_TARGET_FLOAT]:
             if current >= target_sqnr:
                 break
             float_tensors.append(name)
-            final = write_qdq(fp32, {n: r for n, r in ranges.items() if n not in float_tensors}, target=target)
+            final = write_qdq(fp32, {n: r for n, r in ranges.items() if n not in float_tensors}, target=target,
+                              **weights)
             current = score_model(final.model, selection, refs, choice_of_outputs).sqnr_db
         fallback = {"target_sqnr_db": target_sqnr, "reached": current >= target_sqnr,
                     "selection_sqnr_db": [scores[chosen], current]}
@@ -217,7 +235,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
                             f"{len(float_tensors)} tensor(s) in float (at most {MAX_TARGET_FLOAT}, only those "
                             "whose fallback gains)")
     else:
-        final = write_qdq(fp32, ranges, target=target)
+        final = write_qdq(fp32, ranges, target=target, **weights)
 
     # 5. score on held-out samples, then write
     held_refs, held_samples = reference_outputs(fp32, held, choice_of_outputs, batch_axes=batch_axes)
@@ -225,6 +243,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     trt_default = score_model(write_qdq(fp32, base_ranges, target=target, check_onnxruntime=False).model,
                               held, held_refs, choice_of_outputs)
     summary = {"data": held_from, "samples": held_samples, "sqnr_db": got.sqnr_db,
+               "weight_scales": "searched per channel (in the Q/DQ model only)" if weights else "max",
                "entropy2_sqnr_db": trt_default.sqnr_db,
                "outputs": {n: {"sqnr_db": c.sqnr_db, **({"top1_agreement": c.top1_agreement}
                                                         if c.classifier else {})} for n, c in got.outputs.items()}}
@@ -239,7 +258,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     amaxes.update({name: r.amax for name, r in ranges.items() if name in amaxes})
     trt_cache = CalibrationCache.from_amaxes(amaxes, version=trt_version, algorithm="EntropyCalibration2")
     meta = dict(cal.metadata)
-    meta.update(algorithm="quantize", ranges=chosen, target=target, model_sha256=file_sha256(model),
+    meta.update(algorithm="quantize", ranges=chosen, target=target, weight_scales="searched" if weights else "max", model_sha256=file_sha256(model),
                 float_tensors=float_tensors, held_out=held_from)
     save_stats(stats, cal.histograms, cal.metadata, force=force)
     trt_cache.write(cache, force=force)

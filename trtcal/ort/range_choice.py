@@ -16,6 +16,11 @@ equal amaxes measured once) is tried on a few calibration samples and scored by 
   MatMul: consumers linear in it, or multiplying it by another activation): the error of its own
   values.
 
+:func:`search_weights` then searches each weighted layer's per-channel weight scales, the input
+quantized at the range finally chosen: for every output channel, the scale among ``max|w| / 127``
+times :data:`WEIGHT_FACTORS` (0.5 to 2, as EasyQuant's search) with the least squared error of
+that channel's output (:func:`trtcal.ort.layers.search_weight_scales`).
+
 Layers run one at a time as single-node ONNX Runtime sessions (:mod:`trtcal.ort.layers`), each
 input captured over the samples within a memory budget, as EQ does; every tensor sees FP32
 inputs (layer-wise). The smallest error wins; ties keep the earlier candidate (entropy2 first).
@@ -37,6 +42,7 @@ from trtcal.ort.layers import (
     input_runs,
     layer_inputs,
     max_scale,
+    search_weight_scales,
     single_node_session,
     weighted_layers,
 )
@@ -52,6 +58,8 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "aciq": ("aciq", {}),
     "onesided": ("onesided", {}),
 }
+#: Weight scale factors tried per output channel (times the max scale).
+WEIGHT_FACTORS = np.linspace(0.5, 2.0, 20)
 #: Default bound on the captured tensor values held at once (MB).
 MEMORY_MB = 512
 
@@ -136,6 +144,45 @@ def _relative_error(ref: np.ndarray, got: np.ndarray) -> float:
     return 0.0 if noise == 0 else float("inf")
 
 
+class _Layers:
+    """The model's weighted layers by input tensor, and each tensor's values over ``batches``,
+    captured a run at a time within ``memory_mb`` (graph order)."""
+
+    def __init__(self, model_path, batches: list[dict], inputs, threads: int | None, memory_mb: float):
+        from trtcal.onnx.model import load_model
+
+        if not batches:
+            raise TrtcalError("no samples to choose ranges on")
+        self.path, self.batches, self.threads, self.memory_mb = str(model_path), batches, threads, memory_mb
+        self.model = load_model(model_path, load_weights=True)
+        self.specs = list(inputs) if inputs is not None else default_specs(batches[0])
+        self.consumers: dict[str, list] = {}
+        for layer in weighted_layers(self.model):
+            self.consumers.setdefault(layer.x, []).append(layer)
+
+    def values(self, names: list[str]):
+        """``(name, its values over all batches)`` for each of ``names``, in order."""
+        runs = iter(input_runs(self.model, names, self.batches, self.memory_mb, self.threads, self.path, self.specs))
+        xs: dict[str, np.ndarray] = {}
+        for name in names:
+            if name not in xs:  # the next run of tensors whose values fit the memory budget
+                xs.clear()
+                xs.update(layer_inputs(self.model, next(runs), self.batches, self.threads, self.path, self.specs))
+            yield name, xs.pop(name)
+
+    def runs(self, name: str, x: np.ndarray) -> list[tuple]:
+        """For each layer ``x`` feeds: (layer, its single-node session, FP32 output, int8 weights at the max scales)."""
+        import onnx
+
+        x_info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(x.shape))
+        out = []
+        for layer in self.consumers.get(name, []):
+            session = single_node_session(self.model, layer, x_info, self.threads)
+            ref = session.run(None, {name: x, layer.w: layer.weight})[0]
+            out.append((layer, session, ref, fake_quant(layer.weight, max_scale(layer.weight, layer.axis), layer.axis)))
+        return out
+
+
 def choose_ranges(model_path, histograms: dict, batches: list[dict], tensors: list[str], *,
                   unsigned: set[str] | frozenset = frozenset(), candidates=None, inputs=None,
                   threads: int | None = None, memory_mb: float = MEMORY_MB, progress=None) -> RangeChoice:
@@ -144,50 +191,25 @@ def choose_ranges(model_path, histograms: dict, batches: list[dict], tensors: li
     (checked model input dicts: a few calibration samples). ``unsigned``: tensors quantized
     unsigned. ``inputs``: the model's :class:`~trtcal.ort.runner.InputSpec` list with batch axes
     (default axis 0). ``progress`` gets one update per tensor."""
-    import onnx
-
     from trtcal.data.sources import samples_in
-    from trtcal.onnx.model import load_model
 
-    if not batches:
-        raise TrtcalError("no samples to choose ranges on")
     missing = [t for t in tensors if t not in histograms]
     if missing:
         raise TrtcalError(f"no statistics for tensor {missing[0]!r} (and {len(missing) - 1} more): calibrate "
                           "the same model")
-    model = load_model(model_path, load_weights=True)
-    specs = list(inputs) if inputs is not None else default_specs(batches[0])
-    result = RangeChoice(samples=sum(samples_in(b, specs) for b in batches))
-    consumers: dict[str, list] = {}
-    for layer in weighted_layers(model):
-        if layer.x in tensors:
-            consumers.setdefault(layer.x, []).append(layer)
+    layers = _Layers(model_path, batches, inputs, threads, memory_mb)
+    result = RangeChoice(samples=sum(samples_in(b, layers.specs) for b in batches))
     amaxes = {t: candidate_amaxes(histograms[t], unsigned=t in unsigned, candidates=candidates) for t in tensors}
-    todo = [t for t in tensors if amaxes[t]]
-    runs = iter(input_runs(model, todo, batches, memory_mb, threads, str(model_path), specs))
-    xs: dict[str, np.ndarray] = {}
-    for name in todo:
-        if name not in xs:  # the next run of tensors whose values fit the memory budget
-            xs.clear()
-            xs.update(layer_inputs(model, next(runs), batches, threads, str(model_path), specs))
-        x = xs.pop(name)
+    for name, x in layers.values([t for t in tensors if amaxes[t]]):
         cands = amaxes[name]
         is_unsigned = name in unsigned
-        group = consumers.get(name, [])
-        if group:
-            x_info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(x.shape))
-            scored = []
-            for layer in group:
-                session = single_node_session(model, layer, x_info, threads)
-                ref = session.run(None, {name: x, layer.w: layer.weight})[0]
-                wq = fake_quant(layer.weight, max_scale(layer.weight, layer.axis), layer.axis)
-                scored.append((session, ref, layer.w, wq))
-
+        scored = layers.runs(name, x)
+        if scored:
             def error(amax: float, x=x, name=name, is_unsigned=is_unsigned, scored=scored) -> float:
                 xq = quantize_values(x, amax, is_unsigned)
-                return float(np.mean([_relative_error(ref, s.run(None, {name: xq, w: wq})[0])
-                                      for s, ref, w, wq in scored]))
-            where = [layer.node.output[0] for layer in group]
+                return float(np.mean([_relative_error(ref, session.run(None, {name: xq, layer.w: wq})[0])
+                                      for layer, session, ref, wq in scored]))
+            where = [layer.node.output[0] for layer, *_ in scored]
         else:
             def error(amax: float, x=x, is_unsigned=is_unsigned) -> float:
                 return _relative_error(x, quantize_values(x, amax, is_unsigned))
@@ -202,3 +224,23 @@ def choose_ranges(model_path, histograms: dict, batches: list[dict], tensors: li
         if progress is not None:
             progress.update()
     return result
+
+
+def search_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
+                   unsigned: set[str] | frozenset = frozenset(), inputs=None, threads: int | None = None,
+                   memory_mb: float = MEMORY_MB, progress=None) -> dict[str, np.ndarray]:
+    """Per-channel weight scales of every weighted layer whose input has a range in ``amaxes``
+    (its input quantized at that range): for each output channel, the scale among the max scale
+    times :data:`WEIGHT_FACTORS` with the least squared error of that channel's output, on
+    ``batches``. Returns weight initializer -> scales. ``progress`` gets one update per input."""
+    layers = _Layers(model_path, batches, inputs, threads, memory_mb)
+    out: dict[str, np.ndarray] = {}
+    names = [n for n in amaxes if n in layers.consumers and amaxes[n] > 0]
+    for name, x in layers.values(names):
+        xq = quantize_values(x, amaxes[name], name in unsigned)
+        for layer, session, ref, _ in layers.runs(name, x):
+            out[layer.w] = search_weight_scales(layer, session, name, xq, ref, max_scale(layer.weight, layer.axis),
+                                                WEIGHT_FACTORS, metric="mse")
+        if progress is not None:
+            progress.update()
+    return out
