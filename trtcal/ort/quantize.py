@@ -83,7 +83,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
              select_samples: int = 64, max_float: int = 0, target_sqnr: float | None = None, trt_version: Version = DEFAULT_TRT_VERSION,
              preprocess=None, batch_size: int | None = None, max_batches: int | None = None,
              batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
-             score=None, classifiers=None, candidates=None, search_weights: bool = True, force: bool = False,
+             score=None, classifiers=None, candidates=None, search_weights: bool = True, weight_samples: int = 16,
+             force: bool = False,
              progress: bool | None = None, log=None) -> QuantizeResult:
     """Quantize ``model`` with ``data`` (any :mod:`trtcal.data` source); see the module doc.
 
@@ -94,7 +95,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     fallback may leave in float (0: all INT8); ``target_sqnr``: instead, the fewest that reach this
     output SQNR (dB) on the selection samples. ``score``, ``classifiers``: which outputs are
     scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``search_weights``: also search per-channel
-    weight scales (module doc). ``log`` receives one line per phase.
+    weight scales (module doc), on the first ``weight_samples`` of the selection samples (as good as
+    64 on EfficientNet-Lite0 at a quarter of the time). ``log`` receives one line per phase.
     """
     from trtcal.cache.provenance import sidecar_path, write_sidecar
     from trtcal.core import fileio
@@ -114,7 +116,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     say = log or (lambda line: None)
     if target not in TARGETS:
         raise TrtcalError(f"--target {target!r}: choose from {', '.join(TARGETS)}")
-    for name, value in (("--eval-samples", eval_samples), ("--select-samples", select_samples)):
+    for name, value in (("--eval-samples", eval_samples), ("--select-samples", select_samples),
+                        ("weight_samples", weight_samples)):
         if not isinstance(value, int) or value < 1:
             raise TrtcalError(f"{name} {value!r}: must be a whole number >= 1")
     if not isinstance(max_float, int) or max_float < 0:
@@ -198,7 +201,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
         amaxes_chosen = {n: ranges[n].amax for n in tensors if n in ranges}
         say(f"searching per-channel weight scales for {chosen}")
         with Progress(len(tensors), "searching weight scales", enabled=progress) as bar:
-            scales = search_weights_for(model, amaxes_chosen, selection, unsigned=unsigned, inputs=specs, progress=bar)
+            scales = search_weights_for(model, amaxes_chosen, _first_samples(selection, specs, weight_samples),
+                                        unsigned=unsigned, inputs=specs, progress=bar)
         trial = write_qdq(fp32, ranges, target=target, check_onnxruntime=False, weight_scales=scales)
         label = f"{chosen} + weights"
         scores[label] = score_model(trial.model, selection, refs, choice_of_outputs).sqnr_db
@@ -268,6 +272,20 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     return QuantizeResult(output, cache, stats, chosen, choice, scores, summary, float_tensors,
                           {"version": format_version(trt_version), "batch_size": bs, "calibration": cal.metadata},
                           warnings)
+
+
+def _first_samples(batches: list[dict], specs, n: int) -> list[dict]:
+    """The first ``n`` samples of ``batches``, sliced along each input's batch axis."""
+    from trtcal.data.sources import samples_in, take
+
+    out, seen = [], 0
+    for batch in batches:
+        k = min(samples_in(batch, specs), n - seen)
+        out.append(take(batch, specs, 0, k))
+        seen += k
+        if seen >= n:
+            break
+    return out
 
 
 def _finite(x: float) -> float:
