@@ -157,3 +157,28 @@ def test_the_choice_lies_between_the_best_single_method_and_exhaustive_search(ml
                for label in CANDIDATES]
     assert max(singles) - 1e-6 <= ours <= best + 1e-6
     assert ours == pytest.approx(r.selection[r.chosen], abs=1e-3)
+
+
+def test_refine_keeps_only_changes_that_help_and_stays_below_the_optimum(mlp_case, tmp_path):
+    path, x, h, y, hists = mlp_case
+    np.savez(tmp_path / "data.npz", x=x)
+    common = dict(eval_data=tmp_path / "data.npz", select_samples=96, progress=False, search_weights=False)
+    plain = quantize(path, tmp_path / "data.npz", output=tmp_path / "a.onnx", cache=tmp_path / "a.cache",
+                     stats=tmp_path / "a.npz", **common)
+    refined = quantize(path, tmp_path / "data.npz", output=tmp_path / "b.onnx", cache=tmp_path / "b.cache",
+                       stats=tmp_path / "b.npz", refine=True, **common)
+    start = plain.selection[plain.chosen]
+    got = refined.selection[refined.chosen]
+    assert got >= start
+    assert refined.chosen.endswith(" + refined") == (got > start)
+    model = mlp()
+    ref = np.maximum(x @ W1, 0) @ W2 * 2
+    from trtcal.ort.runner import cpu_session
+
+    def sqnr(amaxes):
+        q = write_qdq(model, amaxes, check_onnxruntime=False).model
+        return -10 * math.log10(rel_err(ref, cpu_session(q, "q", int8_kernels=False).run(None, {"x": x})[0]))
+
+    tensors = list(refined.choice.choices)
+    options = [sorted(set(refined.choice.choices[t].amaxes.values())) for t in tensors]
+    assert got <= max(sqnr(dict(zip(tensors, combo))) for combo in itertools.product(*options)) + 1e-6

@@ -47,7 +47,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     stream = sys.stderr if output.json or output.quiet else sys.stdout
     result = quantize(args.model, output=output.path, cache=args.cache, stats=args.stats, target=args.target,
                       eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
-                      max_float=args.max_float, target_sqnr=args.target_sqnr,
+                      max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine,
                       trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
                       log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
     for warning in result.warnings:
@@ -85,6 +85,9 @@ def register(sub) -> None:
     p.add_argument("--eval-samples", type=COUNT, default=256, help="held-out samples scored (default %(default)s)")
     p.add_argument("--select-samples", type=COUNT, default=64,
                    help="calibration samples the ranges are chosen on (default %(default)s)")
+    p.add_argument("--refine", action="store_true",
+                   help="then try other ranges tensor by tensor at the model's outputs on the calibration samples, "
+                        "keeping each change that helps (about four models scored per tensor: slower)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     fallback = p.add_mutually_exclusive_group()
     fallback.add_argument("--max-float", type=COUNT0, default=0,

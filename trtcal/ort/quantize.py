@@ -11,7 +11,9 @@ the statistics, and a quality summary on held-out samples.
    applied to every tensor (entropy2 as TensorRT does, minmax, the percentiles, mse, ...) are
    written as Q/DQ models and scored (output SQNR: :mod:`trtcal.ort.sensitivity`) on the same
    calibration samples; the best wins, so the result is never worse there than any single method.
-   With ``search_weights`` (the default), the weighted layers' per-channel weight scales are then
+   With ``refine``, each tensor in turn then tries its per-tensor choice and the
+   :data:`REFINE_LABELS` candidates at the outputs, keeping every change that scores better
+   (about four Q/DQ models scored per tensor). With ``search_weights`` (the default), the weighted layers' per-channel weight scales are then
    searched for the winning ranges (:func:`trtcal.ort.range_choice.search_weights`) and kept if
    the model scores better with them. They live in the Q/DQ model only: a TensorRT <= 10 cache
    holds activation ranges, and TensorRT computes its weight scales itself.
@@ -41,6 +43,8 @@ from trtcal.core.errors import TrtcalError
 #: Without evaluation data, batch ``i`` is held out when ``i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1``.
 HOLDOUT_EVERY = 5
 TARGETS = ("tensorrt", "onnxruntime")
+#: The candidates ``refine`` tries for each tensor, besides its per-tensor choice.
+REFINE_LABELS = ("entropy2", "mse", "percentile 99.99")
 #: The most tensors ``target_sqnr`` leaves in float.
 MAX_TARGET_FLOAT = 20
 
@@ -83,7 +87,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
              select_samples: int = 64, max_float: int = 0, target_sqnr: float | None = None, trt_version: Version = DEFAULT_TRT_VERSION,
              preprocess=None, batch_size: int | None = None, max_batches: int | None = None,
              batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
-             score=None, classifiers=None, candidates=None, search_weights: bool = True, weight_samples: int = 16,
+             score=None, classifiers=None, candidates=None, refine: bool = False, search_weights: bool = True,
+             weight_samples: int = 16,
              force: bool = False,
              progress: bool | None = None, log=None) -> QuantizeResult:
     """Quantize ``model`` with ``data`` (any :mod:`trtcal.data` source); see the module doc.
@@ -94,7 +99,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     ranges are chosen on; ``eval_samples``: held-out samples scored. ``max_float``: tensors the
     fallback may leave in float (0: all INT8); ``target_sqnr``: instead, the fewest that reach this
     output SQNR (dB) on the selection samples. ``score``, ``classifiers``: which outputs are
-    scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``search_weights``: also search per-channel
+    scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``refine``: the tensor-by-tensor search at
+    the outputs (module doc; slower). ``search_weights``: also search per-channel
     weight scales (module doc), on the first ``weight_samples`` of the selection samples (as good as
     64 on EfficientNet-Lite0 at a quarter of the time). ``log`` receives one line per phase.
     """
@@ -196,6 +202,24 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
             bar.update()
     chosen = max(scores, key=lambda k: (_finite(scores[k]), k == "per-tensor"))
     ranges = sets[chosen]
+    if refine:
+        current = {n: ranges[n].amax for n in choice.choices}
+        best = scores[chosen]
+        say(f"refining {len(current)} tensors one at a time at the outputs, from {chosen}")
+        with Progress(len(current), "refining", enabled=progress) as bar:
+            for name, c in choice.choices.items():
+                for amax in dict.fromkeys([c.amax] + [c.amaxes[label] for label in REFINE_LABELS if label in c.amaxes]):
+                    if amax == current[name]:
+                        continue
+                    trial = {**current, name: amax}
+                    model_trial = write_qdq(fp32, ranges_of(trial, "refined"), target=target, check_onnxruntime=False)
+                    got_score = score_model(model_trial.model, selection, refs, choice_of_outputs).sqnr_db
+                    if _finite(got_score) > _finite(best):
+                        best, current = got_score, trial
+                bar.update()
+        if _finite(best) > _finite(scores[chosen]):
+            chosen = f"{chosen} + refined"
+            scores[chosen], ranges = best, ranges_of(current, "refined")
     weights: dict = {}
     if search_weights:
         amaxes_chosen = {n: ranges[n].amax for n in tensors if n in ranges}
