@@ -24,7 +24,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     Write OUT/index.html: a summary table (every method's threshold per tensor, the chosen
     range, clipped share, one-sided flag, findings) and per tensor its |x| histogram with the
     thresholds and entropy2's KL curve; with --int8 and --data, the INT8 model's agreement with
-    FP32 and per-tensor SQNR. The page embeds its pictures: it opens in any browser, offline."""
+    FP32 and per-tensor SQNR. When --cache (else --int8) was written by trtcal quantize, its
+    .trtcal.json sidecar's range choice too: per tensor the method chosen, its amax, its error and
+    entropy2's at the consuming layers, and why; and each range set's output SQNR. The page embeds
+    its pictures: it opens in any browser, offline."""
     from trtcal.core import fileio
     from trtcal.core.progress import Progress
     from trtcal.core.stats import load_stats
@@ -49,13 +52,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         from trtcal.cache.convert import read_any
 
         cache = read_any(args.cache)
+    choice, choice_from = _range_choice(args.cache, args.int8)
     info = {"model": args.model, "statistics": stats, "data": meta.get("data", "?"),
             "samples": meta.get("samples", "?")}
     if cache is not None:
         info["cache"] = f"{args.cache} ({cache.header_line})"
     with Progress(len(histograms), "plotting", enabled=output.progress) as bar:
         report = build_report(histograms, title=f"trtcal calibration report: {Path(args.model).name}",
-                              producers=made, cache=cache, meta=info, plots=plots, progress=bar)
+                              producers=made, cache=cache, meta=info, plots=plots, progress=bar,
+                              range_choice=choice, range_choice_source=choice_from)
     if args.int8:
         from trtcal.ort.evaluate import evaluate
         from trtcal.report.plots import sqnr_png
@@ -66,8 +71,23 @@ def cmd_report(args: argparse.Namespace) -> int:
             report.sqnr_plot = sqnr_png(report.evaluation)
     out_dir.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write(page, render(report), force=output.force)
-    print(f"wrote {page} ({len(report.rows)} tensors" + (", with INT8 vs FP32" if args.int8 else "") + ")")
+    print(f"wrote {page} ({len(report.rows)} tensors" + (", with INT8 vs FP32" if args.int8 else "")
+          + (", with quantize's range choice" if report.choice is not None else "") + ")")
     return 0
+
+
+def _range_choice(*paths: str | None) -> tuple[dict | None, str]:
+    """The range choice ``trtcal quantize`` recorded in the sidecar of the first of ``paths``
+    that has one, and that sidecar's path; ``(None, "")`` when none has."""
+    from trtcal.cache.provenance import read_sidecar, sidecar_path
+    from trtcal.ort.choice_record import SIDECAR_KEY
+
+    for path in paths:
+        if path:
+            record = read_sidecar(path) or {}
+            if record.get(SIDECAR_KEY) is not None:
+                return record[SIDECAR_KEY], str(sidecar_path(path))
+    return None, ""
 
 
 def register(sub) -> None:

@@ -288,6 +288,9 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     meta = dict(cal.metadata)
     meta.update(algorithm="quantize", ranges=chosen, target=target, weight_scales="searched" if weights else "max", model_sha256=file_sha256(model),
                 float_tensors=float_tensors, held_out=held_from)
+    from trtcal.ort.choice_record import SIDECAR_KEY, choice_record
+
+    meta[SIDECAR_KEY] = choice_record(choice, ranges, chosen, scores, float_tensors)  # per tensor: what and why
     save_stats(stats, cal.histograms, cal.metadata, force=force)
     trt_cache.write(cache, force=force)
     write_sidecar(cache, meta, force=force)

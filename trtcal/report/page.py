@@ -2,18 +2,21 @@
 
 ``build_report`` gathers what the page shows (per tensor: producer, signed range, every
 method's threshold, the chosen range, clipped share, one-sided flag, findings; optionally a
-per-tensor SQNR evaluation) and ``render`` writes HTML with no external resources, so the file
-opens in any browser, offline, wherever it is copied.
+per-tensor SQNR evaluation, and the range choice ``trtcal quantize`` recorded in its sidecars:
+:mod:`trtcal.ort.choice_record`) and ``render`` writes HTML with no external resources, so the
+file opens in any browser, offline, wherever it is copied.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from dataclasses import dataclass, field
 
 from trtcal.core import thresholds
+from trtcal.core.errors import TrtcalError
 from trtcal.core.findings import clipped_fraction, find
 
 METHODS = ("entropy2", "minmax", "percentile", "mse", "aciq", "onesided")
@@ -35,17 +38,129 @@ class TensorRow:
 
 
 @dataclass
+class ChosenRange:
+    """One tensor's range as ``trtcal quantize`` chose it (its sidecar's record)."""
+
+    tensor: str
+    method: str | None  # the candidate whose amax was written (None: none is)
+    amax: float
+    by: str  # "layer error", "outputs" or "refined" (trtcal.ort.choice_record)
+    range_set: str  # the range set that won at the outputs, without quantize's suffixes
+    per_tensor: str | None  # the candidate with the least error at the consuming layers
+    measured_at: list[str]
+    error: float | None  # the written candidate's relative error there
+    entropy2_error: float | None
+    left_float: bool = False
+    in_use: float | None = None  # the cache's amax for the tensor, if the page has a cache
+
+    @property
+    def differs(self) -> bool:
+        """The cache in use holds another range than the one recorded (edited since)."""
+        return self.in_use is not None and not math.isclose(self.in_use, self.amax, rel_tol=1e-6)
+
+    @property
+    def why(self) -> str:
+        if self.by == "layer error":
+            at = self.measured_at
+            where = ("its own values (no weighted layer reads it)" if at == [self.tensor] else
+                     ", ".join(at[:2]) + (f" and {len(at) - 2} more" if len(at) > 2 else ""))
+            text = f"lowest error at {where}"
+        elif self.by == "outputs":
+            text = f"{self.range_set} on every tensor scored best at the outputs (per tensor: {self.per_tensor})"
+        elif self.by == "refined":
+            text = f"refined at the outputs (per tensor: {self.per_tensor})"
+        else:
+            text = self.by
+        if self.left_float:
+            text += "; left in float by the fallback"
+        if self.differs:
+            text += f"; the cache holds {_num(self.in_use)} (edited since)"
+        return text
+
+    def to_dict(self) -> dict:
+        out = {"method": self.method, "amax": self.amax, "by": self.by, "per_tensor": self.per_tensor,
+               "error": self.error, "entropy2_error": self.entropy2_error, "why": self.why}
+        if self.left_float:
+            out["float"] = True
+        if self.in_use is not None:
+            out["cache_amax"] = self.in_use
+        return out
+
+
+@dataclass
+class RangeChoice:
+    """The range choice ``trtcal quantize`` recorded: the range set that won, each set's output
+    SQNR on the selection samples, and every tensor's :class:`ChosenRange`."""
+
+    source: str  # the sidecar it was read from
+    chosen: str
+    samples: int | None
+    scores: dict[str, float]
+    tensors: list[ChosenRange]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "chosen": self.chosen, "samples": self.samples,
+                "scores": {k: _json_float(v) for k, v in self.scores.items()},
+                "tensors": {t.tensor: {k: _json_float(v) for k, v in t.to_dict().items()} for t in self.tensors}}
+
+
+def read_range_choice(record: dict, source: str, cache=None) -> RangeChoice:
+    """The range choice in ``record`` (a sidecar's ``range_choice``, from ``source``); ``cache``:
+    the ranges the page shows, to flag tensors whose range was changed since."""
+    def bad(what: str) -> TrtcalError:
+        return TrtcalError(f"{source}: range_choice: {what}")
+
+    def number(x, what: str) -> float | None:
+        if x is None:
+            return None
+        try:
+            return float(x)  # "nan", "inf" as written for JSON too
+        except (TypeError, ValueError):
+            raise bad(f"{what}: expected a number, got {x!r}") from None
+
+    if not isinstance(record, dict) or not isinstance(record.get("tensors"), dict):
+        raise bad("expected an object with a 'tensors' object")
+    chosen = str(record.get("chosen", "?"))
+    range_set = chosen.removesuffix(" + weights").removesuffix(" + refined")
+    scores = record.get("scores") or {}
+    if not isinstance(scores, dict):
+        raise bad("'scores' is not an object")
+    rows = []
+    for name, e in record["tensors"].items():
+        if not isinstance(e, dict) or number(e.get("amax"), f"{name}: amax") is None:
+            raise bad(f"{name}: expected an object with an amax")
+        errors = e.get("errors") or {}
+        if not isinstance(errors, dict):
+            raise bad(f"{name}: 'errors' is not an object")
+        method = e.get("method")
+        at = e.get("measured_at") or []
+        rows.append(ChosenRange(
+            str(name), None if method is None else str(method), number(e["amax"], f"{name}: amax"),
+            str(e.get("by", "?")), range_set, e.get("per_tensor"), [str(a) for a in at] if isinstance(at, list) else [],
+            number(errors.get(method), f"{name}: error") if method is not None else None,
+            number(errors.get("entropy2"), f"{name}: entropy2 error"), bool(e.get("float")),
+            float(cache.amax(name)) if cache is not None and name in cache else None))
+    samples = record.get("samples")
+    return RangeChoice(source, chosen, samples if isinstance(samples, int) else None,
+                       {str(k): number(v, f"score of {k}") for k, v in scores.items()}, rows)
+
+
+@dataclass
 class Report:
     title: str
     rows: list[TensorRow]
     meta: dict
     evaluation: object | None = None  # trtcal.ort.evaluate.Evaluation
     sqnr_plot: bytes | None = None
+    choice: RangeChoice | None = None  # what trtcal quantize chose per tensor, and why
 
 
 def build_report(histograms: dict, *, title: str, producers: dict[str, str] | None = None,
-                 cache=None, meta: dict | None = None, plots: bool = True, progress=None) -> Report:
-    """Compute every method's threshold per tensor and (with ``plots``) draw each tensor."""
+                 cache=None, meta: dict | None = None, plots: bool = True, progress=None,
+                 range_choice: dict | None = None, range_choice_source: str = "") -> Report:
+    """Compute every method's threshold per tensor and (with ``plots``) draw each tensor.
+    ``range_choice``: the record ``trtcal quantize`` keeps in its sidecars (read from
+    ``range_choice_source``), shown per tensor."""
     from trtcal.report.plots import tensor_png
 
     producers = producers or {}
@@ -72,7 +187,8 @@ def build_report(histograms: dict, *, title: str, producers: dict[str, str] | No
         rows.append(row)
         if progress is not None:
             progress.update()
-    return Report(title, rows, meta or {})
+    choice = None if range_choice is None else read_range_choice(range_choice, range_choice_source, cache)
+    return Report(title, rows, meta or {}, choice=choice)
 
 
 def _img(png: bytes | None, alt: str) -> str:
@@ -80,6 +196,13 @@ def _img(png: bytes | None, alt: str) -> str:
         return ""
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _json_float(x):
+    """JSON has no NaN/Inf: as strings, as the CLI's JSON writes them."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else "inf" if x > 0 else "-inf"
+    return x
 
 
 def _num(x: float) -> str:
@@ -95,6 +218,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 td.name, th.name { text-align: left; font-family: monospace; }
+td.why, th.why { text-align: left; }
 tr.onesided td.name::after { content: " [one-sided]"; color: #b35900; }
 tr.finding { background: #fff4e5; }
 section.tensor { margin: 2em 0; border-top: 1px solid #ddd; }
@@ -130,8 +254,15 @@ def render(report: Report) -> str:
                      f"<td>{_num(r.min)}</td><td>{_num(r.max)}</td>{cells}<td>{_num(r.chosen)} ({r.chosen_from})</td>"
                      f"<td>{100 * r.clipped:.1f}%</td></tr>")
     lines.append("</table>")
+    chosen = {}
+    if report.choice is not None:
+        lines.append(_choice_html(report))
+        chosen = {c.tensor: c for c in report.choice.tensors}
     for i, r in enumerate(report.rows):
         lines.append(f"<section class='tensor' id='t{i}'><h3><code>{esc(r.name)}</code> ({esc(r.producer)})</h3>")
+        if r.name in chosen:
+            c = chosen[r.name]
+            lines.append(f"<p>quantize: {esc(c.method or '-')}, amax {_num(c.amax)}: {esc(c.why)}</p>")
         if r.findings:
             lines.append("<ul>" + "".join(f"<li>{esc(f)}</li>" for f in r.findings) + "</ul>")
         lines.append(_img(r.plot, f"histogram of {r.name}"))
@@ -155,4 +286,34 @@ def _evaluation_html(report: Report) -> str:
                    f"<td>{pct('top1_agreement')}</td><td>{pct('top1_reference')}</td><td>{pct('top1_test')}</td></tr>")
     out.append("</table>")
     out.append(_img(report.sqnr_plot, "per-tensor SQNR"))
+    return "\n".join(out)
+
+
+def _choice_html(report: Report) -> str:
+    """The range choice trtcal quantize recorded: each range set's output SQNR, every tensor's
+    chosen range and why, and the same as JSON (``<script id='range-choice-json'>``)."""
+    esc = html.escape
+    ch = report.choice
+    anchor = {r.name: i for i, r in enumerate(report.rows)}
+    samples = f" on {ch.samples} calibration samples" if ch.samples else ""
+    out = ["<h2>Ranges chosen by trtcal quantize</h2>",
+           f"<p>From <code>{esc(ch.source)}</code>: <code>{esc(ch.chosen)}</code>. Each tensor's candidates were "
+           "scored by the relative error (noise / signal power) they cause at the layers that read it; the range "
+           f"sets by the model's output SQNR{samples}:</p>",
+           "<table id='choice-scores'><tr><th class='name'>ranges</th><th>output SQNR dB</th></tr>"]
+    for label, db in sorted(ch.scores.items(), key=lambda kv: -kv[1] if not math.isnan(kv[1]) else math.inf):
+        mark = " &larr; chosen" if label == ch.chosen else ""
+        out.append(f"<tr><td class='name'>{esc(label)}{mark}</td><td>{_num(db)}</td></tr>")
+    out.append("</table>")
+    out.append("<table id='choices'><tr><th class='name'>tensor</th><th>method</th><th>amax</th><th>error</th>"
+               "<th>entropy2 error</th><th class='why'>why</th></tr>")
+    for c in ch.tensors:
+        name = esc(c.tensor)
+        link = f"<a href='#t{anchor[c.tensor]}'>{name}</a>" if c.tensor in anchor else name
+        out.append(f"<tr class='{'finding' if c.differs else ''}'><td class='name'>{link}</td>"
+                   f"<td>{esc(c.method or '-')}</td><td>{_num(c.amax)}</td><td>{_num(c.error)}</td>"
+                   f"<td>{_num(c.entropy2_error)}</td><td class='why'>{esc(c.why)}</td></tr>")
+    out.append("</table>")
+    data = json.dumps(ch.to_dict(), separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    out.append(f"<script type='application/json' id='range-choice-json'>{data}</script>")
     return "\n".join(out)
