@@ -123,16 +123,18 @@ def test_ranges_need_a_cache_or_statistics():
 def test_qdq(tmp_path):
     np.savez(tmp_path / "w.npz", conv_w=np.ones(4, np.float32))
     got = parse(QdqArgs(excludes=True), "--target", "onnxruntime", "--exclude-ops", "Conv, Add", "--exclude-ops",
-                "MatMul", "--exclude-nodes", "/a/*", "--weights", "mse", "--weight-scales", str(tmp_path / "w.npz"))
+                "MatMul", "--exclude-nodes", "/a/*", "--weights", "mse", "--weight-scales", str(tmp_path / "w.npz"),
+                "--attention", "float")
     assert {k: v for k, v in got.items() if k != "weight_scales"} == {
-        "target": "onnxruntime", "exclude_nodes": ["/a/*"], "exclude_ops": ["Conv", "Add", "MatMul"],
+        "target": "onnxruntime", "attention": "float", "exclude_nodes": ["/a/*"], "exclude_ops": ["Conv", "Add", "MatMul"],
         "weight_method": "mse"}
     assert list(got["weight_scales"]) == ["conv_w"]
-    assert parse(QdqArgs()) == {"target": "tensorrt", "weight_method": "max", "weight_scales": None}
+    assert parse(QdqArgs()) == {"target": "tensorrt", "attention": "int8", "weight_method": "max", "weight_scales": None}
     parser = Parser(prog="test")
     group = QdqArgs()
     group.add_parser_args(parser)
-    assert group.placement(parser.parse_args([])) == {"target": "tensorrt", "exclude_nodes": (), "exclude_ops": []}
+    assert group.placement(parser.parse_args([])) == {"target": "tensorrt", "attention": "int8", "exclude_nodes": (),
+                                                      "exclude_ops": []}
 
 
 # --------------------------------------------------------------------------- data, scoring, plots, output

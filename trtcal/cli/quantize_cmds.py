@@ -10,6 +10,7 @@ from trtcal.cli.args.algorithm import TRT_VERSION_HELP
 from trtcal.cli.args.data import CALIBRATION_DATA_HELP, DataArgs
 from trtcal.cli.args.numbers import COUNT, COUNT0, DECIBELS
 from trtcal.cli.args.output import OutputArgs
+from trtcal.cli.args.qdq import ATTENTION_HELP
 from trtcal.cli.args.scoring import ScoringArgs
 from trtcal.cli.common import add_command, print_json
 from trtcal.cli.table import print_table
@@ -47,7 +48,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     stream = sys.stderr if output.json or output.quiet else sys.stdout
     result = quantize(args.model, output=output.path, cache=args.cache, stats=args.stats, target=args.target,
                       eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
-                      max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine,
+                      max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine, attention=args.attention,
                       trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
                       log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
     for warning in result.warnings:
@@ -89,6 +90,7 @@ def register(sub) -> None:
                    help="then try other ranges tensor by tensor at the model's outputs on the calibration samples, "
                         "keeping each change that helps (about four models scored per tensor: slower)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
+    p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
     fallback = p.add_mutually_exclusive_group()
     fallback.add_argument("--max-float", type=COUNT0, default=0,
                           help="tensors to keep in float at most (default %(default)s)")

@@ -22,6 +22,11 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
                  "QLinearConcat", "QLinearSoftmax", "QGemm", "QAttention", "MatMulIntegerToFloat"}
 
 
+def node_label(node, index: int) -> str:
+    """How trtcal names a node in messages and results: its name, or ``<op type>#<index>``."""
+    return node.name or f"{node.op_type}#{index}"
+
+
 @dataclass
 class ModelTensors:
     """Tensor names of a model, grouped by what calibration does with them."""

@@ -18,6 +18,14 @@ TensorRT's explicit quantization wants them (docs/qdq.md, REFERENCE.md section 5
   fuse the add into the conv; not when the residual is computed from that conv's output
   (``y + gate(y)``), which no fusion can use.
 
+Transformers: the two batched MatMuls of an attention block (``Q @ K^T`` and ``softmax @ V``,
+:mod:`trtcal.onnx.attention`) get all four inputs quantized, the Softmax output included, as
+TensorRT's INT8 fused attention wants; the scale, mask, Softmax, LayerNorm and GELU between the
+products stay in float (no Q/DQ is ever placed on their inputs). ``attention="float"`` leaves both
+batched MatMuls in float instead. A MatMul/Gemm whose static shapes make it GEMV-shaped (M, K or N
+is 1) or whose operand is computed from tensor shapes only stays in float
+(:mod:`trtcal.onnx.gemm_shapes`), with the reason.
+
 Graph inputs whose dynamic axes share one name (``[-1, 3, ?, ?]``) get a distinct name per axis,
 so TensorRT profiles may size them differently (:func:`distinct_input_dims`).
 
@@ -66,10 +74,15 @@ from trtcal.core import patterns
 from trtcal.core.errors import TrtcalError
 from trtcal.core.ranges import Range, coerce, from_cache
 from trtcal.core.weight_scales import WEIGHT_METHODS, channel_amax, per_channel_int8
-from trtcal.onnx.model import node_attr, refuse_quantized
+from trtcal.onnx.attention import find_attention
+from trtcal.onnx.gemm_shapes import gemv_nodes, shape_derived
+from trtcal.onnx.model import node_attr, node_label, refuse_quantized
 
 #: The operators whose inputs are quantized.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: How attention blocks (:mod:`trtcal.onnx.attention`) are placed: both batched MatMuls quantized
+#: (TensorRT's INT8 fused attention), or both left in float.
+ATTENTION_MODES = ("int8", "float")
 #: Operators ``exclude_ops`` may name: the above, and Add (no residual quantization).
 EXCLUDABLE_OPS = QUANTIZED_OPS + ("Add",)
 TARGETS = ("tensorrt", "onnxruntime")
@@ -132,6 +145,7 @@ class QdqResult:
     quantized_nodes: list[str]
     warnings: list[str] = field(default_factory=list)
     unknown_ranges: list[str] = field(default_factory=list)  # range names the model lacks
+    attention: list[dict] = field(default_factory=list)  # attention blocks: bmm1, softmax, bmm2, "int8"/"float"
     opset: int = 0
     converted_from: int | None = None
 
@@ -153,7 +167,7 @@ class QdqResult:
         return {"target": self.target, "opset": self.opset, "converted_from": self.converted_from,
                 "quantized_nodes": self.quantized_nodes, "quantized": [q.to_dict() for q in self.quantized],
                 "float_tensors": self.float_tensors, "float_nodes": self.float_nodes,
-                "unknown_ranges": self.unknown_ranges, "warnings": self.warnings}
+                "attention": self.attention, "unknown_ranges": self.unknown_ranges, "warnings": self.warnings}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -196,10 +210,6 @@ def _convert_opset(model, where: str, need: int = MIN_OPSET, why: str = "per-cha
                           f"version converter cannot convert it ({type(exc).__name__}: {message}); "
                           f"export the model at opset {need} or later") from None
     return converted, opset
-
-
-def _node_label(node, index: int) -> str:
-    return node.name or f"{node.op_type}#{index}"
 
 
 class _Names:
@@ -336,7 +346,7 @@ class _Graph:
         self.model, self.where = model, where
         graph = model.graph
         self.nodes = list(graph.node)
-        self.labels = [_node_label(n, i) for i, n in enumerate(self.nodes)]
+        self.labels = [node_label(n, i) for i, n in enumerate(self.nodes)]
         self.inits = {t.name: t for t in graph.initializer}
         self.inputs = {vi.name for vi in graph.input}
         self.producer: dict[str, int] = {}
@@ -356,6 +366,7 @@ class _Graph:
                 continue
             if node.op_type == "Constant" or (inputs and all(self.from_constants(n) for n in inputs)):
                 self.derived.update(out for out in node.output if out)
+        self.shape_paths = shape_derived(model, self.from_constants)
         tensors = model_tensors(model)
         self.known = tensors.all_names() | {vi.name for vi in graph.output}
         self.types = _elem_types(model)
@@ -437,7 +448,11 @@ class _Plan:
         plan.consumers.append(consumer)
 
 
-def _excluded(g: _Graph, exclude_nodes: list[str], exclude_ops: list[str]) -> dict[int, str]:
+def _excluded(g: _Graph, exclude_nodes: list[str], exclude_ops: list[str],
+              attention: str = "int8") -> tuple[dict[int, str], list[dict]]:
+    """Nodes left in float (index -> why), and the attention blocks with how each is placed."""
+    if attention not in ATTENTION_MODES:
+        raise TrtcalError(f"attention {attention!r}: choose from {', '.join(ATTENTION_MODES)}")
     out: dict[int, str] = {}
     for pattern in exclude_nodes:
         hit = [i for i, n in enumerate(g.nodes) if n.name and patterns.matches(pattern, n.name)]
@@ -448,7 +463,15 @@ def _excluded(g: _Graph, exclude_nodes: list[str], exclude_ops: list[str]) -> di
     for i, n in enumerate(g.nodes):
         if n.op_type in exclude_ops:
             out.setdefault(i, f"excluded op type {n.op_type}")
-    return out
+    blocks = []
+    for block in find_attention(g.model):
+        if attention == "float":
+            for i in (block.bmm1, block.bmm2):
+                out.setdefault(i, "attention kept in float (attention='float')")
+        blocks.append({**block.to_dict(), "placement": attention})
+    for i, why in gemv_nodes(g.model).items():
+        out.setdefault(i, why)
+    return out, blocks
 
 
 def _plan(g: _Graph, ranges: dict[str, Range], unsigned: bool, excluded: dict[int, str]) -> _Plan:
@@ -460,6 +483,8 @@ def _plan(g: _Graph, ranges: dict[str, Range], unsigned: bool, excluded: dict[in
         if problem is not None:
             return problem
         r = ranges.get(name)
+        if r is None and name in g.shape_paths:
+            return "computed from tensor shapes only (a shape path, not data)"
         if r is None and g.from_constants(name):
             return ("no range, and it is computed from constants only (fold constants first, e.g. polygraphy "
                     "surgeon sanitize --fold-constants, to make it a weight)")
@@ -681,7 +706,7 @@ def _exclude_ops(exclude_ops: Iterable[str]) -> list[str]:
 
 
 def range_coverage(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
-                   exclude_ops: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+                   exclude_ops: Iterable[str] = (), attention: str = "int8") -> tuple[list[str], list[str]]:
     """``(covered, missing)``: the activations :func:`write_qdq` would quantize with ``ranges``, and
     those its placement rules want but ``ranges`` lack (a cache of another model, or a partial one,
     covers few). Plans only; nothing is written."""
@@ -692,12 +717,12 @@ def range_coverage(model, ranges, *, target: str = "tensorrt", exclude_nodes: It
     refuse_quantized(model, where)
     g = _Graph(model, where)
     plan = _plan(g, ranges, target == "onnxruntime",
-                 _excluded(g, list(exclude_nodes), _exclude_ops(exclude_ops)))
+                 _excluded(g, list(exclude_nodes), _exclude_ops(exclude_ops), attention)[0])
     return list(plan.acts), [n for n, why in plan.float_tensors.items() if why == "no range"]
 
 
 def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
-              exclude_ops: Iterable[str] = (), unsigned: bool | None = None,
+              exclude_ops: Iterable[str] = (), unsigned: bool | None = None, attention: str = "int8",
               check_onnxruntime: bool = True, weight_method: str = "max",
               weight_scales: Mapping[str, np.ndarray] | None = None,
               weight_bits: Mapping[str, int] | None = None) -> QdqResult:
@@ -707,7 +732,9 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     ``target``: ``"tensorrt"`` (int8, zero point 0) or ``"onnxruntime"`` (``unsigned``, default
     true there, gives one-sided ranges uint8 with zero point 0). ``exclude_nodes``: globs over
     node names (each must match a node); ``exclude_ops``: op types left in float (Conv,
-    ConvTranspose, Gemm, MatMul, and Add for the residual rule). ``weight_method``: how weight
+    ConvTranspose, Gemm, MatMul, and Add for the residual rule). ``attention``: ``"int8"``
+    quantizes both batched MatMuls of each attention block (TensorRT's INT8 fused attention),
+    ``"float"`` leaves them in float. ``weight_method``: how weight
     channels get their range, ``"max"`` (max|w|) or ``"mse"`` (:mod:`trtcal.core.weight_scales`);
     ``weight_scales``: ``{weight initializer: per-channel scales}`` that take precedence (e.g.
     EQ's); a name that is no quantized weight is an error. ``weight_bits``: ``{weight: 4 or 8}``
@@ -763,7 +790,12 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     if unknown:
         warnings.append(f"{len(unknown)} range name(s) are not tensors of the model and were ignored, e.g. "
                         + ", ".join(repr(n) for n in unknown[:3]))
-    plan = _plan(g, ranges, unsigned, _excluded(g, list(exclude_nodes), exclude_ops))
+    excluded, blocks = _excluded(g, list(exclude_nodes), exclude_ops, attention)
+    plan = _plan(g, ranges, unsigned, excluded)
+    quantized_at = set(plan.nodes)
+    for block in blocks:  # "int8" only where both MatMuls were quantized
+        if block["placement"] == "int8" and not {g.labels.index(block["bmm1"]), g.labels.index(block["bmm2"])} <= quantized_at:
+            block["placement"] = "float"
     if not plan.acts and not plan.weights:
         reasons = "; ".join(f"{n}: {why}" for n, why in list(plan.float_nodes.items())[:3])
         raise TrtcalError(f"{where}: nothing to quantize" + (f" ({reasons})" if reasons else
@@ -800,7 +832,7 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
             warnings.append(warning)
     return QdqResult(model=model, target=target, quantized=quantized, float_tensors=plan.float_tensors,
                      float_nodes=plan.float_nodes, quantized_nodes=[g.labels[i] for i in plan.nodes],
-                     warnings=warnings, unknown_ranges=unknown, opset=default_opset(model) or 0,
+                     attention=blocks, warnings=warnings, unknown_ranges=unknown, opset=default_opset(model) or 0,
                      converted_from=converted_from)
 
 

@@ -88,6 +88,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
              preprocess=None, batch_size: int | None = None, max_batches: int | None = None,
              batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
              score=None, classifiers=None, candidates=None, refine: bool = False, search_weights: bool = True,
+             attention: str = "int8",
              weight_samples: int = 16,
              force: bool = False,
              progress: bool | None = None, log=None) -> QuantizeResult:
@@ -99,7 +100,9 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     ranges are chosen on; ``eval_samples``: held-out samples scored. ``max_float``: tensors the
     fallback may leave in float (0: all INT8); ``target_sqnr``: instead, the fewest that reach this
     output SQNR (dB) on the selection samples. ``score``, ``classifiers``: which outputs are
-    scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``refine``: the tensor-by-tensor search at
+    scored (:func:`trtcal.ort.evaluate.choose_outputs`). ``attention``: ``"int8"`` (TensorRT's INT8
+    fused attention) or ``"float"`` (both batched MatMuls of each attention block left in float;
+    :func:`trtcal.onnx.qdq.write_qdq`). ``refine``: the tensor-by-tensor search at
     the outputs (module doc; slower). ``search_weights``: also search per-channel
     weight scales (module doc), on the first ``weight_samples`` of the selection samples (as good as
     64 on EfficientNet-Lite0 at a quarter of the time). ``log`` receives one line per phase.
@@ -169,7 +172,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
 
     # 2. the activations TensorRT's placement quantizes, and a range for each
     base_ranges = from_thresholds(cal.thresholds, cal.histograms, source="entropy2")
-    placed = write_qdq(fp32, base_ranges, target=target, check_onnxruntime=False)
+    placed = write_qdq(fp32, base_ranges, target=target, attention=attention, check_onnxruntime=False)
     tensors = [q.name for q in placed.activations]
     if not tensors:
         raise TrtcalError(f"{model}: TensorRT's placement quantizes no activation here (no Conv, Gemm, MatMul ... "
@@ -197,7 +200,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     scores: dict[str, float] = {}
     with Progress(len(sets), "scoring at the outputs", enabled=progress) as bar:
         for label, ranges in sets.items():
-            trial = write_qdq(fp32, ranges, target=target, check_onnxruntime=False)
+            trial = write_qdq(fp32, ranges, target=target, attention=attention, check_onnxruntime=False)
             scores[label] = score_model(trial.model, selection, refs, choice_of_outputs).sqnr_db
             bar.update()
     chosen = max(scores, key=lambda k: (_finite(scores[k]), k == "per-tensor"))
@@ -212,7 +215,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
                     if amax == current[name]:
                         continue
                     trial = {**current, name: amax}
-                    model_trial = write_qdq(fp32, ranges_of(trial, "refined"), target=target, check_onnxruntime=False)
+                    model_trial = write_qdq(fp32, ranges_of(trial, "refined"), target=target, attention=attention,
+                                            check_onnxruntime=False)
                     got_score = score_model(model_trial.model, selection, refs, choice_of_outputs).sqnr_db
                     if _finite(got_score) > _finite(best):
                         best, current = got_score, trial
@@ -227,7 +231,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
         with Progress(len(tensors), "searching weight scales", enabled=progress) as bar:
             scales = search_weights_for(model, amaxes_chosen, _first_samples(selection, specs, weight_samples),
                                         unsigned=unsigned, inputs=specs, progress=bar)
-        trial = write_qdq(fp32, ranges, target=target, check_onnxruntime=False, weight_scales=scales)
+        trial = write_qdq(fp32, ranges, target=target, attention=attention, check_onnxruntime=False, weight_scales=scales)
         label = f"{chosen} + weights"
         scores[label] = score_model(trial.model, selection, refs, choice_of_outputs).sqnr_db
         if _finite(scores[label]) > _finite(scores[chosen]):
@@ -240,13 +244,13 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     fallback = None
     if max_float > 0:
         with Progress(None, "fallback", enabled=progress) as bar:
-            sens, final = analyse(model, ranges, selection, max_float=max_float, target=target, progress=bar,
+            sens, final = analyse(model, ranges, selection, max_float=max_float, target=target, attention=attention, progress=bar,
                                   score=score, classifiers=classifiers, batch_axes=batch_axes, **weights)
         float_tensors = list(sens.chosen)
         fallback = {"max_float": max_float, "selection_sqnr_db": [sens.baseline_db, sens.final_db]}
     elif target_sqnr is not None and scores[chosen] < target_sqnr:
         with Progress(None, "fallback", enabled=progress) as bar:
-            sens, final = analyse(model, ranges, selection, max_float=0, target=target, progress=bar,
+            sens, final = analyse(model, ranges, selection, max_float=0, target=target, attention=attention, progress=bar,
                                   score=score, classifiers=classifiers, batch_axes=batch_axes, **weights)
         current = scores[chosen]
         for name in [n for n, g in sens.gains.items() if g > 0][:MAX_TARGET_FLOAT]:
@@ -254,7 +258,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
                 break
             float_tensors.append(name)
             final = write_qdq(fp32, {n: r for n, r in ranges.items() if n not in float_tensors}, target=target,
-                              **weights)
+                              attention=attention, **weights)
             current = score_model(final.model, selection, refs, choice_of_outputs).sqnr_db
         fallback = {"target_sqnr_db": target_sqnr, "reached": current >= target_sqnr,
                     "selection_sqnr_db": [scores[chosen], current]}
@@ -263,12 +267,12 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
                             f"{len(float_tensors)} tensor(s) in float (at most {MAX_TARGET_FLOAT}, only those "
                             "whose fallback gains)")
     else:
-        final = write_qdq(fp32, ranges, target=target, **weights)
+        final = write_qdq(fp32, ranges, target=target, attention=attention, **weights)
 
     # 5. score on held-out samples, then write
     held_refs, held_samples = reference_outputs(fp32, held, choice_of_outputs, batch_axes=batch_axes)
     got = score_model(final.model, held, held_refs, choice_of_outputs)
-    trt_default = score_model(write_qdq(fp32, base_ranges, target=target, check_onnxruntime=False).model,
+    trt_default = score_model(write_qdq(fp32, base_ranges, target=target, attention=attention, check_onnxruntime=False).model,
                               held, held_refs, choice_of_outputs)
     summary = {"data": held_from, "samples": held_samples, "sqnr_db": got.sqnr_db,
                "weight_scales": "searched per channel (in the Q/DQ model only)" if weights else "max",
@@ -286,7 +290,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str |
     amaxes.update({name: r.amax for name, r in ranges.items() if name in amaxes})
     trt_cache = CalibrationCache.from_amaxes(amaxes, version=trt_version, algorithm="EntropyCalibration2")
     meta = dict(cal.metadata)
-    meta.update(algorithm="quantize", ranges=chosen, target=target, weight_scales="searched" if weights else "max", model_sha256=file_sha256(model),
+    meta.update(algorithm="quantize", ranges=chosen, target=target, attention=attention, weight_scales="searched" if weights else "max", model_sha256=file_sha256(model),
                 float_tensors=float_tensors, held_out=held_from)
     from trtcal.ort.choice_record import SIDECAR_KEY, choice_record
 
