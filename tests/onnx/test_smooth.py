@@ -1,0 +1,109 @@
+"""SmoothQuant's rewrite: the smoothed model equals the input in float, LayerNorm folds are exact,
+and the search keeps only factors that help at the outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from test_attention import _feed, _ranges, encoder_block
+
+from trtcal.core.errors import TrtcalError
+from trtcal.onnx.smooth import apply_smoothing, smoothable, weight_row_max
+
+
+def _run(model, feed):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def _with_outlier_channel(model, channel=3, gain=40.0):
+    """Scale one LayerNorm channel up (and the readers' rows down): same function, an outlier channel."""
+    inits = {t.name: t for t in model.graph.initializer}
+    gamma = numpy_helper.to_array(inits["gamma"]).copy()
+    gamma[channel] *= gain
+    inits["gamma"].CopyFrom(numpy_helper.from_array(gamma, "gamma"))
+    w1 = numpy_helper.to_array(inits["W1"]).copy()
+    w1[channel] /= gain
+    inits["W1"].CopyFrom(numpy_helper.from_array(w1, "W1"))
+    return model
+
+
+def test_smoothable_groups_share_one_factor_per_activation_and_fold_only_into_layernorm():
+    model = encoder_block()
+    groups = {g.tensor: g for g in smoothable(model)}
+    names = [n.name for n in model.graph.node]
+    # x feeds Q, K, V (one factor for all three); ln feeds ffn1 only and is LayerNorm's output
+    assert sorted(names[i] for i in groups["x"].readers) == ["key", "query", "value"]
+    assert groups["x"].fold_into is None  # a graph input: a Mul is inserted
+    assert names[groups["ln"].fold_into] == "ln"
+    assert groups["gelu"].fold_into is None and groups["ctx"].fold_into is None
+    assert set(groups) == {"x", "ctx", "ln", "gelu"}  # the batched MatMuls have no constant weight
+
+
+def test_smoothed_model_equals_the_input_in_float():
+    model = encoder_block()
+    feed = _feed()
+    rng = np.random.default_rng(0)
+    groups = smoothable(model)
+    factors = {g.tensor: rng.uniform(0.1, 10, g.channels) for g in groups}
+    out = apply_smoothing(model, factors, groups)
+    assert set(out.folded) == {"ln"} and set(out.inserted) == {"x", "ctx", "gelu"}
+    assert out.tensors["ln"] == "ln" and out.tensors["x"] == "x_smoothed"
+    ref, got = _run(model, feed), _run(out.model, feed)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # the input model is untouched
+    np.testing.assert_array_equal(_run(model, feed), ref)
+    assert model.SerializeToString() != out.model.SerializeToString()
+    onnx.checker.check_model(out.model, full_check=True)
+
+
+def test_layernorm_fold_divides_scale_and_bias_by_the_factor():
+    model = encoder_block()
+    s = np.linspace(0.5, 4, 16)
+    out = apply_smoothing(model, {"ln": s})
+    inits = {t.name: numpy_helper.to_array(t) for t in out.model.graph.initializer}
+    np.testing.assert_allclose(inits["gamma"], (np.ones(16) / s).astype(np.float32), rtol=1e-6)
+    w1 = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}["W1"]
+    np.testing.assert_allclose(inits["W1"], (w1 * s[:, None]).astype(np.float32), rtol=1e-6)
+    assert len(out.model.graph.node) == len(model.graph.node)  # folded: no Mul
+
+
+def test_weight_row_max_is_over_every_reader():
+    model = encoder_block()
+    g = next(g for g in smoothable(model) if g.tensor == "x")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    expect = np.max([np.abs(inits[w]).max(axis=1) for w in ("Wq", "Wk", "Wv")], axis=0)
+    np.testing.assert_allclose(weight_row_max(model, g), expect)
+
+
+def test_bad_factors_are_refused():
+    model = encoder_block()
+    for bad in (np.zeros(16), np.full(16, np.nan), np.ones(5)):
+        with pytest.raises(TrtcalError, match="smoothing factors of 'ln'"):
+            apply_smoothing(model, {"ln": bad})
+    with pytest.raises(TrtcalError, match="cannot be smoothed"):
+        apply_smoothing(model, {"scores": np.ones(8)})
+
+
+def test_search_helps_an_outlier_channel_and_never_scores_below_the_start():
+    from trtcal.ort.smoothquant import factors, mse_amax, search_smoothing
+
+    model = _with_outlier_channel(encoder_block())
+    feeds = [_feed(4) for _ in range(2)]
+    ranges = _ranges(model, feeds[0])
+    result = search_smoothing(model, feeds, ranges)
+    assert result.float_db > 60
+    assert result.final_db >= result.baseline_db
+    assert "ln" in result.alphas  # the outlier channel in LayerNorm's output is worth smoothing
+    assert result.final_db > result.baseline_db + 1
+    # every tried alpha was scored, and what was kept is the best seen for that tensor
+    assert set(result.tried["ln"]) == {"0.25", "0.5", "0.75"}
+    # the factor formula and the brute-force range
+    np.testing.assert_allclose(factors([4.0, 1e-9], [1.0, 2.0], 0.5), [2.0, np.sqrt(1e-5 / 2.0)])
+    v = np.concatenate([np.linspace(-1, 1, 1001), [50.0]])
+    amax = mse_amax(v)
+    grid = 50 * np.geomspace(0.02, 1, 64)
+    errs = [np.square(np.minimum(np.rint(np.abs(v) / (a / 127)), 127) * (a / 127) - np.abs(v)).sum() for a in grid]
+    assert amax == pytest.approx(grid[int(np.argmin(errs))])
