@@ -212,6 +212,7 @@ SUBSCRIPTIONS = {
                  "scored outputs", "output"],
     "eval": ["data", "feeding the data to the model's inputs", "scored outputs", "plots", "output"],
     "quantize": ["data", "feeding the data to the model's inputs", "scored outputs", "output"],
+    "smooth": ["data", "feeding the data to the model's inputs", "scored outputs", "output"],
     "build": ["data", "output"],
 }
 
@@ -260,7 +261,7 @@ def test_every_command_that_reads_statistics_says_the_same():
 def test_batch_size_defaults_are_said_per_command():
     texts = {" ".join(w): a.help for w, p in subcommands(build_parser()) for a in p._actions
              if "--batch-size" in a.option_strings}
-    assert {c for c, text in texts.items() if text == BATCH_SIZE_HELP} == {"eval", "report"}
+    assert {c for c, text in texts.items() if text == BATCH_SIZE_HELP} == {"eval", "report", "smooth"}
 
 
 def test_the_summary_and_description_come_from_the_docstring():

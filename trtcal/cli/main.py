@@ -19,6 +19,7 @@ from trtcal.cli import (
     qdq_cmds,
     quantize_cmds,
     report_cmds,
+    smooth_cmds,
 )
 from trtcal.cli.common import Parser
 from trtcal.core.errors import TrtcalError
@@ -36,7 +37,7 @@ def build_parser() -> Parser:
     # the one command first, then in the order of the work: calibrate, look at and fix the ranges,
     # quantize, judge, build
     for module in (demo, quantize_cmds, calibrate_cmds, cache_cmds, onesided_cmds, plot_cmds, report_cmds, bits_cmds,
-                   crosscheck_cmds, qdq_cmds, fallback_cmds, eval_cmds, build_cmds):
+                   crosscheck_cmds, smooth_cmds, qdq_cmds, fallback_cmds, eval_cmds, build_cmds):
         module.register(sub)
     return parser
 

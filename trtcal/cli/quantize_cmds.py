@@ -21,6 +21,8 @@ DATA = DataArgs(CALIBRATION_DATA_HELP, required=True,
 SCORING = ScoringArgs()
 OUTPUT = OutputArgs("the Q/DQ model (default <model stem>.int8.onnx beside the model)", quiet=True)
 TARGET_HELP = "tensorrt (default): int8, zero point 0; onnxruntime: also uint8 for one-sided tensors (min >= 0)"
+SELECT_SAMPLES_HELP = ("calibration samples the choices are measured on (quantize: ranges; smooth: SmoothQuant "
+                       "factors) (default %(default)s)")
 TARGET_SQNR_HELP = ("instead of --max-float: leave the fewest tensors in float that bring the model's output SQNR "
                     "on the calibration samples to DB (at most 20)")
 
@@ -84,8 +86,7 @@ def register(sub) -> None:
     p.add_argument("--eval-data", help="held-out evaluation data for the summary (default: every fifth batch of "
                                        "--data, not calibrated on)")
     p.add_argument("--eval-samples", type=COUNT, default=256, help="held-out samples scored (default %(default)s)")
-    p.add_argument("--select-samples", type=COUNT, default=64,
-                   help="calibration samples the ranges are chosen on (default %(default)s)")
+    p.add_argument("--select-samples", type=COUNT, default=64, help=SELECT_SAMPLES_HELP)
     p.add_argument("--refine", action="store_true",
                    help="then try other ranges tensor by tensor at the model's outputs on the calibration samples, "
                         "keeping each change that helps (about four models scored per tensor: slower)")
