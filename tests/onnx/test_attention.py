@@ -16,75 +16,13 @@ import onnxruntime as ort
 import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
+from transformer_models import HEADS, D, S, encoder_block, weight
+from transformer_models import feed as _feed
+from transformer_models import measured_ranges as _ranges
 
 from trtcal.onnx.attention import find_attention
 from trtcal.onnx.gemm_shapes import gemv_nodes, product_dims
 from trtcal.onnx.qdq import write_qdq
-
-D, HEADS, S = 16, 2, 8
-RNG = np.random.default_rng(3)
-
-
-def _w(*shape):
-    return (RNG.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
-
-
-def encoder_block(batch="batch", seq="seq", mask_cast=False):
-    """One encoder layer on x [batch, seq, D] with an additive mask [batch, 1, 1, seq]."""
-    inits = {"Wq": _w(D, D), "Wk": _w(D, D), "Wv": _w(D, D), "Wo": _w(D, D), "W1": _w(D, 4 * D), "W2": _w(4 * D, D),
-             "bq": np.zeros(D, np.float32), "heads": np.array([0, 0, HEADS, D // HEADS], np.int64),
-             "merge": np.array([0, 0, D], np.int64), "scale": np.array(1 / np.sqrt(D // HEADS), np.float32),
-             "gamma": np.ones(D, np.float32), "beta": np.zeros(D, np.float32), "sqrt2": np.array(np.sqrt(2), np.float32),
-             "one": np.array(1, np.float32), "half": np.array(0.5, np.float32)}
-    n = helper.make_node
-    nodes = [n("MatMul", ["x", "Wq"], ["q0"], name="query"), n("Add", ["bq", "q0"], ["q1"], name="query_bias"),
-             n("MatMul", ["x", "Wk"], ["k0"], name="key"), n("MatMul", ["x", "Wv"], ["v0"], name="value"),
-             n("Reshape", ["q1", "heads"], ["q2"]), n("Transpose", ["q2"], ["q"], perm=[0, 2, 1, 3]),
-             n("Reshape", ["k0", "heads"], ["k2"]), n("Transpose", ["k2"], ["kt"], perm=[0, 2, 3, 1]),
-             n("Reshape", ["v0", "heads"], ["v2"]), n("Transpose", ["v2"], ["v"], perm=[0, 2, 1, 3]),
-             n("MatMul", ["q", "kt"], ["scores"], name="bmm1"), n("Mul", ["scores", "scale"], ["scaled"]),
-             n("Add", ["scaled", "mask"], ["masked"]), n("Softmax", ["masked"], ["probs"], name="softmax", axis=-1)]
-    probs = "probs"
-    if mask_cast:
-        nodes.append(n("Cast", ["probs"], ["probs_c"], to=TensorProto.FLOAT))
-        probs = "probs_c"
-    nodes += [n("MatMul", [probs, "v"], ["ctx0"], name="bmm2"), n("Transpose", ["ctx0"], ["ctx1"], perm=[0, 2, 1, 3]),
-              n("Reshape", ["ctx1", "merge"], ["ctx"]), n("MatMul", ["ctx", "Wo"], ["att"], name="attn_out"),
-              n("Add", ["att", "x"], ["res"], name="residual"),
-              n("LayerNormalization", ["res", "gamma", "beta"], ["ln"], name="ln", axis=-1),
-              n("MatMul", ["ln", "W1"], ["h"], name="ffn1"), n("Div", ["h", "sqrt2"], ["hd"]), n("Erf", ["hd"], ["he"]),
-              n("Add", ["he", "one"], ["h1"]), n("Mul", ["h", "h1"], ["h2"]), n("Mul", ["h2", "half"], ["gelu"]),
-              n("MatMul", ["gelu", "W2"], ["y"], name="ffn2")]
-    graph = helper.make_graph(
-        nodes, "encoder",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, D]),
-         helper.make_tensor_value_info("mask", TensorProto.FLOAT, [batch, 1, 1, seq])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, D])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _feed(batch=2):
-    x = RNG.standard_normal((batch, S, D)).astype(np.float32)
-    mask = np.zeros((batch, 1, 1, S), np.float32)
-    mask[..., -2:] = -1e4
-    return {"x": x, "mask": mask}
-
-
-def _ranges(model, feed):
-    """max|x| of every float tensor, measured by running the model (an independent range source)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    names = [o for node in m.graph.node for o in node.output]
-    del m.graph.output[:]
-    m.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names)
-    outs = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
-    ranges = {k: float(np.abs(v).max()) for k, v in zip(names, outs) if v.dtype == np.float32}
-    ranges.update({k: float(np.abs(v).max()) for k, v in feed.items()})
-    return ranges
 
 
 def _q_inputs(model) -> set[str]:
@@ -152,7 +90,7 @@ def test_gemv_products_stay_in_float_with_the_reason():
         [n("MatMul", ["x", "W"], ["h"], name="gemm"), n("MatMul", ["h", "w"], ["y"], name="to_vector")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
-        [numpy_helper.from_array(_w(32, 32), "W"), numpy_helper.from_array(_w(32), "w")])
+        [numpy_helper.from_array(weight(32, 32), "W"), numpy_helper.from_array(weight(32), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     res = write_qdq(model, {"x": 3.0, "h": 3.0})
     assert res.quantized_nodes == ["gemm"]
@@ -170,7 +108,7 @@ def test_a_matmul_on_a_shape_path_is_no_activation():
          n("MatMul", ["x", "W"], ["h"], name="proj"), n("Add", ["h", "pos"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
-        [numpy_helper.from_array(_w(2, 16), "P"), numpy_helper.from_array(_w(16, 16), "W"),
+        [numpy_helper.from_array(weight(2, 16), "P"), numpy_helper.from_array(weight(16, 16), "W"),
          numpy_helper.from_array(np.array([0], np.int64), "axis0"),
          numpy_helper.from_array(np.array([2, 2], np.int64), "square")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

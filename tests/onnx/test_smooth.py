@@ -8,7 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
-from test_attention import _feed, _ranges, encoder_block
+from transformer_models import encoder_block, with_outlier_channel
+from transformer_models import feed as _feed
+from transformer_models import measured_ranges as _ranges
 
 from trtcal.core.errors import TrtcalError
 from trtcal.onnx.smooth import apply_smoothing, smoothable, weight_row_max
@@ -16,18 +18,6 @@ from trtcal.onnx.smooth import apply_smoothing, smoothable, weight_row_max
 
 def _run(model, feed):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-
-
-def _with_outlier_channel(model, channel=3, gain=40.0):
-    """Scale one LayerNorm channel up (and the readers' rows down): same function, an outlier channel."""
-    inits = {t.name: t for t in model.graph.initializer}
-    gamma = numpy_helper.to_array(inits["gamma"]).copy()
-    gamma[channel] *= gain
-    inits["gamma"].CopyFrom(numpy_helper.from_array(gamma, "gamma"))
-    w1 = numpy_helper.to_array(inits["W1"]).copy()
-    w1[channel] /= gain
-    inits["W1"].CopyFrom(numpy_helper.from_array(w1, "W1"))
-    return model
 
 
 def test_smoothable_groups_share_one_factor_per_activation_and_fold_only_into_layernorm():
@@ -90,7 +80,7 @@ def test_bad_factors_are_refused():
 def test_search_helps_an_outlier_channel_and_never_scores_below_the_start():
     from trtcal.ort.smoothquant import factors, mse_amax, search_smoothing
 
-    model = _with_outlier_channel(encoder_block())
+    model = with_outlier_channel(encoder_block())
     feeds = [_feed(4) for _ in range(2)]
     ranges = _ranges(model, feeds[0])
     result = search_smoothing(model, feeds, ranges)

@@ -51,6 +51,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     result = quantize(args.model, output=output.path, cache=args.cache, stats=args.stats, target=args.target,
                       eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
                       max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine, attention=args.attention,
+                      smoothquant=args.smoothquant, smoothed=args.smoothed,
                       trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
                       log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
     for warning in result.warnings:
@@ -70,6 +71,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     rows = [("this model", _db(s["sqnr_db"]), _pct(s.get("top1_agreement"))),
             ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), _pct(s.get("entropy2_top1_agreement")))]
     print_table(("INT8 vs FP32", "output SQNR dB", "top-1 agreement"), rows, "<>>")
+    if result.smoothquant:
+        sq = result.smoothquant
+        scored = sq.get("sqnr_db", {})
+        print(f"smoothquant: {sq['smoothed']} activation(s) smoothed; output SQNR on {sq.get('judged_on', '-')}: "
+              + ", ".join(f"{k} {_db(v)} dB" for k, v in scored.items()) + f": kept the {sq['kept']} model"
+              + (f" ({sq['smoothed_model']}: build TensorRT <= 10 engines from it with the cache)"
+                 if sq["kept"] == "smoothed" else ""))
     print(f"wrote {result.model}, {result.cache} and {result.stats} (with .trtcal.json provenance)")
     return 0
 
@@ -92,6 +100,12 @@ def register(sub) -> None:
                         "keeping each change that helps (about four models scored per tensor: slower)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
+    p.add_argument("--smoothquant", action="store_true",
+                   help="also quantize a SmoothQuant-ed copy (trtcal smooth, alpha per layer) and keep whichever model "
+                        "scores better at the outputs on the calibration samples (slower: about two quantize runs)")
+    p.add_argument("--smoothed", metavar="FILE.onnx",
+                   help="where the smoothed FP32 model goes when it wins (default <model stem>.smooth.onnx beside -o); "
+                        "the cache is of its tensors")
     fallback = p.add_mutually_exclusive_group()
     fallback.add_argument("--max-float", type=COUNT0, default=0,
                           help="tensors to keep in float at most (default %(default)s)")

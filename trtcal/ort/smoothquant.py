@@ -177,3 +177,41 @@ def _float_equal(model, smoothed, batches, choice, refs) -> float:
         raise TrtcalError(f"smoothquant: the smoothed FP32 model differs from the input ({db:.1f} dB output SQNR, "
                           f"below {FLOAT_EQUAL_DB:g}); not written")
     return db
+
+
+def smooth(model, data, *, output=None, alphas=ALPHAS, select_samples: int = 64, target: str = "tensorrt",
+           attention: str = "int8", preprocess=None, batch_size: int | None = None, batch_axes: dict | None = None,
+           shapes: dict | None = None, allow_nonfinite: bool = False, score=None, classifiers=None,
+           force: bool = False, progress=None, log=None):
+    """``trtcal smooth``: SmoothQuant on ``model`` (a path) with ``data`` (any :mod:`trtcal.data`
+    source): mse ranges from a calibration of the first ``select_samples`` samples, the factors
+    searched there (:func:`search_smoothing`), the smoothed FP32 model and its provenance sidecar
+    written atomically to ``output`` (default ``<model stem>.smooth.onnx`` beside the model).
+    Returns ``(path, SmoothResult)``."""
+    from pathlib import Path
+
+    from trtcal.cache.provenance import sidecar_path, write_sidecar
+    from trtcal.core import fileio
+    from trtcal.core.progress import Progress
+    from trtcal.onnx.model import load_model
+    from trtcal.ort.pipeline import calibrate, file_sha256
+    from trtcal.ort.runner import first_batches
+
+    model = Path(model)
+    path = Path(output) if output is not None else model.with_name(model.stem + ".smooth.onnx")
+    for p in (path, sidecar_path(path)):
+        fileio.check_output(p, force=force, inputs=[model, data])
+    feed = {"batch_axes": batch_axes, "shapes": shapes, "allow_nonfinite": allow_nonfinite}
+    batches, _ = first_batches(model, data, samples=select_samples, batch_size=batch_size, preprocess=preprocess,
+                               **feed)
+    cal = calibrate(model, data, algorithm="mse", batch_size=batch_size, max_batches=len(batches),
+                    preprocess=preprocess, progress=progress, **feed)
+    fp32 = load_model(model, load_weights=True, fp32=True)
+    with Progress(None, "smoothing", enabled=progress) as bar:
+        result = search_smoothing(fp32, batches, {n: r.amax for n, r in cal.thresholds.items()}, alphas=alphas,
+                                  target=target, attention=attention, progress=bar, batch_axes=batch_axes,
+                                  score=score, classifiers=classifiers, log=log)
+    fileio.atomic_write(path, result.model.SerializeToString(), force=force, inputs=[model, data])
+    write_sidecar(path, {"algorithm": "smoothquant", "model": str(model), "model_sha256": file_sha256(model),
+                         "data": str(data), "samples": select_samples, **result.to_dict()}, force=force)
+    return path, result
