@@ -1,7 +1,7 @@
 """The accuracy study: trtcal's ranges vs ONNX Runtime's quantize_static, as INT8 Q/DQ models.
 
-For each model (the bundled Fashion-MNIST CNN; EfficientNet-Lite0 and all-MiniLM-L6-v2 when
-their export scripts have written them under .cache/; YOLOv8n from the ``nudenet`` wheel, AGPL,
+For each model (the bundled Fashion-MNIST CNN; EfficientNet-Lite0, all-MiniLM-L6-v2 and the
+Fashion-MNIST ResNet-8 (``resnet``) when their export or training scripts have written them under .cache/; YOLOv8n from the ``nudenet`` wheel, AGPL,
 fetched with ``pip download`` into .cache/zoo and never bundled, on the photos of
 scripts/export_efficientnet_lite0.py letterboxed to 320, split by photo), in one run:
 
@@ -53,6 +53,10 @@ MODELS = {
                    eval=ROOT / ".cache/data/minilm_eval.npz", labels=None),
     "yolo": dict(model=ROOT / ".cache/zoo/nudenet_pkg/nudenet/320n.onnx", calib=ROOT / ".cache/data/yolo_calib",
                  eval=ROOT / ".cache/data/yolo_eval", labels=None, preprocess="letterbox=320,scale=1/255"),
+    # scripts/train_fashion_resnet.py: ResNet-8 (plain ReLU, residual Adds) on Fashion-MNIST, labelled
+    "resnet": dict(model=ROOT / ".cache/models/fashion_resnet.onnx", calib=ROOT / ".cache/data/fashion_resnet_calib.npz",
+                   eval=ROOT / ".cache/data/fashion_resnet_eval.npz",
+                   labels=ROOT / ".cache/data/fashion_resnet_eval.npz"),
 }
 
 
@@ -152,34 +156,56 @@ def _preprocess(spec):
 
 
 def score(spec, int8_path) -> dict:
+    """The INT8 model at ``int8_path`` against FP32 on the held-out data; ``spec["extra_score"]``,
+    if set, is called as ``(spec, int8_path) -> dict`` and adds its scores (bench/zoo.py's
+    top-box agreement)."""
     from trtcal.ort.evaluate import evaluate
 
     ev = evaluate(spec["model"], int8_path, spec["eval"], labels=spec["labels"], per_tensor=False, progress=False,
                   preprocess=_preprocess(spec))
     d = ev.outputs[0].to_dict()
-    return {k: d.get(k) for k in ("sqnr_db", "cosine_mean", "top1_agreement", "top1_reference", "top1_test",
-                                  "kl_mean", "top1_agreement_sure", "sure_samples")}
+    row = {k: d.get(k) for k in ("sqnr_db", "cosine_mean", "top1_agreement", "top1_reference", "top1_test",
+                                 "kl_mean", "top1_agreement_sure", "sure_samples")}
+    if spec.get("extra_score"):
+        row.update(spec["extra_score"](spec, int8_path))
+    return row
+
+
+def calibrate_spec(spec) -> tuple:
+    """One trtcal calibration pass over the model's calibration data, statistics kept: (result, seconds)."""
+    from trtcal.ort.pipeline import calibrate
+
+    return measure(lambda: calibrate(spec["model"], spec["calib"], progress=False, preprocess=_preprocess(spec)))
+
+
+def write_method_model(name: str, spec: dict, work: Path, calib, label: str, options: dict) -> tuple[Path, float]:
+    """The Q/DQ model of one trtcal threshold method (a ``TRTCAL_METHODS`` label) applied to every
+    tensor from ``calib``'s statistics: (its path under ``work``, the seconds the thresholds took)."""
+    from trtcal.core import thresholds
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.pipeline import ranges_to_cache
+
+    method = label.split()[0]
+    results, t_thr = measure(lambda: thresholds.compute_all(method, calib.histograms, **options))
+    out = work / f"{name}-trtcal-{label.replace(' ', '')}.onnx"
+    write_qdq(spec["model"], ranges_to_cache(results, algorithm=method)).save(out, force=True)
+    return out, t_thr
 
 
 def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool, eq_steps: int = 100,
               methods: list[str] | None = None, no_ort: bool = False, eq_init: str = "entropy2") -> list[dict]:
     from trtcal.core import thresholds
     from trtcal.onnx.qdq import write_qdq
-    from trtcal.ort.pipeline import calibrate, ranges_to_cache
+    from trtcal.ort.pipeline import ranges_to_cache
 
     rows = []
-    calib, seconds = measure(lambda: calibrate(spec["model"], spec["calib"], progress=False,
-                                               preprocess=_preprocess(spec)))
+    calib, seconds = calibrate_spec(spec)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"[{name}] trtcal calibration pass: {seconds:.1f} s ({calib.metadata['samples']} samples)", flush=True)
     for label, options in TRTCAL_METHODS:
-        method = label.split()[0]
         if methods is not None and label not in methods:
             continue
-        results, t_thr = measure(lambda m=method, o=options: thresholds.compute_all(m, calib.histograms, **o))
-        cache = ranges_to_cache(results, algorithm=method)
-        out = work / f"{name}-trtcal-{label.replace(' ', '')}.onnx"
-        write_qdq(spec["model"], cache).save(out, force=True)
+        out, t_thr = write_method_model(name, spec, work, calib, label, options)
         rows.append({"model": name, "tool": "trtcal", "method": label, "calib_seconds": seconds + t_thr,
                      "peak_rss_mb": peak, "samples": calib.metadata["samples"], **score(spec, out)})
         print(f"[{name}] trtcal {label}: {rows[-1]}", flush=True)
@@ -201,7 +227,17 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                      "samples": calib.metadata["samples"], **score(spec, out)})
         print(f"[{name}] trtcal eq: {rows[-1]}", flush=True)
-    for method in () if no_ort else ("minmax", "entropy-128", "entropy-2048", "percentile-99.99"):
+    return rows if no_ort else rows + ort_rows(name, spec, work, ort_samples)
+
+
+ORT_METHODS = ("minmax", "entropy-128", "entropy-2048", "percentile-99.99")
+
+
+def ort_rows(name: str, spec: dict, work: Path, ort_samples: int, methods=ORT_METHODS) -> list[dict]:
+    """ONNX Runtime's ``quantize_static`` by each of ``methods`` on the first ``ort_samples``
+    calibration samples, each in its own process (wall time and peak RSS measured there), scored."""
+    rows = []
+    for method in methods:
         out = work / f"{name}-ort-{method}.onnx"
         script = ORT_SCRIPT.format(root=str(ROOT), model=str(spec["model"]), calib=str(spec["calib"]), out=str(out),
                                    method=method, samples=ort_samples,
@@ -321,9 +357,19 @@ def main() -> None:
                               no_ort=args.no_ort, eq_init=args.eq_init)
             if args.modelopt_python:
                 rows += modelopt_rows(name, spec, Path(tmp), args.modelopt_samples, args.modelopt_python)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count()}
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    write_json(args.json, rows)
+    print_rows(rows)
+
+
+def write_json(path: str | None, rows: list[dict], **meta) -> None:
+    """The rows and where they were measured (date, machine, CPU count, ``meta``) as JSON at ``path``."""
+    if path:
+        meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpus": os.cpu_count(), **meta}
+        Path(path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The rows as a plain-text table (failed columns with their error)."""
     print(f"\n{'model':<8} {'tool':<12} {'method':<18} {'top-1':>7} {'agree':>7} {'sure':>7} {'KL':>7} {'SQNR dB':>8} "
           f"{'cosine':>7} {'calib s':>8} {'peak MB':>8}")
     for r in rows:
