@@ -257,3 +257,55 @@ def test_plot_one_tensor(tmp_path):
     assert rc == 2 and "did you mean '/relu1/Relu_output_0'" in err and not (tmp_path / "x.png").exists()
     rc, _, err = run_cli("plot", "/relu1/Relu_output_0", "--stats", stats, "-o", png)
     assert rc == 2 and str(png) in err  # exists, no --force
+
+
+def _literal_balanced_ratio(ref, test, axis):
+    """Per channel along ``axis``: noise over signal, capped at 1, averaged over channels with signal."""
+    ratios = []
+    for c in range(ref.shape[axis]):
+        r = np.take(ref, c, axis=axis).astype(np.float64)
+        t = np.take(test, c, axis=axis).astype(np.float64)
+        signal = sum(float(v) ** 2 for v in r.ravel())
+        noise = sum((float(a) - float(b)) ** 2 for a, b in zip(r.ravel(), t.ravel()))
+        if signal > 0:
+            ratios.append(min(noise / signal, 1.0))
+    return sum(ratios) / len(ratios)
+
+
+def test_an_output_that_mixes_scales_is_scored_channel_by_channel():
+    """YOLOv8's [N, 4 + C, boxes]: boxes in pixels and scores in 0..1 in one tensor."""
+    from trtcal.ort.sensitivity import Score
+
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, (2, 4, 50))
+    scores = rng.uniform(0, 0.1, (2, 6, 50))
+    ref = np.concatenate([boxes, scores], axis=1)
+    test = ref.copy()
+    test[:, :4] += rng.normal(0, 0.5, (2, 4, 50))  # the boxes barely move
+    test[:, 4:] = 0.0  # every class score is lost
+    c = Comparison("out")
+    for k in range(2):  # streamed batch by batch
+        c.update(ref[k:k + 1], test[k:k + 1])
+    assert c.sqnr_db > 40  # the plain SQNR sees the boxes only
+    assert c.mixed_axis == 1
+    assert c.noise_ratio == pytest.approx(_literal_balanced_ratio(ref, test, 1))
+    assert c.balanced_sqnr_db < 3  # six of ten channels are lost
+    assert Score({"out": c}).sqnr_db == pytest.approx(c.balanced_sqnr_db)
+    # channels on the last axis ([N, boxes, 4 + C], YOLOv5's layout) are found there
+    t = Comparison("out_t")
+    t.update(np.moveaxis(ref, 1, 2), np.moveaxis(test, 1, 2))
+    assert t.mixed_axis == 2 and t.noise_ratio == pytest.approx(c.noise_ratio)
+
+
+def test_an_output_of_one_scale_keeps_the_plain_ratio():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(0, 1, (4, 8, 16))
+    test = ref + rng.normal(0, 0.01, ref.shape)
+    c = Comparison("h")
+    c.update(ref, test)
+    assert c.mixed_axis is None
+    assert c.noise_ratio == pytest.approx(c.noise / c.signal)
+    assert c.balanced_sqnr_db == pytest.approx(c.sqnr_db)
+    flat = Comparison("logits")  # rank 2: never split
+    flat.update(np.array([[300.0, 0.01]]), np.array([[300.0, 0.0]]))
+    assert flat.mixed_axis is None

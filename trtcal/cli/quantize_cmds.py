@@ -71,6 +71,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     rows = [("this model", _db(s["sqnr_db"]), _pct(s.get("top1_agreement"))),
             ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), _pct(s.get("entropy2_top1_agreement")))]
     print_table(("INT8 vs FP32", "output SQNR dB", "top-1 agreement"), rows, "<>>")
+    for name, o in s["outputs"].items():
+        if "balanced_sqnr_db" in o:
+            print(f"output {name} mixes scales along axis {o['mixed_scales_axis']} (e.g. boxes in pixels, scores in "
+                  f"0..1): its SQNR is per channel, averaged ({_db(o['balanced_sqnr_db'])} dB; "
+                  f"{_db(o['sqnr_db'])} dB as a whole)")
     if result.smoothquant:
         sq = result.smoothquant
         scored = sq.get("sqnr_db", {})

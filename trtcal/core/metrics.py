@@ -18,6 +18,16 @@ Pure numpy. Each :class:`Comparison` keeps a few sums, so memory does not grow w
   log-probabilities); ``"probabilities"``: a softmax's output, whose logarithm (floored at
   1e-30) stands for the logits, so the KL divergence is that of the probabilities themselves.
 
+**Outputs that mix scales.** A detector's head often writes box coordinates in pixels and class
+scores in 0..1 into one tensor (YOLOv8: ``[N, 4 + C, boxes]``), where the plain SQNR is the boxes'
+alone: a range that wrecks every class score moves it by nothing. So the signal and noise are
+also summed per channel along axis 1 and along the last axis (outputs of rank 3 or more); when
+the channels' signal powers along one of them span more than :data:`MIXED_SCALES` (20 dB),
+:attr:`Comparison.noise_ratio`, the error that searches and fallbacks minimise, is the mean over
+that axis's channels of each one's noise-to-signal ratio, capped at 1 (a channel lost is lost,
+whatever its scale; channels with no signal are left out). :attr:`Comparison.balanced_sqnr_db` is
+its ``-10 log10``; :attr:`Comparison.sqnr_db` stays the plain one.
+
 Sums are accumulated in float64. Non-finite values are counted and left out of the sums.
 """
 
@@ -30,6 +40,8 @@ import numpy as np
 
 #: What :class:`Comparison` takes for ``classes``.
 CLASSES = (None, "logits", "probabilities")
+#: Channels whose signal powers span more than this factor (20 dB) make an output "mixed-scale".
+MIXED_SCALES = 100.0
 #: Probabilities below this count as this much before their logarithm is taken.
 PROB_FLOOR = 1e-30
 
@@ -67,6 +79,8 @@ class Comparison:
     confidence: float = 0.5  # reference top-1 probability from which a sample counts as sure
     sure: int = 0  # samples the reference is sure of
     sure_agree: int = 0
+    channel_signal: dict = field(default_factory=dict)  # axis -> per-channel sum ref^2 (rank >= 3)
+    channel_noise: dict = field(default_factory=dict)  # axis -> per-channel sum (ref - test)^2
 
     def __post_init__(self) -> None:
         if self.classes not in CLASSES:
@@ -99,6 +113,15 @@ class Comparison:
         self.signal += float(np.einsum("i,i->", r.ravel(), r.ravel()))
         self.noise += float(np.einsum("i,i->", err.ravel(), err.ravel()))
         self.count += int(np.count_nonzero(finite))
+        if r.ndim >= 3:
+            for axis in dict.fromkeys((1, r.ndim - 1)):
+                others = tuple(a for a in range(r.ndim) if a != axis)
+                sig, noi = np.square(r).sum(axis=others), np.square(err).sum(axis=others)
+                if axis in self.channel_signal and self.channel_signal[axis].shape == sig.shape:
+                    self.channel_signal[axis] += sig
+                    self.channel_noise[axis] += noi
+                else:
+                    self.channel_signal[axis], self.channel_noise[axis] = sig, noi
         if err.size:
             self.max_abs_error = max(self.max_abs_error, float(np.abs(err).max()))
         if r.ndim >= 1 and r.shape[0] > 0:
@@ -140,6 +163,38 @@ class Comparison:
         return sqnr_db(self.signal, self.noise)
 
     @property
+    def mixed_axis(self) -> int | None:
+        """The axis whose channels' signal powers span more than :data:`MIXED_SCALES` (the wider of
+        axis 1 and the last), or None: the output is scored as a whole (module doc)."""
+        best, spread_best = None, MIXED_SCALES
+        for axis, sig in self.channel_signal.items():
+            live = sig[sig > 0]
+            if live.size >= 2:
+                spread = float(live.max() / live.min())
+                if spread > spread_best:
+                    best, spread_best = axis, spread
+        return best
+
+    @property
+    def noise_ratio(self) -> float:
+        """Noise over signal: per channel along :attr:`mixed_axis`, capped at 1 and averaged, when
+        the output mixes scales; else of the whole output (module doc)."""
+        axis = self.mixed_axis
+        if axis is None:
+            return self.noise / self.signal if self.signal > 0 else math.nan
+        sig, noi = self.channel_signal[axis], self.channel_noise[axis]
+        live = sig > 0
+        return float(np.minimum(noi[live] / sig[live], 1.0).mean())
+
+    @property
+    def balanced_sqnr_db(self) -> float:
+        """``-10 log10`` of :attr:`noise_ratio`."""
+        ratio = self.noise_ratio
+        if math.isnan(ratio):
+            return math.nan
+        return math.inf if ratio == 0 else -10.0 * math.log10(ratio)
+
+    @property
     def cosine_mean(self) -> float:
         return self.cosine_sum / self.samples if self.samples else math.nan
 
@@ -157,6 +212,9 @@ class Comparison:
         out = {"name": self.name, "sqnr_db": self.sqnr_db, "cosine_mean": self.cosine_mean,
                "cosine_min": self.cosine_min if self.samples else math.nan,
                "max_abs_error": self.max_abs_error, "values": self.count, "nonfinite": self.nonfinite}
+        if self.mixed_axis is not None:
+            out["mixed_scales_axis"] = self.mixed_axis
+            out["balanced_sqnr_db"] = self.balanced_sqnr_db
         if self.classifier:
             out["classes"] = self.classes
             out["positions"] = self.positions

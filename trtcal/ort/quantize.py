@@ -284,7 +284,9 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
                "weight_scales": "searched per channel (in the Q/DQ model only)" if weights else "max",
                "entropy2_sqnr_db": trt_default.sqnr_db,
                "outputs": {n: {"sqnr_db": c.sqnr_db, **({"top1_agreement": c.top1_agreement}
-                                                        if c.classifier else {})} for n, c in got.outputs.items()}}
+                                                        if c.classifier else {}),
+                               **({"mixed_scales_axis": c.mixed_axis, "balanced_sqnr_db": c.balanced_sqnr_db}
+                                  if c.mixed_axis is not None else {})} for n, c in got.outputs.items()}}
     if got.agreement is not None:
         summary.update(top1_agreement=got.agreement, entropy2_top1_agreement=trt_default.agreement)
     if held_note:

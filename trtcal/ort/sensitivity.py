@@ -17,7 +17,9 @@ The outputs measured are those :func:`trtcal.ort.evaluate.choose_outputs` scores
 output, or those named; never integer or boolean ones), and the class scores among them are the
 ones it finds or is told. The error (``metric``): ``"sqnr"``, the output SQNR: with one output
 its SQNR, with several ``-10 log10`` of the mean of their noise-to-signal ratios (each output
-weighs the same whatever its scale: boxes in pixels do not drown probabilities); or ``"kl"``,
+weighs the same whatever its scale: boxes in pixels do not drown probabilities; one output that
+mixes scales, boxes and scores in one tensor, is scored channel by channel the same way:
+:attr:`trtcal.core.metrics.Comparison.noise_ratio`); or ``"kl"``,
 the mean KL divergence of the class-score outputs' softmaxes (per position for ``[N, T, C]``,
 averaged over those outputs: it weighs the logits by the reference's probabilities, as top-1
 flips do, where SQNR weighs all 1000 logits alike). Gains are in dB either way: the SQNR
@@ -62,7 +64,7 @@ class Score:
             if not c.signal > 0 or math.isnan(c.noise):
                 raise TrtcalError(f"output {name!r}: its SQNR is not a number (FP32 signal {c.signal:g}, "
                                   f"error {c.noise:g}); leave it out with --score")
-        ratio = sum(c.noise / c.signal for c in self.outputs.values()) / len(self.outputs)
+        ratio = sum(c.noise_ratio for c in self.outputs.values()) / len(self.outputs)
         return math.inf if ratio == 0 else -10.0 * math.log10(ratio)
 
     @property
