@@ -306,6 +306,13 @@ def test_an_output_of_one_scale_keeps_the_plain_ratio():
     assert c.mixed_axis is None
     assert c.noise_ratio == pytest.approx(c.noise / c.signal)
     assert c.balanced_sqnr_db == pytest.approx(c.sqnr_db)
+    # an embedding with a few near-zero dimensions (all-MiniLM-L6-v2 has 3 of 384): those are below
+    # the majority, not a minority above it, so the whole is scored as one
+    emb = rng.normal(0, 1, (4, 8, 64))
+    emb[..., :3] *= 1e-20
+    quiet = Comparison("emb")
+    quiet.update(emb, emb + rng.normal(0, 0.01, emb.shape))
+    assert quiet.mixed_axis is None and quiet.noise_ratio == pytest.approx(quiet.noise / quiet.signal)
     flat = Comparison("logits")  # rank 2: never split
     flat.update(np.array([[300.0, 0.01]]), np.array([[300.0, 0.0]]))
     assert flat.mixed_axis is None
