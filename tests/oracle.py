@@ -2,11 +2,15 @@
 
 Plain Python loops and floats, written from the GTC 2017 pseudocode, one candidate at a time;
 the fast vectorised ``trtcal.core.thresholds.entropy2`` must choose the same candidate.
+Also ``mse_reference``: ``trtcal.core.thresholds.mse`` as it was before its fast path (every
+candidate times every bin centre, element by element), which the fast one must reproduce.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 
 def kl_for_candidate(hist: list[int], i: int, levels: int) -> float:
@@ -79,3 +83,34 @@ def neighbour_rule(hist: list[int]) -> list[int]:
     if len(out) > 1:
         out[0] = out[1]
     return out if any(out) else list(hist)
+
+
+def mse_reference(hist, bits: int = 8, unsigned: bool = False) -> tuple[float, np.ndarray]:
+    """(amax, error per candidate) of the mse method, as ``thresholds.mse`` computed it up to
+    2026-12-05, literally: candidates the bin upper edges, each bin's values at its centre (exact
+    zeros without error), quantized round half to even and clamped at qmax, in-range error
+    step^2/12 where the step is finer than a bin; the first minimum wins."""
+    counts = hist.counts
+    width = hist.width
+    if counts.size > 4096:
+        f = -(-counts.size // 2048)
+        counts = np.concatenate([counts, np.zeros(-counts.size % f, np.int64)]).reshape(-1, f).sum(axis=1)
+        width *= f
+    weights = counts.astype(np.float64)
+    weights[0] -= hist.zeros
+    nb = counts.size
+    centres = (np.arange(nb) + 0.5) * width
+    cand = np.arange(1, nb + 1) * width
+    qmax = 2**bits - 1 if unsigned else 2 ** (bits - 1) - 1
+    err = np.empty(nb)
+    with np.errstate(all="ignore"):
+        for start in range(0, nb, 256):
+            a = cand[start:start + 256, None]
+            step = a / qmax
+            q = np.minimum(np.rint(centres[None, :] / step), qmax) * step
+            e = (centres[None, :] - q) ** 2
+            inside = centres[None, :] <= a
+            e = np.where(inside & (step < width), step * step / 12.0, e)
+            err[start:start + 256] = (e * weights[None, :]).sum(axis=1) / hist.count
+    index = int(np.argmin(err))
+    return float(cand[index]), err

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracle import entropy_oracle, neighbour_rule
+from oracle import entropy_oracle, mse_reference, neighbour_rule
 
 from trtcal.core import thresholds as T
 from trtcal.core.errors import TrtcalError
@@ -234,6 +235,77 @@ def test_mse_against_brute_force(bits):
     grid = np.arange(1, 2049)[::4] * h.width
     best = min(raw_mse(a, g, qmax) for g in grid)
     assert raw_mse(a, r.amax, qmax) <= best * 1.02
+
+
+def hist_with_zeros(counts, width=1.0, zeros=0) -> Histogram:
+    h = hist_from_counts(counts, width)
+    h.zeros = zeros
+    return h
+
+
+def assert_same_mse(h, bits=8, unsigned=False):
+    """The fast mse chooses the literal reference's candidate, with the reference's own error
+    value there, and its curve is within 1e-7 of the reference's everywhere."""
+    want, want_err = mse_reference(h, bits, unsigned)
+    r = T.mse(h, bits=bits, unsigned=unsigned)
+    err, i = r.diagnostics["mse"], r.diagnostics["index"]
+    assert r.amax == want and r.diagnostics["candidates"][i] == want
+    assert i == int(np.argmin(want_err)) and np.array_equal(err[i], want_err[i], equal_nan=True)
+    finite = np.isfinite(want_err)
+    assert np.array_equal(finite, np.isfinite(err))
+    assert np.allclose(err[finite], want_err[finite], rtol=1e-7, atol=0)
+    return r
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mse_matches_reference_generated(data):
+    levels = data.draw(st.sampled_from([2, 8, 64, 128]))
+    counts = data.draw(histograms(levels, 300))
+    width = 10.0 ** data.draw(st.floats(-8, 8))
+    zeros = data.draw(st.integers(0, int(counts[0])))
+    bits = data.draw(st.integers(2, 16))
+    unsigned = data.draw(st.booleans())
+    if int(counts.sum()) == zeros:
+        zeros = 0
+    assert_same_mse(hist_with_zeros(counts, width, zeros), bits, unsigned)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mse_matches_reference_2048_bins_generated(data):
+    counts = data.draw(histograms(128, 1920, 1920))
+    zeros = data.draw(st.integers(0, int(counts[0])))
+    if int(counts.sum()) == zeros:
+        zeros = 0
+    bits, unsigned = data.draw(st.sampled_from([(8, False), (8, True), (4, False), (2, False), (12, False)]))
+    assert_same_mse(hist_with_zeros(counts, 0.01, zeros), bits, unsigned)
+
+
+def test_mse_matches_reference_on_real_statistics():
+    import trtcal
+
+    examples = Path(__file__).resolve().parents[2] / "trtcal" / "examples"
+    hists = trtcal.calibrate(examples / "fashion_cnn.onnx", examples / "fashion_calib.npz", progress=False).histograms
+    assert len(hists) >= 8
+    for h in hists.values():
+        for bits, unsigned in ((8, False), (8, True), (4, False)):
+            assert_same_mse(h, bits, unsigned)
+
+
+def test_mse_matches_reference_on_odd_histograms():
+    rng = np.random.default_rng(4)
+    wide = rng.integers(0, 1000, 5000)  # over 4096 bins: coarsened to 2048 first
+    assert_same_mse(hist_with_zeros(wide, 0.5, int(wide[0]) // 2))
+    assert_same_mse(hist_with_zeros(np.full(4096, 10**15), 1.0))  # int64 tail sums would overflow
+    counts = rng.integers(0, 1000, 2048)
+    r = assert_same_mse(hist_with_zeros(counts, 1.0, int(counts[0]) + 5))  # more zeros than bin 0 holds
+    assert r.diagnostics["refined"] == 2048  # (a merged, approximate histogram): the definition throughout
+    assert T.mse_curve(counts - np.eye(1, 2048, dtype=np.int64)[0] * (int(counts[0]) + 5), 1.0, 127, 1) is None
+    single = np.zeros(2048, np.int64)
+    single[700] = 3
+    assert_same_mse(hist_with_zeros(single, 1e-300))  # underflowing errors: the definition throughout
+    assert_same_mse(hist_with_zeros(single, 1e300))  # overflowing errors
 
 
 @pytest.mark.parametrize("distribution", ["gaussian", "laplace"])

@@ -293,7 +293,14 @@ def mse(hist: Histogram, bits: int = 8, unsigned: bool = False) -> ThresholdResu
     Candidates are the bin upper edges. Values are modelled by their bin centre (exact zeros
     counted as error-free); where the step is finer than a bin, in-range error is step^2/12.
     Histograms of more than 4096 bins are first coarsened to at most 2048.
-    Diagnostics: ``candidates``, ``mse`` (per candidate), ``index``.
+    Diagnostics: ``candidates``, ``mse`` (per candidate), ``index``, ``refined`` (how many
+    candidates near the minimum were recomputed by :func:`mse_rows`).
+
+    *How it is fast*: :func:`mse_curve` gives every candidate's error at once (the clipped part
+    in closed form from integer tail sums, the in-range part over the occupied bins below each
+    candidate only), to about 1e-7 relative at worst; the candidates within :data:`MSE_RTOL` of
+    its minimum are recomputed element by element (:func:`mse_rows`, the definition) and the
+    first smallest of those wins, so the choice is the definition's own.
     """
     bits = _check_bits(bits, unsigned)
     warns, done = _prelude(hist, "mse", bits, unsigned)
@@ -307,23 +314,115 @@ def mse(hist: Histogram, bits: int = 8, unsigned: bool = False) -> ThresholdResu
         width *= f
     weights = counts.astype(np.float64)
     weights[0] -= hist.zeros
+    counts = counts.astype(np.int64)  # a copy
+    counts[0] -= hist.zeros
+    qmax = 2**bits - 1 if unsigned else 2 ** (bits - 1) - 1
     nb = counts.size
+    cand = np.arange(1, nb + 1) * width
+    with np.errstate(all="ignore"):
+        err = mse_curve(counts, width, qmax, hist.count)
+    if err is None or not np.all(np.isfinite(err)):  # negative weights (approximate merge), overflow
+        err, rows = None, np.arange(nb)
+    else:
+        m = float(np.min(err))
+        rows = np.flatnonzero(err <= m + MSE_RTOL * m)
+    exact = mse_rows(weights, width, qmax, hist.count, rows)
+    if err is None:
+        err = exact
+    else:
+        err[rows] = exact
+    index = int(rows[int(np.argmin(exact))])
+    refined = int(rows.size)
+    diag = {"candidates": cand, "mse": err, "index": index, "refined": refined}
+    return ThresholdResult(float(cand[index]), "mse", bits, bool(unsigned), diag, tuple(warns))
+
+
+#: Candidates whose fast mse (:func:`mse_curve`) is within this relative distance of the smallest
+#: are recomputed by the definition (:func:`mse_rows`). Both computations are within about 1e-7
+#: of the exact value at worst (12 bits at 4096 bins; about 1e-9 at 8 bits and 2048 bins): each
+#: term is a square >= (width / (2 qmax))^2 of a difference of values <= 4096 widths.
+MSE_RTOL = 1e-6
+
+
+def mse_rows(weights: np.ndarray, width: float, qmax: int, count: int, rows: np.ndarray) -> np.ndarray:
+    """mse's error at the candidates ``rows`` (0-based: amax = (row + 1) * width), element by
+    element as defined: every bin centre quantized (round half to even, clamped at ``qmax``),
+    squared error weighted by the bin's ``weights``; ``step^2 / 12`` in range where the step is
+    finer than a bin; divided by ``count``."""
+    nb = weights.size
     centres = (np.arange(nb) + 0.5) * width
     cand = np.arange(1, nb + 1) * width
-    qmax = 2**bits - 1 if unsigned else 2 ** (bits - 1) - 1
-    err = np.empty(nb)
+    out = np.empty(len(rows))
     with np.errstate(all="ignore"):
-        for start in range(0, nb, 256):
-            a = cand[start:start + 256, None]
+        for start in range(0, len(rows), 256):
+            a = cand[rows[start:start + 256], None]
             step = a / qmax
             q = np.minimum(np.rint(centres[None, :] / step), qmax) * step
             e = (centres[None, :] - q) ** 2
             inside = centres[None, :] <= a
             e = np.where(inside & (step < width), step * step / 12.0, e)
-            err[start:start + 256] = (e * weights[None, :]).sum(axis=1) / hist.count
-    index = int(np.argmin(err))
-    diag = {"candidates": cand, "mse": err, "index": index}
-    return ThresholdResult(float(cand[index]), "mse", bits, bool(unsigned), diag, tuple(warns))
+            out[start:start + 256] = (e * weights[None, :]).sum(axis=1) / count
+    return out
+
+
+#: Rows of the in-range rounding pass of :func:`mse_curve` computed together (about 1 MB).
+_MSE_ROWS = 64
+
+
+def mse_curve(weights: np.ndarray, width: float, qmax: int, count: int) -> np.ndarray | None:
+    """mse's error at every candidate ``amax = k * width``, ``k = 1..bins``, at once; None when
+    a weight is negative (the closed form assumes non-negative terms).
+
+    ``weights`` (int64) are the bin counts without the exact zeros. Outside the range (bins
+    ``j >= k``) a centre quantizes to amax: ``sum_j w_j (c_j - amax)^2 = width^2 / 4 * sum_j w_j
+    (2j + 1 - 2k)^2``, from integer tail sums of ``w``, ``w (2j+1)`` and ``w (2j+1)^2`` (Python
+    integers when int64 could overflow). In range, a step finer than a bin gives ``step^2 / 12``
+    times the weight below ``k``; otherwise each occupied bin below ``k`` is rounded: that part
+    is a triangle of about ``bins^2 / 2`` terms over the occupied bins only, computed in blocks
+    of rows with one matrix-vector product each.
+    """
+    w = np.asarray(weights, dtype=np.int64)
+    if w.size == 0 or int(w.min()) < 0:
+        return None
+    nb = w.size
+    k = np.arange(1, nb + 1, dtype=np.int64)
+    odd = 2 * np.arange(nb, dtype=np.int64) + 1
+    total = int(w.sum())
+    exact = total * (2 * nb + 1) ** 2 < 2**62
+    if not exact:  # Python integers: no overflow
+        w, k, odd = w.astype(object), k.astype(object), odd.astype(object)
+
+    def tail(x):  # sum over j >= k, for k = 1..nb
+        return np.concatenate([np.cumsum(x[::-1])[::-1][1:], x[:1] * 0])
+
+    t0, t1, t2 = tail(w), tail(w * odd), tail(w * odd * odd)
+    clipped = (t2 - 4 * k * t1 + 4 * k * k * t0).astype(np.float64) * (width * width / 4.0)
+    below = (total - t0).astype(np.float64)  # weight of the bins j < k
+
+    cand = np.arange(1, nb + 1) * width
+    step = cand / qmax
+    inside = np.where(step < width, step * step / 12.0 * below, 0.0)
+    rounded = np.flatnonzero(~(step < width))
+    if rounded.size:
+        wf = np.asarray(weights, dtype=np.float64)
+        nz = np.flatnonzero(wf > 0)
+        c = (nz + 0.5) * width
+        wz = wf[nz]
+        kk = rounded + 1  # candidate k: bins j < k are in range
+        m = np.searchsorted(nz, kk)  # occupied bins below each candidate
+        inv = 1.0 / step[rounded]
+        acc = np.empty(rounded.size)
+        for s in range(0, rounded.size, _MSE_ROWS):
+            e = slice(s, s + _MSE_ROWS)
+            lo, hi = int(m[s]), int(m[e][-1])
+            u = np.multiply.outer(inv[e], c[:hi])
+            u -= np.rint(u)
+            u *= u
+            if hi > lo:  # the triangle's edge: bin j counts in row k only when j < k
+                u[:, lo:hi] *= nz[None, lo:hi] < kk[e, None]
+            acc[e] = u @ wz[:hi]
+        inside[rounded] = acc * step[rounded] ** 2
+    return (clipped + inside) / count
 
 
 #: Points per bin used to model the values inside it (see :func:`quantization_noise`).
