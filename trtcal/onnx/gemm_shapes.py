@@ -22,15 +22,10 @@ SHAPE_OPS = ("Shape", "Size")
 
 def _static_shapes(model) -> dict[str, list[int | None]]:
     """Tensor name -> dims (None where dynamic or unknown), from shape inference and initializers."""
-    import onnx
+    from trtcal.onnx.light import inferred_values
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # a model shape inference cannot handle: only what the model states
-        inferred = model
-    graph = inferred.graph
     out: dict[str, list[int | None]] = {}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+    for vi in inferred_values(model).values():
         t = vi.type.tensor_type
         if t.HasField("shape"):
             out[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]

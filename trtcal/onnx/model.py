@@ -77,15 +77,11 @@ def refuse_quantized(model, where: str) -> None:
 
 def model_tensors(model) -> ModelTensors:
     """Group the tensors of an ONNX ``ModelProto`` (types from shape inference where missing)."""
-    import onnx
+    from trtcal.onnx.light import inferred_values
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference is best effort; fall back to the declared types
-        inferred = model
-    graph = inferred.graph
+    graph = model.graph
     types: dict[str, int] = {}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+    for vi in inferred_values(model).values():
         if vi.type.HasField("tensor_type"):
             types[vi.name] = vi.type.tensor_type.elem_type
     out = ModelTensors()

@@ -76,6 +76,7 @@ from trtcal.core.ranges import Range, coerce, from_cache
 from trtcal.core.weight_scales import WEIGHT_METHODS, channel_amax, per_channel_int8
 from trtcal.onnx.attention import find_attention
 from trtcal.onnx.gemm_shapes import gemv_nodes, shape_derived
+from trtcal.onnx.light import light_view
 from trtcal.onnx.model import node_attr, node_label, refuse_quantized
 
 #: The operators whose inputs are quantized.
@@ -244,15 +245,10 @@ class _Names:
 
 def _elem_types(model) -> dict[str, int]:
     """Tensor name -> ONNX element type, from the declarations and shape inference (best effort)."""
-    import onnx
+    from trtcal.onnx.light import inferred_values
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        inferred = model
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for vi in inferred_values(model).values():
         if vi.type.HasField("tensor_type"):
             types[vi.name] = vi.type.tensor_type.elem_type
     return types
@@ -761,7 +757,7 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     model, where = _load(model)
     refuse_quantized(model, where)
     try:
-        onnx.checker.check_model(model, full_check=False)
+        onnx.checker.check_model(light_view(model), full_check=False)
     except Exception as exc:
         raise TrtcalError(f"{where}: onnx.checker rejects the input model: {' '.join(str(exc).split())[:200]}") from None
     weight_bits = dict(weight_bits or {})
@@ -823,7 +819,7 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     if model.ByteSize() > _MAX_PROTO:
         raise TrtcalError(f"{where}: the Q/DQ model would exceed 2 GB, which needs external data (not supported yet)")
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(light_view(model), full_check=True)
     except Exception as exc:  # a bug in this module, not a user error
         raise RuntimeError(f"trtcal wrote a Q/DQ model that onnx.checker rejects: {exc}") from exc
     if check_onnxruntime:
