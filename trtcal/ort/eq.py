@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtcal.core.errors import TrtcalError
+from trtcal.core.layer_error import coarse_to_fine
 from trtcal.ort.layers import (
     Layer,
     default_specs,
@@ -37,6 +38,9 @@ from trtcal.ort.layers import (
 )
 
 __all__ = ["EqResult", "fake_quant", "layer_count", "refine"]
+
+#: How the activation scale is searched over the ``steps`` factors: every one, or coarse to fine.
+SEARCHES = ("coarse", "grid")
 
 #: Default bound on the layer inputs held at once (all samples of a run of consecutive layers).
 MEMORY_MB = 512
@@ -57,7 +61,8 @@ def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
 
 def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
            lo: float = 0.5, hi: float = 2.0, weights: bool = True, progress=None,
-           threads: int | None = None, memory_mb: float = MEMORY_MB, inputs=None) -> EqResult:
+           threads: int | None = None, memory_mb: float = MEMORY_MB, inputs=None, search: str = "coarse",
+           _gram: bool | None = None) -> EqResult:
     """EQ-refine ``amaxes`` (entropy2 results, or another method's) on ``batches`` (model input dicts, already checked).
     ``inputs``: the model's :class:`~trtcal.ort.runner.InputSpec` list saying each input's batch axis
     (as :func:`trtcal.ort.runner.first_batches` returns it); default: axis 0, none for 0-d arrays.
@@ -70,6 +75,8 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
 
     from trtcal.onnx.model import load_model
 
+    if search not in SEARCHES:
+        raise TrtcalError(f"EQ search {search!r}: {' or '.join(SEARCHES)}")
     if steps < 2 or not 0 < lo < 1 < hi:
         raise TrtcalError(f"EQ search: need steps >= 2 and 0 < lo < 1 < hi, not steps={steps}, lo={lo}, hi={hi}")
     model = load_model(model_path, load_weights=True)
@@ -100,26 +107,33 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
                for lay in group}
         wscale = {lay.w: max_scale(lay.weight, lay.axis) for lay in group}
 
-        def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wscale=wscale, sessions=sessions) -> float:
+        wq = {lay.w: fake_quant(lay.weight, wscale[lay.w], lay.axis) for lay in group}
+
+        def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wq=wq, sessions=sessions) -> float:
             xq = fake_quant(x, amax / 127)
             total = 0.0
             for lay in group:
                 out = lay.node.output[0]
-                wq = fake_quant(lay.weight, wscale[lay.w], lay.axis)
-                total += _cosine(ref[out], sessions[out].run(None, {x_name: xq, lay.w: wq})[0])
+                total += _cosine(ref[out], sessions[out].run(None, {x_name: xq, lay.w: wq[lay.w]})[0])
             return total / len(group)
 
         before = mean_cos(a0)
-        scores = [mean_cos(a0 * f) for f in factors]
-        best = int(np.argmax(scores))
-        amax = a0 * float(factors[best]) if scores[best] > before else a0
+        if search == "grid":
+            scores = [mean_cos(a0 * f) for f in factors]
+            best = int(np.argmax(scores))
+            best_score = scores[best]
+        else:
+            best, seen = coarse_to_fine(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors))
+            best_score = seen[best]
+        amax = a0 * float(factors[best]) if best_score > before else a0
         result.amaxes[x_name] = amax
         for lay in group:
             out = lay.node.output[0]
             if weights:
                 wscale[lay.w] = search_weight_scales(lay, sessions[out], x_name, fake_quant(x, amax / 127), ref[out],
-                                                     wscale[lay.w], factors, metric="cosine")
+                                                     wscale[lay.w], factors, metric="cosine", gram=_gram)
             result.weight_scales[lay.w] = wscale[lay.w]
+            wq[lay.w] = fake_quant(lay.weight, wscale[lay.w], lay.axis)
         after = mean_cos(amax)
         for lay in group:
             result.cosines[lay.node.name or lay.node.output[0]] = (before, after)

@@ -1,0 +1,206 @@
+"""Benchmark of EQ (``trtcal calibrate --algorithm eq``) and the weight-scale search, old path vs new,
+as ratios to one ``trtcal calibrate`` pass measured in the same run (issue 17; not a test; results
+in docs/benchmarks.md).
+
+For the model (EfficientNet-Lite0 by default), in one process, each step timed:
+
+- calibrate: one ``trtcal calibrate`` pass (:func:`trtcal.ort.pipeline.calibrate`, entropy2) over
+  ``--samples`` calibration samples (the issue's setting: the same samples as EQ);
+- eq-old: what ``--algorithm eq`` adds, as it was: the first ``--samples`` samples loaded, then
+  :func:`trtcal.ort.eq.refine` with every one of ``--steps`` activation factors scored and every
+  weight candidate scored by a layer run (``search="grid", _gram=False``);
+- eq-new: the same with the defaults (activation factors coarse to fine, weight candidates from
+  the input's Gram matrix where cheaper);
+- eq-grid-gram: full activation grid, Gram weight search: isolates what each lever changes.
+
+Each EQ variant's ratio is ``(calibrate + eq) / calibrate``, as ``trtcal calibrate --algorithm eq``
+against ``trtcal calibrate``; ``--repeat`` repeats the calibrate pass and eq-new (best kept; eq-old
+runs once, it is slow). Each result is written as a Q/DQ model (per-channel weights from EQ's
+scales) and scored against FP32 on the held-out data (output SQNR; entropy2's too), and the
+choices are compared: activation ranges and weight channels that differ between the variants.
+
+``--search-weights MODEL``: also time :func:`trtcal.ort.range_choice.search_weights` (the weight
+step of ``trtcal quantize``) on that model's first 64 calibration samples at its minmax ranges,
+with the layer-run path and with the Gram path, and count the channels whose scale differs
+(``yolo`` for YOLOv8n: the nudenet wheel's, AGPL, under .cache/zoo, see bench/accuracy.py).
+
+Run: nice .venv/bin/python bench/bench_eq.py [--model effnet] [--samples 32] [--steps 100]
+     [--repeat 2] [--no-old] [--search-weights yolo] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODELS = {
+    "effnet": dict(model=ROOT / ".cache/models/efficientnet_lite0.onnx", calib=ROOT / ".cache/data/effnet_calib",
+                   eval=ROOT / ".cache/data/effnet_eval", preprocess=None),
+    "yolo": dict(model=ROOT / ".cache/zoo/nudenet_pkg/nudenet/320n.onnx", calib=ROOT / ".cache/data/yolo_calib",
+                 eval=ROOT / ".cache/data/yolo_eval", preprocess="letterbox=320,scale=1/255"),
+    "fashion": dict(model=ROOT / "trtcal/examples/fashion_cnn.onnx", calib=ROOT / "trtcal/examples/fashion_calib.npz",
+                    eval=ROOT / "trtcal/examples/fashion_eval.npz", preprocess=None),
+}
+
+VARIANTS = {  # name -> refine keywords
+    "eq-old": dict(search="grid", _gram=False),
+    "eq-new": dict(),
+    "eq-grid-gram": dict(search="grid"),
+}
+
+
+def _preprocess(spec):
+    from trtcal.data.images import Preprocess
+
+    return Preprocess.parse(spec["preprocess"]) if spec["preprocess"] else None
+
+
+def timed(fn):
+    t = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - t
+
+
+def sqnr(spec, cache, weight_scales, work: Path, label: str, eval_batches: int | None) -> float:
+    """Output SQNR (dB) of the Q/DQ model of ``cache`` (and ``weight_scales``) on the held-out data."""
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.evaluate import evaluate
+
+    out = work / f"{label}.onnx"
+    write_qdq(spec["model"], cache, weight_scales=weight_scales).save(out, force=True)
+    ev = evaluate(spec["model"], out, spec["eval"], per_tensor=False, progress=False, preprocess=_preprocess(spec),
+                  max_batches=eval_batches)
+    return float(ev.outputs[0].to_dict()["sqnr_db"])
+
+
+def calibrate_once(spec, samples: int):
+    from trtcal.ort.pipeline import calibrate
+
+    batch = min(samples, 32)
+    return calibrate(spec["model"], spec["calib"], progress=False, preprocess=_preprocess(spec), batch_size=batch,
+                     max_batches=-(-samples // batch))
+
+
+def run_eq(spec, amaxes, samples: int, steps: int, options: dict):
+    from trtcal.ort import eq
+    from trtcal.ort.runner import first_batches
+
+    batches, specs = first_batches(spec["model"], spec["calib"], samples=samples, preprocess=_preprocess(spec))
+    return eq.refine(spec["model"], batches, amaxes, steps=steps, inputs=specs, **options)
+
+
+def compare(a, b) -> dict:
+    """Activation ranges and weight channels that differ between two EQ results."""
+    ranges = sum(a.amaxes[n] != b.amaxes.get(n) for n in a.amaxes)
+    channels = sum(int((a.weight_scales[w] != b.weight_scales[w]).sum()) for w in a.weight_scales)
+    total = sum(s.size for s in a.weight_scales.values())
+    return {"ranges_differ": ranges, "ranges": len(a.amaxes), "channels_differ": channels, "channels": total}
+
+
+def bench_eq(name: str, samples: int, steps: int, repeat: int, old: bool, eval_batches: int | None) -> dict:
+    from trtcal.core.thresholds import ThresholdResult
+    from trtcal.ort.pipeline import ranges_to_cache
+
+    spec = MODELS[name]
+    cal_times = []
+    for _ in range(repeat):
+        calib, t = timed(lambda: calibrate_once(spec, samples))
+        cal_times.append(t)
+    t_cal = min(cal_times)
+    amaxes = {n: r.amax for n, r in calib.thresholds.items()}
+    results, times = {}, {}
+    for variant, options in VARIANTS.items():
+        if variant == "eq-old" and not old:
+            continue
+        runs = repeat if variant == "eq-new" else 1
+        times[variant] = []
+        for _ in range(runs):
+            res, t = timed(lambda options=options: run_eq(spec, amaxes, samples, steps, options))
+            times[variant].append(t)
+        results[variant] = res
+        print(f"[{name}] {variant}: {min(times[variant]):.1f} s (calibrate {t_cal:.1f} s)", flush=True)
+    row = {"model": name, "samples": samples, "steps": steps, "calibrate_seconds": t_cal,
+           "calibrate_all_seconds": cal_times, "eq_seconds": {v: min(t) for v, t in times.items()},
+           "eq_all_seconds": times,
+           "ratio": {v: (t_cal + min(t)) / t_cal for v, t in times.items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        row["sqnr_db"] = {"entropy2": sqnr(spec, calib.cache, None, work, "entropy2", eval_batches)}
+        for variant, res in results.items():
+            cache = ranges_to_cache({n: ThresholdResult(a, "eq") for n, a in res.amaxes.items()}, algorithm="entropy2")
+            row["sqnr_db"][variant] = sqnr(spec, cache, res.weight_scales, work, variant, eval_batches)
+    reference = results.get("eq-old") or results["eq-grid-gram"]
+    row["differ_from"] = "eq-old" if "eq-old" in results else "eq-grid-gram"
+    row["differ"] = {v: compare(reference, r) for v, r in results.items() if r is not reference}
+    return row
+
+
+def bench_search_weights(name: str, repeat: int) -> dict:
+    """range_choice.search_weights with the layer runs and with the Gram path."""
+    from trtcal.core import thresholds
+    from trtcal.ort import layers, range_choice
+    from trtcal.ort.runner import first_batches
+
+    spec = MODELS[name]
+    calib = calibrate_once(spec, 64)
+    amaxes = {n: r.amax for n, r in thresholds.compute_all("minmax", calib.histograms).items()}
+    batches, specs = first_batches(spec["model"], spec["calib"], samples=64, preprocess=_preprocess(spec))
+    original = range_choice.search_weight_scales
+    out, times = {}, {}
+    try:
+        for label, gram in (("runs", False), ("gram", None)):
+            range_choice.search_weight_scales = functools.partial(layers.search_weight_scales, gram=gram)
+            times[label] = []
+            for _ in range(repeat):
+                out[label], t = timed(lambda: range_choice.search_weights(spec["model"], amaxes, batches, inputs=specs))
+                times[label].append(t)
+            print(f"[{name}] search_weights ({label}): {min(times[label]):.1f} s", flush=True)
+    finally:
+        range_choice.search_weight_scales = original
+    differ = sum(int((out["runs"][w] != out["gram"][w]).sum()) for w in out["runs"])
+    return {"model": name, "samples": 64, "seconds": {k: min(v) for k, v in times.items()}, "all_seconds": times,
+            "speedup": min(times["runs"]) / min(times["gram"]), "channels_differ": differ,
+            "channels": sum(s.size for s in out["runs"].values())}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="effnet", choices=sorted(MODELS))
+    ap.add_argument("--samples", type=int, default=32, help="calibration samples (calibrate and EQ)")
+    ap.add_argument("--steps", type=int, default=100, help="EQ's activation factors (--eq-steps)")
+    ap.add_argument("--repeat", type=int, default=2, help="repeats of calibrate and eq-new (best kept)")
+    ap.add_argument("--no-old", action="store_true", help="skip eq-old (the slow one)")
+    ap.add_argument("--eval-batches", type=int, default=None, help="held-out batches scored (default all)")
+    ap.add_argument("--search-weights", metavar="MODEL", choices=sorted(MODELS),
+                    help="also time range_choice.search_weights on MODEL")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args()
+    rows = {"eq": bench_eq(args.model, args.samples, args.steps, args.repeat, not args.no_old, args.eval_batches)}
+    if args.search_weights:
+        rows["search_weights"] = bench_search_weights(args.search_weights, args.repeat)
+    eqr = rows["eq"]
+    print(f"\n{args.model}, {args.samples} samples, {args.steps} steps: calibrate {eqr['calibrate_seconds']:.1f} s, "
+          f"entropy2 SQNR {eqr['sqnr_db']['entropy2']:.2f} dB")
+    for v, t in eqr["eq_seconds"].items():
+        print(f"  {v:13s} {t:7.1f} s  ratio {eqr['ratio'][v]:6.1f}x  SQNR {eqr['sqnr_db'][v]:.2f} dB"
+              + (f"  differs from {eqr['differ_from']}: {eqr['differ'][v]}" if v in eqr["differ"] else ""))
+    if "search_weights" in rows:
+        sw = rows["search_weights"]
+        print(f"search_weights on {sw['model']}: runs {sw['seconds']['runs']:.1f} s, gram {sw['seconds']['gram']:.1f} s "
+              f"({sw['speedup']:.1f}x), {sw['channels_differ']} of {sw['channels']} channels differ")
+    if args.json:
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(), "cpus": os.cpu_count(),
+                "load": os.getloadavg()}
+        Path(args.json).write_text(json.dumps({**rows, **meta}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The weight-scale search's Gram path (trtcal.ort.layers.gram_errors) against running the layer in
+ONNX Runtime for every candidate, on small Conv, Gemm and MatMul models built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trtcal.ort import layers
+from trtcal.ort.layers import (
+    fake_quant,
+    max_scale,
+    search_weight_scales,
+    single_node_session,
+    weighted_layers,
+)
+
+
+def build(node, inits):
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def conv(cin, cout, kernel, bias=True, **attrs):
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(size=(cout, cin // attrs.get("group", 1), *kernel)).astype(np.float32)}
+    if bias:
+        inits["b"] = rng.normal(size=cout).astype(np.float32)
+    return build(helper.make_node("Conv", ["x", *inits], ["y"], **attrs), inits)
+
+
+def gemm(k, n, m, trans_a=0, trans_b=0, bias_shape=None, **attrs):
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.normal(size=(n, k) if trans_b else (k, n)).astype(np.float32)}
+    if bias_shape is not None:
+        inits["c"] = rng.normal(size=bias_shape).astype(np.float32)
+    return build(helper.make_node("Gemm", ["x", *inits], ["y"], transA=trans_a, transB=trans_b, **attrs), inits)
+
+
+def matmul(k, n):
+    w = np.random.default_rng(0).normal(size=(k, n)).astype(np.float32)
+    return build(helper.make_node("MatMul", ["x", "w"], ["y"]), {"w": w})
+
+
+CASES = {
+    "conv 3x3": (conv(3, 8, (3, 3)), (4, 3, 10, 11)),
+    "conv pads strides dilations": (conv(4, 6, (3, 2), pads=[1, 0, 2, 1], strides=[2, 1], dilations=[1, 2]),
+                                    (3, 4, 12, 9)),
+    "conv groups SAME_UPPER": (conv(4, 6, (3, 3), group=2, auto_pad="SAME_UPPER", strides=[2, 2]), (3, 4, 9, 8)),
+    "depthwise SAME_LOWER": (conv(8, 8, (3, 3), group=8, auto_pad="SAME_LOWER"), (3, 8, 7, 7)),
+    "depthwise 5x5 strided": (conv(6, 6, (5, 5), group=6, pads=[2, 2, 2, 2], strides=[2, 2]), (2, 6, 11, 11)),
+    "conv 1x1 no bias": (conv(5, 7, (1, 1), bias=False), (3, 5, 6, 6)),
+    "conv 1-d": (conv(3, 5, (3,), pads=[1, 1], dilations=[2]), (4, 3, 20)),
+    "gemm transB": (gemm(16, 8, 40, trans_b=1, bias_shape=(8,)), (40, 16)),
+    "gemm transA alpha beta": (gemm(12, 6, 30, trans_a=1, bias_shape=(30, 6), alpha=0.5, beta=2.0), (12, 30)),
+    "gemm no bias": (gemm(10, 4, 25), (25, 10)),
+    "matmul 3-d": (matmul(12, 5), (3, 7, 12)),
+}
+
+
+def setup(case):
+    model, shape = CASES[case]
+    layer = weighted_layers(model)[0]
+    rng = np.random.default_rng(1)
+    x = rng.laplace(size=shape).astype(np.float32)
+    session = single_node_session(model, layer, helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)), None)
+    ref = session.run(None, {"x": x, "w": layer.weight})[0]
+    xq = fake_quant(x, np.abs(x).max() * 0.5 / 127)  # clipped: the input carries a real error too
+    return layer, session, ref, xq
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gram_scores_equal_layer_runs_per_candidate(case):
+    layer, session, ref, xq = setup(case)
+    s0 = max_scale(layer.weight, layer.axis)
+    found = layers.gram_errors(layer, session, "x", xq, ref, s0, 10, force=True)
+    assert found is not None, "the Gram path refused a layer it supports"
+    form, errs = found
+    out_axis = layer.out_axis % ref.ndim
+    for f in (0.5, 0.8, 1.0, 1.3, 2.0):
+        q = fake_quant(layer.weight, s0 * np.float32(f), layer.axis)
+        got = session.run(None, {"x": xq, "w": q})[0]
+        for metric in ("cosine", "mse"):
+            want = layers._score_per_channel(ref, got, out_axis, metric)
+            have = errs.scores(form.rows(q), metric)
+            if metric == "mse":
+                assert np.allclose(have, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
+            else:
+                assert np.allclose(have, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("metric", ["cosine", "mse"])
+def test_gram_search_chooses_what_the_layer_runs_choose(case, metric):
+    layer, session, ref, xq = setup(case)
+    s0 = max_scale(layer.weight, layer.axis)
+    factors = np.linspace(0.5, 2.0, 31)
+    runs = search_weight_scales(layer, session, "x", xq, ref, s0, factors, metric=metric, gram=False)
+    gram = search_weight_scales(layer, session, "x", xq, ref, s0, factors, metric=metric, gram=True)
+    assert np.array_equal(runs, gram)
+
+
+def test_unsupported_layers_and_a_failed_check_fall_back_to_the_runs(monkeypatch):
+    w = np.random.default_rng(0).normal(size=(3, 4, 2, 2)).astype(np.float32)
+    model = build(helper.make_node("ConvTranspose", ["x", "w"], ["y"]), {"w": w})
+    assert layers.linear_form(weighted_layers(model)[0], (2, 3, 5, 5)) is None
+    CASES["padded"] = (conv(3, 4, (3, 3), pads=[1, 1, 1, 1]), (2, 3, 6, 6))
+    layer, session, ref, xq = setup("padded")
+    s0 = max_scale(layer.weight, layer.axis)
+    factors = np.linspace(0.5, 2.0, 11)
+    runs = search_weight_scales(layer, session, "x", xq, ref, s0, factors, gram=False)
+    real = layers.linear_form
+
+    def misread(pads):  # an unfolding that misreads the layer's pads
+        def form_of(lay, shape):
+            form = real(lay, shape)
+            g = form.geom
+            form.geom = type(g)(g.kernel, g.strides, g.dilations, pads, g.groups)
+            return form
+        return form_of
+
+    # the same output shape, other values: caught by the check on the first positions
+    monkeypatch.setattr(layers, "linear_form", misread((2, 2, 0, 0)))
+    assert layers.gram_errors(layer, session, "x", xq, ref, s0, 12, force=True) is None
+    assert np.array_equal(search_weight_scales(layer, session, "x", xq, ref, s0, factors, gram=True), runs)
+    # another output shape: refused before the check
+    monkeypatch.setattr(layers, "linear_form", misread((0, 0, 0, 0)))
+    assert layers.gram_errors(layer, session, "x", xq, ref, s0, 12, force=True) is None
+    monkeypatch.setattr(layers, "linear_form", real)
+    assert layers.gram_errors(layer, session, "x", xq, ref, s0, 12, force=True) is not None
+    del CASES["padded"]
+
+
+def test_the_cost_rule_keeps_layer_runs_where_they_are_cheaper():
+    """A layer with few positions and many inputs per channel (K > P) is searched by runs unless forced."""
+    model = conv(64, 8, (3, 3))
+    CASES["wide"] = (model, (1, 64, 3, 3))  # one position, K = 576
+    try:
+        layer, session, ref, xq = setup("wide")
+    finally:
+        del CASES["wide"]
+    s0 = max_scale(layer.weight, layer.axis)
+    assert layers.gram_errors(layer, session, "x", xq, ref, s0, 101) is None
+    assert layers.gram_errors(layer, session, "x", xq, ref, s0, 101, force=True) is not None
