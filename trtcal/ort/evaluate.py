@@ -147,14 +147,9 @@ def _through(model, name: str):
 
 
 def _ranks(model) -> dict[str, int]:
-    import onnx
+    from trtcal.onnx.light import inferred_values
 
-    try:
-        graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
-    except Exception:  # best effort: the declared shapes
-        graph = model.graph
-    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in
-            list(graph.input) + list(graph.value_info) + list(graph.output)
+    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in inferred_values(model).values()
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
 
 
