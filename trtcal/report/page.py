@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from trtcal.core import thresholds
 from trtcal.core.errors import TrtcalError
 from trtcal.core.findings import clipped_fraction, find
+from trtcal.report.plots import COLOURS
 
 METHODS = ("entropy2", "minmax", "percentile", "mse", "aciq", "onesided")
 
@@ -34,7 +35,8 @@ class TensorRow:
     clipped: float
     one_sided: bool
     findings: list[str] = field(default_factory=list)
-    plot: bytes | None = None
+    plot: bytes | None = None  # the full plot (PNG), for the tensors drawn
+    thumb: str | None = None  # a small inline SVG, for the others
 
 
 @dataclass
@@ -153,19 +155,92 @@ class Report:
     evaluation: object | None = None  # trtcal.ort.evaluate.Evaluation
     sqnr_plot: bytes | None = None
     choice: RangeChoice | None = None  # what trtcal quantize chose per tensor, and why
+    plots: str = "auto"  # which tensors got a full plot: "auto", "all", "named", "none"
+
+
+#: ``--plots auto`` draws the tensors with findings (other than one-sided) and fills up to this
+#: many with those whose methods disagree most (a model this small gets every tensor drawn).
+AUTO_PLOTS = 16
+
+#: Findings that earn a tensor its full plot under ``--plots auto`` (one-sided alone does not:
+#: half the tensors of a ReLU network are).
+PLOTTED_FINDINGS = ("nan-inf", "degenerate", "all-clipped", "clipped")
+
+
+def match_tensors(names, patterns) -> list[str]:
+    """The tensors among ``names`` that ``patterns`` (exact names or globs) name, in ``names``'
+    order; a pattern that names none is a one-line error."""
+    from fnmatch import fnmatchcase
+
+    names = list(names)
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if n == pattern or fnmatchcase(n, pattern)]
+        if not hits:
+            near = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            raise TrtcalError(f"--plots: {pattern!r} names no tensor of the statistics ({len(names)} tensors: {near})")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+def auto_plots(rows: list[TensorRow], choice: RangeChoice | None = None, limit: int = AUTO_PLOTS) -> list[str]:
+    """The tensors ``--plots auto`` draws: every tensor with a finding other than one-sided, every
+    tensor whose range was edited since ``trtcal quantize`` chose it, then, up to ``limit`` in all,
+    those whose methods' thresholds spread widest (max / min amax: where the choice matters)."""
+    edited = {c.tensor for c in choice.tensors if c.differs} if choice is not None else set()
+    must = [r.name for r in rows
+            if r.name in edited or any(f.split(":", 1)[0] in PLOTTED_FINDINGS for f in r.findings)]
+
+    def spread(r: TensorRow) -> float:
+        v = [a for a in (*r.amaxes.values(), r.chosen) if a is not None and math.isfinite(a) and a > 0]
+        return max(v) / min(v) if v else 0.0
+
+    taken = set(must)
+    rest = sorted((r for r in rows if r.name not in taken), key=spread, reverse=True)
+    more = [r.name for r in rest[:max(0, limit - len(must))]]
+    wanted = taken | set(more)
+    return [r.name for r in rows if r.name in wanted]
+
+
+def _methods_for(chunk: dict) -> dict:
+    return {m: thresholds.compute_all(m, chunk) for m in METHODS}
+
+
+def all_thresholds(histograms: dict, *, jobs: int = 1) -> dict[str, dict]:
+    """method -> tensor -> ThresholdResult for every method of :data:`METHODS`, by ``jobs``
+    processes (each takes whole tensors: the results are those computed one by one)."""
+    from trtcal.report.parallel import pool_map
+
+    names = list(histograms)
+    parts = max(1, min(len(names), 2 * jobs if jobs > 1 else 1))
+    chunks = [{n: histograms[n] for n in names[i::parts]} for i in range(parts)]
+    merged: dict[str, dict] = {m: {} for m in METHODS}
+    for part in pool_map(_methods_for, chunks, jobs=jobs):
+        for m in METHODS:
+            merged[m].update(part[m])
+    return {m: {n: merged[m][n] for n in names} for m in METHODS}
 
 
 def build_report(histograms: dict, *, title: str, producers: dict[str, str] | None = None,
                  cache=None, meta: dict | None = None, plots: bool = True, progress=None,
-                 range_choice: dict | None = None, range_choice_source: str = "") -> Report:
-    """Compute every method's threshold per tensor and (with ``plots``) draw each tensor.
-    ``range_choice``: the record ``trtcal quantize`` keeps in its sidecars (read from
-    ``range_choice_source``), shown per tensor."""
-    from trtcal.report.plots import tensor_png
+                 range_choice: dict | None = None, range_choice_source: str = "",
+                 draw: str | list[str] = "auto", jobs: int | None = None, small: bool = True) -> Report:
+    """Compute every method's threshold per tensor and (with ``plots``) draw the tensors ``draw``
+    asks for: ``"auto"`` (:func:`auto_plots`), ``"all"``, or names and globs
+    (:func:`match_tensors`); every other tensor gets a small inline SVG of its histogram and
+    thresholds (:func:`~trtcal.report.plots.tensor_svg`). ``jobs``: processes for the
+    thresholds and the plots (default: the CPUs, at most 8). ``small``: the report's plot size
+    (False: the size ``trtcal plot`` draws). ``range_choice``: the record ``trtcal quantize``
+    keeps in its sidecars (read from ``range_choice_source``), shown per tensor."""
+    from trtcal.report.parallel import default_jobs
 
+    jobs = default_jobs() if jobs is None else jobs
+    named = None if isinstance(draw, str) else match_tensors(histograms, draw)
+    if isinstance(draw, str) and draw not in ("auto", "all"):
+        raise TrtcalError(f"--plots: expected auto, all or tensor names, got {draw!r}")
     producers = producers or {}
     rows = []
-    results_by_method = {m: thresholds.compute_all(m, histograms) for m in METHODS}
+    results_by_method = all_thresholds(histograms, jobs=jobs)
     chosen_results = {}
     for name in histograms:
         if cache is not None and name in cache:
@@ -177,18 +252,30 @@ def build_report(histograms: dict, *, title: str, producers: dict[str, str] | No
     for name, hist in histograms.items():
         results = {m: results_by_method[m][name] for m in METHODS}
         chosen = chosen_results[name]
-        row = TensorRow(name, producers.get(name, "?"), hist.min if hist.count else math.nan,
-                        hist.max if hist.count else math.nan, {m: r.amax for m, r in results.items()},
-                        chosen.amax, chosen.method, clipped_fraction(hist, chosen.amax),
-                        bool(hist.one_sided and hist.max > 0),
-                        [f"{f.kind}: {f.message}" for f in findings if f.tensor == name])
-        if plots:
-            row.plot = tensor_png(hist, results, chosen=chosen.amax)
-        rows.append(row)
-        if progress is not None:
-            progress.update()
+        rows.append(TensorRow(name, producers.get(name, "?"), hist.min if hist.count else math.nan,
+                              hist.max if hist.count else math.nan, {m: r.amax for m, r in results.items()},
+                              chosen.amax, chosen.method, clipped_fraction(hist, chosen.amax),
+                              bool(hist.one_sided and hist.max > 0),
+                              [f"{f.kind}: {f.message}" for f in findings if f.tensor == name]))
     choice = None if range_choice is None else read_range_choice(range_choice, range_choice_source, cache)
-    return Report(title, rows, meta or {}, choice=choice)
+    report = Report(title, rows, meta or {}, choice=choice, plots="none")
+    if not plots:
+        return report
+    from trtcal.report.plots import draw_tensors, tensor_svg
+
+    wanted = named if named is not None else list(histograms) if draw == "all" else auto_plots(rows, choice)
+    report.plots = "named" if named is not None else draw
+    if progress is not None and getattr(progress, "total", 0) is None:
+        progress.total = len(wanted)
+    by_name = {r.name: r for r in rows}
+    pngs = draw_tensors([(histograms[n], {m: results_by_method[m][n] for m in METHODS}, by_name[n].chosen)
+                         for n in wanted], jobs=jobs, small=small, progress=progress)
+    for n, png in zip(wanted, pngs):
+        by_name[n].plot = png
+    for r in rows:
+        if r.plot is None:
+            r.thumb = tensor_svg(histograms[r.name], r.amaxes, chosen=r.chosen)
+    return report
 
 
 def _img(png: bytes | None, alt: str) -> str:
@@ -223,6 +310,9 @@ tr.onesided td.name::after { content: " [one-sided]"; color: #b35900; }
 tr.finding { background: #fff4e5; }
 section.tensor { margin: 2em 0; border-top: 1px solid #ddd; }
 img { max-width: 100%; }
+svg.thumb { display: block; }
+span.key { display: inline-block; width: 1.5em; border-top: 2px dashed; margin: 0 3px 3px 8px; }
+p.note { color: #555; font-size: 13px; }
 code { background: #f3f3f3; padding: 0 3px; }
 """
 
@@ -243,6 +333,17 @@ def render(report: Report) -> str:
     lines.append(f"<p id='summary'>{len(report.rows)} tensors, {n_one} one-sided, {n_find} with findings. "
                  "The chosen range comes from the cache where it has the tensor, else entropy2. Thresholds are "
                  "amax values (scale = amax / 127).</p>")
+    plotted = sum(r.plot is not None for r in report.rows)
+    if report.plots != "none" and plotted < len(report.rows):
+        which = {"auto": "those with findings other than one-sided and those whose methods disagree most",
+                 "named": "those named by --plots", "all": "all"}.get(report.plots, report.plots)
+        keys = "".join(f"<span class='key' style='border-color:{COLOURS[i % len(COLOURS)]}'></span>{m}"
+                       for i, m in enumerate(METHODS))
+        lines.append(f"<p id='plots' class='note'>Full plots (histogram, every threshold, entropy2's KL curve) for "
+                     f"{plotted} of {len(report.rows)} tensors: {which}; <code>--plots all</code> or "
+                     "<code>--plots NAME,GLOB...</code> draws others. The rest show a small |x| histogram (log "
+                     f"counts) with the thresholds:{keys}<span class='key' style='border:0;border-top:2px solid #000'>"
+                     "</span>chosen (hover a line for its value).</p>")
     if report.evaluation is not None:
         lines.append(_evaluation_html(report))
     lines.append("<h2>Summary</h2><table id='tensors'><tr><th class='name'>tensor</th><th>producer</th><th>min</th>"
@@ -265,7 +366,10 @@ def render(report: Report) -> str:
             lines.append(f"<p>quantize: {esc(c.method or '-')}, amax {_num(c.amax)}: {esc(c.why)}</p>")
         if r.findings:
             lines.append("<ul>" + "".join(f"<li>{esc(f)}</li>" for f in r.findings) + "</ul>")
-        lines.append(_img(r.plot, f"histogram of {r.name}"))
+        if r.plot is not None:
+            lines.append(_img(r.plot, f"histogram of {r.name}"))
+        elif r.thumb is not None:
+            lines.append(r.thumb)
         lines.append("</section>")
     lines.append("</body></html>")
     return "\n".join(lines) + "\n"
