@@ -183,10 +183,11 @@ def match_tensors(names, patterns) -> list[str]:
     return [n for n in names if n in chosen]
 
 
-def auto_plots(rows: list[TensorRow], choice: RangeChoice | None = None, limit: int = AUTO_PLOTS) -> list[str]:
+def auto_plots(rows: list[TensorRow], choice: RangeChoice | None = None, limit: int | None = None) -> list[str]:
     """The tensors ``--plots auto`` draws: every tensor with a finding other than one-sided, every
     tensor whose range was edited since ``trtcal quantize`` chose it, then, up to ``limit`` in all,
     those whose methods' thresholds spread widest (max / min amax: where the choice matters)."""
+    limit = AUTO_PLOTS if limit is None else limit
     edited = {c.tensor for c in choice.tensors if c.differs} if choice is not None else set()
     must = [r.name for r in rows
             if r.name in edited or any(f.split(":", 1)[0] in PLOTTED_FINDINGS for f in r.findings)]

@@ -178,7 +178,9 @@ def tensor_svg(hist, amaxes: dict[str, float], *, chosen: float | None = None, w
         colour, dash = ("#000", "") if name == "chosen" else (COLOURS[i % len(COLOURS)], ' stroke-dasharray="4,3"')
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}" stroke="{colour}" stroke-width="1.5"'
                      f'{dash}><title>{name}: {amax:.4g}</title></line>')
-    parts.append("</svg>")
+    parts.append(f'<text x="3" y="{height - 3}" font-size="10" fill="#333">0</text>'
+                 f'<text x="{width - 3}" y="{height - 3}" font-size="10" fill="#333" text-anchor="end">'
+                 f'|x| {xmax:.4g}</text></svg>')
     return "".join(parts)
 
 
