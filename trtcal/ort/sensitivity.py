@@ -30,8 +30,15 @@ zeros or holds NaN/Inf on the evaluation batches has no SQNR. A candidate whose 
 hold NaN/Inf where FP32's do not scores ``-inf`` (the worst). Two infinite scores that are equal
 gain 0 dB.
 
-Everything runs in ONNX Runtime on the CPU: the FP32 outputs are computed once; each candidate is
-a fresh session over an in-memory model.
+Everything runs in ONNX Runtime on the CPU: the FP32 outputs are computed once, and so is the
+all-INT8 model's. A candidate (a set of tensors left in float) is not written as a Q/DQ model of
+its own: :class:`trtcal.ort.qdq_variants.QdqVariants` plans it with the Q/DQ writer's rules and
+builds a model of only the nodes it changes and those downstream of them, fed with the tensors
+the all-INT8 model computes upstream (one run of it, with them exposed, per
+:data:`BASE_TENSOR_BUDGET` of them). The gains are the same, bit for bit, as those of the
+candidates' own Q/DQ models, written and run whole (measured on YOLOv8n and
+EfficientNet-Lite0, and checked by the tests; see that module for where ONNX Runtime's fusions
+could make them differ in float rounding); models with control flow are run whole, as before.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ from trtcal.core.metrics import Comparison
 
 METRICS = ("sqnr", "kl")
 MODES = ("leave-one-out", "one-at-a-time")
+#: Bytes of the all-INT8 model's tensors kept at a time for the candidates' models (module doc):
+#: more evaluation batches than fit are taken a chunk at a time, each chunk's models made anew.
+BASE_TENSOR_BUDGET = 512 * 2**20
 
 
 @dataclass
@@ -151,23 +161,83 @@ def reference_outputs(model, batches: list[dict], choice, *, batch_axes: dict | 
     return refs, samples
 
 
-def score_model(model, batches, refs, choice) -> Score:
+def score_model(model, batches, refs, choice, *, keep: list | None = None) -> Score:
     """``model`` (a Q/DQ ModelProto, run as written: TensorRT's arithmetic) scored against the FP32
-    outputs ``refs`` (:func:`reference_outputs`) on ``batches``."""
+    outputs ``refs`` (:func:`reference_outputs`) on ``batches``. ``keep``: a list that gets each
+    batch's outputs."""
     session = _session(model)
     names = choice.names
     score = Score({n: choice.comparison(n) for n in names})
     for batch, ref in zip(batches, refs):
         got = session.run(names, batch)
-        for name, r, g in zip(names, ref, got):
-            bad = int(np.count_nonzero(~np.isfinite(g)))
-            if bad:
-                score.broken[name] = score.broken.get(name, 0) + bad
-            try:
-                score.outputs[name].update(r, g)
-            except ValueError as exc:
-                raise TrtcalError(str(exc)) from None
+        if keep is not None:
+            keep.append(got)
+        _update(score, names, ref, got)
     return score
+
+
+def _update(score: Score, names: list[str], ref: list[np.ndarray], got: list[np.ndarray]) -> None:
+    """One batch's outputs ``got`` into ``score``, against FP32's ``ref``."""
+    for name, r, g in zip(names, ref, got):
+        bad = int(np.count_nonzero(~np.isfinite(g)))
+        if bad:
+            score.broken[name] = score.broken.get(name, 0) + bad
+        try:
+            score.outputs[name].update(r, g)
+        except ValueError as exc:
+            raise TrtcalError(str(exc)) from None
+
+
+class _Candidates:
+    """Scores of variants of the all-INT8 model (subsets of its ranges) from cut models
+    (:meth:`trtcal.ort.qdq_variants.QdqVariants.cut`), against the all-INT8 model's own run."""
+
+    def __init__(self, model, ranges, full_model, batches, refs, base_outputs, choice, qdq_options):
+        from trtcal.ort.qdq_variants import QdqVariants
+
+        self.variants = QdqVariants(model, ranges, **qdq_options)
+        self.full_model, self.batches, self.refs, self.base_outputs = full_model, batches, refs, base_outputs
+        self.choice = choice
+
+    @property
+    def usable(self) -> bool:
+        return self.variants.can_cut
+
+    def scores(self, subsets: list[dict], progress=None) -> list[Score]:
+        """Each of ``subsets`` scored as its own Q/DQ model would score (module doc)."""
+        V, names = self.variants, self.choice.names
+        if not subsets:
+            return []
+        plans = [V.plan(s) for s in subsets]
+        keeps = [V.cone([p], names) for p in plans]
+        needed = list(dict.fromkeys(t for k in keeps for t in V.cut_inputs(k)))
+        out = [Score({n: self.choice.comparison(n) for n in names}) for _ in subsets]
+        start, batches = 0, self.batches
+        exposed = V.base_session(self.full_model, needed, _session) if needed else None
+        first = V.base_tensors(self.full_model, needed, batches[:1], session=exposed)
+        size = max(1, int(BASE_TENSOR_BUDGET // max(1, sum(a.nbytes for a in first[0].values()))))
+        while start < len(batches):
+            indices = list(range(start, min(start + size, len(batches))))
+            chunk = V.base_tensors(self.full_model, needed, [batches[i] for i in indices if i > 0], session=exposed)
+            if start == 0:
+                chunk = first + chunk
+            last = indices[-1] == len(batches) - 1
+            for j, (plan, keep) in enumerate(zip(plans, keeps)):
+                vm = V.cut(plan, names, keep=keep)
+                session = _session(vm.model)
+                wanted = [n for n in vm.outputs if n in names]
+                graph_inputs = {vi.name for vi in vm.model.graph.input}
+                for pos, i in enumerate(indices):
+                    feeds = {k: v for k, v in self.batches[i].items() if k in graph_inputs}
+                    feeds.update((t, chunk[pos][t]) for t in vm.cut_inputs)
+                    got = dict(zip(wanted, session.run(wanted, feeds))) if wanted else {}
+                    base = self.base_outputs[i]
+                    _update(out[j], names, self.refs[i],
+                            [got[n] if n in got else base[k] for k, n in enumerate(names)])
+                if last and progress is not None:
+                    progress.update()
+            start = indices[-1] + 1
+        return out
 
 
 def _per_output(base: Score, end: Score) -> dict[str, dict]:
@@ -187,7 +257,7 @@ def _per_output(base: Score, end: Score) -> dict[str, dict]:
 
 def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, target: str = "tensorrt",
             greedy: bool = False, metric: str = "sqnr", mode: str = "leave-one-out", progress=None,
-            score=None, classifiers=None, batch_axes: dict | None = None,
+            score=None, classifiers=None, batch_axes: dict | None = None, _whole_models: bool = False,
             **qdq_options) -> tuple[Sensitivity, object]:
     """Sensitivity of every quantized activation (``mode`` and ``metric``: see the module doc);
     returns it and the Q/DQ result with the ``max_float`` most harmful tensors left in float (only
@@ -200,7 +270,8 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
     each time the one (among the ``3 * max_float`` best ranked) whose fallback, together with the
     ones already picked, gains most; stop when none gains. Costs about ``3 * max_float**2`` more
     evaluations; catches tensors whose errors interact. ``qdq_options`` go to every
-    :func:`~trtcal.onnx.qdq.write_qdq` (e.g. ``weight_method``).
+    :func:`~trtcal.onnx.qdq.write_qdq` (e.g. ``weight_method``). ``_whole_models``: write and run
+    each candidate's whole Q/DQ model, as before cut models (the benchmark's and tests' reference).
     """
     from trtcal.core.ranges import from_cache
     from trtcal.onnx.model import load_model
@@ -226,28 +297,39 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
         raise TrtcalError(f"metric kl needs a classifier output, and no scored output is class scores ({shapes}): "
                           "name one with --classifier, or use --metric sqnr")
     full = write_qdq(model, ranges, target=target, **qdq_options)
-    base = score_model(full.model, batches, refs, choice)
+    base_outputs: list = []
+    base = score_model(full.model, batches, refs, choice, keep=base_outputs)
     baseline = base.value(metric)
     gains: dict[str, float] = {}
     candidates = [q.name for q in full.activations]
     if progress is not None and getattr(progress, "total", 0) is None:
         progress.total = len(candidates)  # known only now: a caller need not write the model to size its bar
+    cut = None if _whole_models else _Candidates(model, ranges, full.model, batches, refs, base_outputs, choice,
+                                                  dict(qdq_options, target=target))
+    if cut is not None and not cut.usable:
+        cut = None
 
-    def score_of(subset: dict) -> float:
-        """The metric's value with only ``subset`` of the ranges quantized."""
-        trial = write_qdq(model, subset, target=target, check_onnxruntime=False, **qdq_options)
-        return score_model(trial.model, batches, refs, choice).value(metric)
+    def values_of(subsets: list[dict], bar=None) -> list[float]:
+        """The metric's value with only each of ``subsets`` of the ranges quantized."""
+        if cut is not None:
+            return [s.value(metric) for s in cut.scores(subsets, bar)]
+        out = []
+        for subset in subsets:
+            trial = write_qdq(model, subset, target=target, check_onnxruntime=False, **qdq_options)
+            out.append(score_model(trial.model, batches, refs, choice).value(metric))
+            if bar is not None:
+                bar.update()
+        return out
 
-    def score_without(dropped: set[str]) -> float:
-        return score_of({k: v for k, v in ranges.items() if k not in dropped})
+    def without(dropped: set[str]) -> dict:
+        return {k: v for k, v in ranges.items() if k not in dropped}
 
-    for name in candidates:
-        if mode == "leave-one-out":
-            gains[name] = _gain(baseline, score_without({name}))
-        else:
-            gains[name] = _additive_gain(baseline, score_of({name: ranges[name]}))
-        if progress is not None:
-            progress.update()
+    if mode == "leave-one-out":
+        values = values_of([without({name}) for name in candidates], progress)
+        gains = {name: _gain(baseline, v) for name, v in zip(candidates, values)}
+    else:
+        values = values_of([{name: ranges[name]} for name in candidates], progress)
+        gains = {name: _additive_gain(baseline, v) for name, v in zip(candidates, values)}
     ordered = dict(sorted(gains.items(), key=lambda kv: (-_finite(kv[1]), kv[0])))
     # one tensor stays quantized: with none, the model is the FP32 one and no Q/DQ model can be written
     max_float = max(0, min(max_float, len(candidates) - 1))
@@ -256,7 +338,8 @@ def analyse(model_path, ranges, batches: list[dict], *, max_float: int = 5, targ
         pool = [n for n, g in ordered.items() if g > 0][:3 * max_float]
         chosen, current = [], baseline
         while len(chosen) < max_float:
-            trials = {n: score_without(set(chosen) | {n}) for n in pool if n not in chosen}
+            tried = [n for n in pool if n not in chosen]
+            trials = dict(zip(tried, values_of([without(set(chosen) | {n}) for n in tried])))
             best = max(trials, key=lambda n: _finite(trials[n]), default=None)
             if best is None or not _gain(current, trials[best]) > 0:
                 break
