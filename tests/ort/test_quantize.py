@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from trtcal.cache import read
@@ -60,6 +62,21 @@ def test_quantize_summary_agrees_with_eval_of_the_written_model(fashion):
     # eval scores every evaluation sample, the summary the first 256: close, not equal
     assert r.summary["sqnr_db"] == pytest.approx(logits.sqnr_db, abs=1.5)
     assert r.summary["sqnr_db"] > r.summary["entropy2_sqnr_db"] + 10  # entropy2 clips the input's background spike
+
+
+def test_quantize_summary_cosine_is_the_per_sample_cosine_of_the_written_model(fashion):
+    out, r = fashion
+    d = np.load(EXAMPLES / "fashion_eval.npz")
+    x = d[d.files[0]][:256]
+    ref = ort.InferenceSession(str(EXAMPLES / "fashion_cnn.onnx")).run(None, {"images": x})[0].astype(np.float64)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ as written
+    got = ort.InferenceSession(str(out / "f.int8.onnx"), options).run(None, {"images": x})[0].astype(np.float64)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert r.summary["cosine_mean"] == pytest.approx(cos.mean(), abs=1e-5)
+    (o,) = r.summary["outputs"].values()
+    assert o["cosine_min"] == pytest.approx(cos.min(), abs=1e-5) and o["cosine_mean"] == r.summary["cosine_mean"]
+    assert r.summary["entropy2_cosine_mean"] < r.summary["cosine_mean"] <= 1
 
 
 def test_quantize_holds_out_every_fifth_batch_without_eval_data(tmp_path):

@@ -68,9 +68,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if result.float_tensors:
         print(f"left in float: {', '.join(result.float_tensors)}")
     print(f"\nheld out: {s['samples']} samples from {s['data']}")
-    rows = [("this model", _db(s["sqnr_db"]), _pct(s.get("top1_agreement"))),
-            ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), _pct(s.get("entropy2_top1_agreement")))]
-    print_table(("INT8 vs FP32", "output SQNR dB", "top-1 agreement"), rows, "<>>")
+    rows = [("this model", _db(s["sqnr_db"]), f"{s['cosine_mean']:.4f}", _pct(s.get("top1_agreement"))),
+            ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), f"{s['entropy2_cosine_mean']:.4f}",
+             _pct(s.get("entropy2_top1_agreement")))]
+    print_table(("INT8 vs FP32", "output SQNR dB", "cosine", "top-1 agreement"), rows, "<>>>")
     for name, o in s["outputs"].items():
         if "balanced_sqnr_db" in o:
             print(f"output {name} mixes scales along axis {o['mixed_scales_axis']} (e.g. boxes in pixels, scores in "

@@ -283,7 +283,10 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     summary = {"data": held_from, "samples": held_samples, "sqnr_db": got.sqnr_db,
                "weight_scales": "searched per channel (in the Q/DQ model only)" if weights else "max",
                "entropy2_sqnr_db": trt_default.sqnr_db,
-               "outputs": {n: {"sqnr_db": c.sqnr_db, **({"top1_agreement": c.top1_agreement}
+               "cosine_mean": _mean(c.cosine_mean for c in got.outputs.values()),
+               "entropy2_cosine_mean": _mean(c.cosine_mean for c in trt_default.outputs.values()),
+               "outputs": {n: {"sqnr_db": c.sqnr_db, "cosine_mean": c.cosine_mean, "cosine_min": c.cosine_min,
+                               **({"top1_agreement": c.top1_agreement}
                                                         if c.classifier else {}),
                                **({"mixed_scales_axis": c.mixed_axis, "balanced_sqnr_db": c.balanced_sqnr_db}
                                   if c.mixed_axis is not None else {})} for n, c in got.outputs.items()}}
@@ -441,6 +444,11 @@ def _first_samples(batches: list[dict], specs, n: int) -> list[dict]:
         if seen >= n:
             break
     return out
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
 
 
 def _finite(x: float) -> float:
