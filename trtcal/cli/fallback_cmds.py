@@ -55,7 +55,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     with Progress(None, args.mode, enabled=output.progress) as bar:
         sens, final = analyse(args.model, ranges, batches, max_float=args.max_float, greedy=args.greedy,
                               metric=args.metric, mode=args.mode, progress=bar, batch_axes=data["batch_axes"],
-                              **SCORING.parse(args), **qdq)
+                              _whole_models=args.whole_models, **SCORING.parse(args), **qdq)
     final.save(output.path, force=force, inputs=[args.model])
     if args.list:
         text = "# layers to keep in float (trtcal build --fallback-list), most harmful first\n"
@@ -112,3 +112,5 @@ def register(sub) -> None:
                         "one-at-a-time: quantize each tensor alone and estimate its fallback's gain from the "
                         "share of the error it causes (default %(default)s)")
     p.add_argument("--list", help="also write the layers kept in float (one tensor name per line)")
+    # the way before issue 17, for bench/bench_fallback.py: write and run every candidate's whole Q/DQ model
+    p.add_argument("--whole-models", action="store_true", help=argparse.SUPPRESS)

@@ -109,6 +109,16 @@ class QdqVariants:
         Q.distinct_input_dims(model)  # as write_qdq does
         self.model, self.where = model, where
         self.graph = Q._Graph(model, where)
+        arrays: dict = {}
+        read_array = self.graph.const_array
+
+        def const_array(name: str):  # planning reads every weight once per variant: read it once
+            if name not in arrays:
+                arrays[name] = read_array(name)
+            return arrays[name]
+
+        self.graph.const_array = const_array
+        self._arrays = arrays
         self.excluded, _ = Q._excluded(self.graph, list(exclude_nodes), Q._exclude_ops(exclude_ops), attention)
         self.base = self.plan(self.ranges)
         self.can_cut = not any(n.op_type in _CONTROL_FLOW for n in self.graph.nodes)
@@ -130,7 +140,12 @@ class QdqVariants:
         if not isinstance(ranges, Mapping):
             raise TrtcalError(f"a variant is a dict of tensor -> amax or Range, not {type(ranges).__name__}")
         coerced = Q.coerce(ranges, widths=Q.TARGET_WIDTHS[self.target], why=f"target {self.target}")
-        return Q._plan(self.graph, coerced, self.unsigned, self.excluded)
+        plan = Q._plan(self.graph, coerced, self.unsigned, self.excluded)
+        for w in plan.weights.values():  # the planner's float32 copy of each weight: share one
+            shared = self._arrays.get(w.name)
+            if shared is not None and shared.dtype == np.float32:
+                w.array = shared
+        return plan
 
     @staticmethod
     def _slots(plan) -> dict[tuple[int, int], tuple]:
@@ -234,7 +249,7 @@ class QdqVariants:
 
         if key not in self._weights:
             name, axis = key
-            plan = next(w for (n, a), w in self._all_weights.items() if (n, a) == key)
+            plan = self._all_weights[key]
             amax, _ = Q._weight_amax(plan, self.weight_method, self.weight_scales)
             bits = self.weight_bits.get(name, 8)
             qw, scale, _zero = per_channel_int8(plan.array, axis, amax, bits)
@@ -268,6 +283,14 @@ class QdqVariants:
             self._all_weights.update(p.weights)
         slots = [self._slots(p) for p in plans]
         uses = sorted({u for s in slots for u in s if u[0] in inside})
+        act_reads: list[dict] = [{} for _ in plans]  # per variant: tensor -> its read
+        first_use: dict = {}  # weight -> the first node (of the model) that reads it
+        for j, s in enumerate(slots):
+            for use, r in s.items():
+                if r[0] == "act":
+                    act_reads[j].setdefault(r[1], r)
+                elif use[0] in inside:
+                    first_use[r[1]] = min(first_use.get(r[1], use[0]), use[0])
         names = Q._Names(self.model)
         before: dict[int, list] = {}
         after: dict[int, list] = {}
@@ -307,10 +330,10 @@ class QdqVariants:
                     s_name, z_name = names.fresh(f"{tensor}_scale"), names.fresh(f"{tensor}_zero_point")
                     if scales_as_inputs:
                         inputs.append(helper.make_tensor_value_info(s_name, TensorProto.FLOAT, []))
-                        scales = [r[2] if r is not None else np.float32(1.0) for r in reads_of(slots, tensor)]
+                        scales = [a[tensor][2] if tensor in a else np.float32(1.0) for a in act_reads]
                         switches[s_name] = np.array(scales, dtype=np.float32)
                     else:
-                        values = {r[2].tobytes() for r in reads_of(slots, tensor) if r is not None}
+                        values = {a[tensor][2].tobytes() for a in act_reads if tensor in a}
                         if len(values) > 1:
                             raise TrtcalError(f"tensor {tensor!r}: the variants give it different ranges; "
                                               "build with scales_as_inputs=True")
@@ -329,7 +352,7 @@ class QdqVariants:
                 if key not in weight_out:
                     w_inits, dq, dq_out = self._weight_nodes(key, names)
                     inits.extend(w_inits)
-                    wfirst = min(u[0] for u in uses if slots_key(slots, u) == key)
+                    wfirst = first_use[key]
                     before.setdefault(wfirst, []).append(dq)
                     weight_out[key] = (dq_out, wfirst)
                 source = weight_out[key][0]
@@ -425,27 +448,6 @@ class QdqVariants:
         from trtcal.ort.runner import add_outputs
 
         return session_factory(add_outputs(copy.deepcopy(base_model), list(dict.fromkeys(tensors))))
-
-
-def reads_of(slots: list[dict], tensor_name: str) -> list:
-    """Per variant, the first activation read of ``tensor_name`` (None where it is not quantized)."""
-    out = []
-    for s in slots:
-        hit = None
-        for r in s.values():
-            if r[0] == "act" and r[1] == tensor_name:
-                hit = r
-                break
-        out.append(hit)
-    return out
-
-
-def slots_key(slots: list[dict], use) -> object:
-    for s in slots:
-        r = s.get(use)
-        if r is not None:
-            return r[1] if r[0] == "w" else None
-    return None
 
 
 def inputs_named(inputs: list) -> set[str]:

@@ -205,38 +205,38 @@ class _Candidates:
 
     def scores(self, subsets: list[dict], progress=None) -> list[Score]:
         """Each of ``subsets`` scored as its own Q/DQ model would score (module doc)."""
-        V, names = self.variants, self.choice.names
+        V, names, batches = self.variants, self.choice.names, self.batches
         if not subsets:
             return []
         plans = [V.plan(s) for s in subsets]
         keeps = [V.cone([p], names) for p in plans]
         needed = list(dict.fromkeys(t for k in keeps for t in V.cut_inputs(k)))
         out = [Score({n: self.choice.comparison(n) for n in names}) for _ in subsets]
-        start, batches = 0, self.batches
-        exposed = V.base_session(self.full_model, needed, _session) if needed else None
-        first = V.base_tensors(self.full_model, needed, batches[:1], session=exposed)
-        size = max(1, int(BASE_TENSOR_BUDGET // max(1, sum(a.nbytes for a in first[0].values()))))
+        start, size = 0, 1
         while start < len(batches):
-            indices = list(range(start, min(start + size, len(batches))))
-            chunk = V.base_tensors(self.full_model, needed, [batches[i] for i in indices if i > 0], session=exposed)
+            # the all-INT8 model's tensors for a chunk of batches, as many as BASE_TENSOR_BUDGET holds
+            exposed = V.base_session(self.full_model, needed, _session) if needed else None
+            chunk = V.base_tensors(self.full_model, needed, batches[start:start + 1], session=exposed)
             if start == 0:
-                chunk = first + chunk
-            last = indices[-1] == len(batches) - 1
+                size = max(1, int(BASE_TENSOR_BUDGET // max(1, sum(a.nbytes for a in chunk[0].values()))))
+            stop = min(start + size, len(batches))
+            chunk += V.base_tensors(self.full_model, needed, batches[start + 1:stop], session=exposed)
+            del exposed
             for j, (plan, keep) in enumerate(zip(plans, keeps)):
-                vm = V.cut(plan, names, keep=keep)
-                session = _session(vm.model)
-                wanted = [n for n in vm.outputs if n in names]
-                graph_inputs = {vi.name for vi in vm.model.graph.input}
-                for pos, i in enumerate(indices):
-                    feeds = {k: v for k, v in self.batches[i].items() if k in graph_inputs}
-                    feeds.update((t, chunk[pos][t]) for t in vm.cut_inputs)
+                model = V.cut(plan, names, keep=keep)
+                session = _session(model.model)
+                wanted = [n for n in model.outputs if n in names]
+                graph_inputs = {vi.name for vi in model.model.graph.input}
+                for i, tensors in zip(range(start, stop), chunk):
+                    feeds = {k: v for k, v in batches[i].items() if k in graph_inputs}
+                    feeds.update((t, tensors[t]) for t in model.cut_inputs)
                     got = dict(zip(wanted, session.run(wanted, feeds))) if wanted else {}
-                    base = self.base_outputs[i]
                     _update(out[j], names, self.refs[i],
-                            [got[n] if n in got else base[k] for k, n in enumerate(names)])
-                if last and progress is not None:
+                            [got[n] if n in got else self.base_outputs[i][k] for k, n in enumerate(names)])
+                del session
+                if stop == len(batches) and progress is not None:
                     progress.update()
-            start = indices[-1] + 1
+            start = stop
         return out
 
 
