@@ -129,6 +129,7 @@ def test_no_plots_has_no_pictures(chain):
 
 
 def _histograms(n: int = 6) -> dict[str, Histogram]:
+    """Normal (two-sided) and ReLU'd (one-sided) tensors, and one of only zeros."""
     rng = np.random.default_rng(1)
     out = {}
     for i in range(n):
@@ -136,11 +137,14 @@ def _histograms(n: int = 6) -> dict[str, Histogram]:
         x = rng.standard_normal(20000) * (1 + i)
         h.update(np.maximum(x, 0) if i % 2 else x)
         out[f"t{i}"] = h
+    out["zeros"] = Histogram(name="zeros")
+    out["zeros"].update(np.zeros(100))
     return out
 
 
 def test_parallel_drawing_gives_the_serial_bytes():
     pytest.importorskip("matplotlib")
+    from trtcal.core import thresholds
     from trtcal.report.page import METHODS, all_thresholds
     from trtcal.report.plots import draw_tensors
 
@@ -148,8 +152,11 @@ def test_parallel_drawing_gives_the_serial_bytes():
     serial, parallel = all_thresholds(hists, jobs=1), all_thresholds(hists, jobs=2)
     assert list(parallel) == list(METHODS) and all(list(parallel[m]) == list(hists) for m in METHODS)
     for m in METHODS:
+        direct = thresholds.compute_all(m, hists)  # what each method gives on its own
         for n in hists:
-            assert parallel[m][n].amax == serial[m][n].amax
+            assert parallel[m][n].amax == serial[m][n].amax == direct[n].amax
+            assert serial[m][n].method == direct[n].method and serial[m][n].warnings == direct[n].warnings
+            assert set(serial[m][n].diagnostics) == set(direct[n].diagnostics)
     items = [(hists[n], {m: serial[m][n] for m in METHODS}, serial["mse"][n].amax) for n in hists]
     for small in (True, False):
         one = draw_tensors(items, jobs=1, small=small)
@@ -176,13 +183,15 @@ def test_auto_draws_findings_and_the_widest_spreads_up_to_the_limit(monkeypatch)
 
     monkeypatch.setattr(page, "AUTO_PLOTS", 2)
     hists = _histograms(8)
-    # t5 and t7 clipped hard by the cache: findings, drawn whatever the limit
+    # t5 and t7 clipped hard by the cache and "zeros" degenerate: findings, drawn whatever the limit
     report = page.build_report(hists, title="t", cache=_Cache({"t5": 0.2, "t7": 0.5}), jobs=1)
     rows = {r.name: r for r in report.rows}
     assert any(f.startswith("clipped") for f in rows["t5"].findings)
     drawn = [r.name for r in report.rows if r.plot is not None]
-    assert drawn == ["t5", "t7"]  # the limit (2) is reached by the findings alone
+    assert drawn == ["t5", "t7", "zeros"]  # over the limit (2): the findings alone
     assert all(r.thumb.startswith('<svg class="thumb"') for r in report.rows if r.plot is None)
-    monkeypatch.setattr(page, "AUTO_PLOTS", 3)
+    monkeypatch.setattr(page, "AUTO_PLOTS", 5)
     rows = page.build_report(hists, title="t", cache=_Cache({"t5": 0.2, "t7": 0.5}), plots=False).rows
-    assert len(page.auto_plots(rows)) == 3 and {"t5", "t7"} <= set(page.auto_plots(rows))
+    auto = page.auto_plots(rows)
+    assert len(auto) == 5 and {"t5", "t7", "zeros"} <= set(auto)  # two more, by the spread of methods
+    assert auto == [r.name for r in rows if r.name in auto]  # in the page's order

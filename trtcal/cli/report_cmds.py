@@ -25,11 +25,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     Write OUT/index.html: a summary table (every method's threshold per tensor, the chosen
     range, clipped share, one-sided flag, findings) and per tensor its |x| histogram with the
-    thresholds and entropy2's KL curve (by default for the tensors with findings other than
-    one-sided and those whose methods disagree most, at most 16 with them; --plots
-    all or --plots NAME,GLOB for others; the rest get a small histogram with their thresholds);
-    with --int8 and --data, the INT8 model's agreement with
-    FP32 and per-tensor SQNR. When --cache (else --int8) was written by trtcal quantize, its
+    thresholds and entropy2's KL curve: in full for the tensors with findings other than
+    one-sided, then those whose methods disagree most, 16 in all unless more have findings
+    (--plots all or --plots NAME,GLOB for others), as a small histogram with the thresholds for
+    the rest. With --int8 and --data, the INT8 model's agreement with FP32 and per-tensor SQNR. When --cache (else --int8) was written by trtcal quantize, its
     .trtcal.json sidecar's range choice too: per tensor the method chosen, its amax, its error and
     entropy2's at the consuming layers, and why; and each range set's output SQNR. The page embeds
     its pictures: it opens in any browser, offline."""
@@ -123,11 +122,11 @@ def register(sub) -> None:
     p.add_argument("--fp32", help="the FP32 model for the comparison (default: MODEL)")
     p.add_argument("--plots", metavar="WHICH",
                    help="the tensors drawn in full (histogram, thresholds, KL curve): auto (default: those with "
-                        "findings other than one-sided, then those whose methods disagree most, up to 16), all, "
+                        "findings other than one-sided, then those whose methods disagree most, 16 in all unless more have findings), all, "
                         "or comma-separated names or globs, e.g. '/head/*,logits'; the others get a small "
                         "histogram with their thresholds")
     p.add_argument("--plot-size", choices=("small", "large"), default="small",
                    help="small (default: 512x358 pixels, 64 colours, about 12 kB) or large (the size "
                         "`trtcal plot` draws: 720x520, about 55 kB, twice the time)")
-    p.add_argument("--jobs", type=JOBS, default=None,
+    p.add_argument("--jobs", type=JOBS, default=None, metavar="N",
                    help="processes computing the thresholds and drawing the plots (default: the CPUs, at most 8)")
