@@ -14,7 +14,8 @@ For the model (EfficientNet-Lite0 by default), in one process, each step timed:
 - eq-grid-gram: full activation grid, Gram weight search: isolates what each lever changes.
 
 Each EQ variant's ratio is ``(calibrate + eq) / calibrate``, as ``trtcal calibrate --algorithm eq``
-against ``trtcal calibrate``; ``--repeat`` repeats the calibrate pass and eq-new (best kept; eq-old
+against ``trtcal calibrate``, in wall time and in this process's CPU time (steadier on a shared
+machine); ``--repeat`` repeats the calibrate pass and eq-new (best kept; eq-old
 runs once, it is slow). Each result is written as a Q/DQ model (per-channel weights from EQ's
 scales) and scored against FP32 on the held-out data (output SQNR; entropy2's too), and the
 choices are compared: activation ranges and weight channels that differ between the variants.
@@ -63,9 +64,14 @@ def _preprocess(spec):
     return Preprocess.parse(spec["preprocess"]) if spec["preprocess"] else None
 
 
-def timed(fn):
-    t = time.perf_counter()
+CPU = {}  # label -> CPU seconds of this process (all threads) of the last timed call
+
+
+def timed(fn, label: str | None = None):
+    t, c = time.perf_counter(), time.process_time()
     value = fn()
+    if label:
+        CPU.setdefault(label, []).append(time.process_time() - c)
     return value, time.perf_counter() - t
 
 
@@ -112,7 +118,7 @@ def bench_eq(name: str, samples: int, steps: int, repeat: int, old: bool, eval_b
     spec = MODELS[name]
     cal_times = []
     for _ in range(repeat):
-        calib, t = timed(lambda: calibrate_once(spec, samples))
+        calib, t = timed(lambda: calibrate_once(spec, samples), "calibrate")
         cal_times.append(t)
     t_cal = min(cal_times)
     amaxes = {n: r.amax for n, r in calib.thresholds.items()}
@@ -123,14 +129,16 @@ def bench_eq(name: str, samples: int, steps: int, repeat: int, old: bool, eval_b
         runs = repeat if variant == "eq-new" else 1
         times[variant] = []
         for _ in range(runs):
-            res, t = timed(lambda options=options: run_eq(spec, amaxes, samples, steps, options))
+            res, t = timed(lambda options=options: run_eq(spec, amaxes, samples, steps, options), variant)
             times[variant].append(t)
         results[variant] = res
         print(f"[{name}] {variant}: {min(times[variant]):.1f} s (calibrate {t_cal:.1f} s)", flush=True)
     row = {"model": name, "samples": samples, "steps": steps, "calibrate_seconds": t_cal,
            "calibrate_all_seconds": cal_times, "eq_seconds": {v: min(t) for v, t in times.items()},
            "eq_all_seconds": times,
-           "ratio": {v: (t_cal + min(t)) / t_cal for v, t in times.items()}}
+           "ratio": {v: (t_cal + min(t)) / t_cal for v, t in times.items()},
+           "cpu_seconds": {k: min(v) for k, v in CPU.items()},
+           "cpu_ratio": {v: (min(CPU["calibrate"]) + min(CPU[v])) / min(CPU["calibrate"]) for v in times}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         row["sqnr_db"] = {"entropy2": sqnr(spec, calib.cache, None, work, "entropy2", eval_batches)}
@@ -190,7 +198,8 @@ def main():
     print(f"\n{args.model}, {args.samples} samples, {args.steps} steps: calibrate {eqr['calibrate_seconds']:.1f} s, "
           f"entropy2 SQNR {eqr['sqnr_db']['entropy2']:.2f} dB")
     for v, t in eqr["eq_seconds"].items():
-        print(f"  {v:13s} {t:7.1f} s  ratio {eqr['ratio'][v]:6.1f}x  SQNR {eqr['sqnr_db'][v]:.2f} dB"
+        print(f"  {v:13s} {t:7.1f} s  ratio {eqr['ratio'][v]:6.1f}x (CPU time {eqr['cpu_ratio'][v]:.1f}x)  "
+              f"SQNR {eqr['sqnr_db'][v]:.2f} dB"
               + (f"  differs from {eqr['differ_from']}: {eqr['differ'][v]}" if v in eqr["differ"] else ""))
     if "search_weights" in rows:
         sw = rows["search_weights"]

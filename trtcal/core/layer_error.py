@@ -130,12 +130,23 @@ class ChannelErrors:
         if aq.shape[1:] != (self.groups, self.k) or yq.shape != (p, self.w.shape[0]) or ref.shape != yq.shape:
             raise TrtcalError(f"layer error: shapes {aq.shape}, {yq.shape}, {ref.shape} do not fit "
                               f"{self.groups} groups of {self.k} inputs, {self.w.shape[0]} channels")
-        a = aq.astype(np.float64).transpose(1, 2, 0)  # [g, K, P]
         ref = ref.astype(np.float64)
         delta = yq.astype(np.float64) - ref
-        self.G += a @ a.transpose(0, 2, 1)
-        self.U += a @ delta.reshape(p, self.groups, self.per_group).transpose(1, 0, 2)
-        self.V += a @ ref.reshape(p, self.groups, self.per_group).transpose(1, 0, 2)
+        if self.groups == 1:  # one product: G, U and V side by side
+            a = aq.reshape(p, self.k).astype(np.float64)
+            k, c = self.k, self.per_group
+            every = a.T @ np.concatenate([a, delta, ref], axis=1)
+            self.G[0] += every[:, :k]
+            self.U[0] += every[:, k:k + c]
+            self.V[0] += every[:, k + c:]
+        else:
+            a = np.ascontiguousarray(aq.transpose(1, 0, 2), dtype=np.float64)  # [g, P, K]
+            at = a.transpose(0, 2, 1)
+            self.G += at @ a
+            both = np.concatenate([delta, ref], axis=1).reshape(p, 2, self.groups, self.per_group)
+            both = at @ np.ascontiguousarray(both.transpose(2, 0, 1, 3)).reshape(self.groups, p, 2 * self.per_group)
+            self.U += both[:, :, :self.per_group]
+            self.V += both[:, :, self.per_group:]
         self.c += np.einsum("pk,pk->k", delta, delta)
         self.t += np.einsum("pk,pk->k", ref, delta)
         self.r += np.einsum("pk,pk->k", ref, ref)

@@ -6,9 +6,15 @@ starting from the entropy2 activation scale and the per-channel max weight scale
 1. the activation scale of its input is searched over ``steps`` values in ``[lo, hi] x scale``
    for the highest cosine similarity between the FP32 layer output and the output computed from
    fake-quantized (symmetric int8) input and weights; a tensor feeding several layers is searched
-   once, for the best mean cosine over them;
+   once, for the best mean cosine over them. ``search="coarse"`` (default) scores every
+   ``sqrt(steps)``-th factor, then finer steps around the best (about 21 of 100 factors,
+   :func:`trtcal.core.layer_error.coarse_to_fine`): the full grid's choice wherever the cosine
+   rises to one peak over the grid, else a local best; ``search="grid"`` scores every factor;
 2. then, with that activation scale, each output channel's weight scale is searched the same way,
-   channel by channel (output channel ``k`` depends only on weight channel ``k``).
+   channel by channel (output channel ``k`` depends only on weight channel ``k``), every factor,
+   all channels at once; where cheaper than a layer run per factor, each factor is scored from the
+   unfolded input's Gram matrix (:func:`trtcal.ort.layers.search_weight_scales`; the same scores
+   up to float rounding).
 
 The layers run one at a time as single-node ONNX Runtime sessions, on at most ``samples``
 calibration samples, so memory is one layer's input and output for those samples. Layers come in
@@ -53,10 +59,22 @@ class EqResult:
     cosines: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> (before, after)
 
 
-def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
-    r, g = ref.ravel().astype(np.float64), got.ravel().astype(np.float64)
-    den = np.linalg.norm(r) * np.linalg.norm(g)
-    return float(r @ g / den) if den > 0 else 1.0
+#: Elements converted to float64 at a time by :func:`_cosine` (cache-sized, not a copy of the output).
+_CHUNK = 1 << 16
+
+
+def _cosine(ref: np.ndarray, got: np.ndarray, ref_norm: float | None = None) -> float:
+    """The cosine of two tensors, summed in float64 (``ref_norm``: ``||ref||``, if known)."""
+    r, g = ref.reshape(-1), got.reshape(-1)
+    dot = gg = rr = 0.0
+    for i in range(0, r.size, _CHUNK):
+        gc, rc = g[i:i + _CHUNK].astype(np.float64), r[i:i + _CHUNK].astype(np.float64)
+        dot += float(gc @ rc)
+        gg += float(gc @ gc)
+        if ref_norm is None:
+            rr += float(rc @ rc)
+    den = (np.sqrt(rr) if ref_norm is None else ref_norm) * np.sqrt(gg)
+    return dot / den if den > 0 else 1.0
 
 
 def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
@@ -107,14 +125,17 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
                for lay in group}
         wscale = {lay.w: max_scale(lay.weight, lay.axis) for lay in group}
 
+        ref_norm = {out: float(np.sqrt(sum(float(c @ c) for c in _chunks64(r)))) for out, r in ref.items()}
         wq = {lay.w: fake_quant(lay.weight, wscale[lay.w], lay.axis) for lay in group}
+        buffer = np.empty_like(x)  # the quantized input, rewritten for every candidate
 
-        def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wq=wq, sessions=sessions) -> float:
-            xq = fake_quant(x, amax / 127)
+        def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wq=wq, sessions=sessions,
+                     ref_norm=ref_norm, buffer=buffer) -> float:
+            xq = fake_quant(x, amax / 127, out=buffer)
             total = 0.0
             for lay in group:
                 out = lay.node.output[0]
-                total += _cosine(ref[out], sessions[out].run(None, {x_name: xq, lay.w: wq[lay.w]})[0])
+                total += _cosine(ref[out], sessions[out].run(None, {x_name: xq, lay.w: wq[lay.w]})[0], ref_norm[out])
             return total / len(group)
 
         before = mean_cos(a0)
@@ -140,3 +161,9 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
         if progress is not None:
             progress.update(len(group))
     return result
+
+
+def _chunks64(a: np.ndarray):
+    flat = a.reshape(-1)
+    for i in range(0, flat.size, _CHUNK):
+        yield flat[i:i + _CHUNK].astype(np.float64)

@@ -20,11 +20,12 @@ from trtcal.core.errors import TrtcalError
 LAYER_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": None}  # op -> weight output-channel axis
 
 
-def fake_quant(x: np.ndarray, scale, axis: int | None = None) -> np.ndarray:
-    """Symmetric int8 quantize-dequantize (round half to even, clamp to [-128, 127])."""
+def fake_quant(x: np.ndarray, scale, axis: int | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Symmetric int8 quantize-dequantize (round half to even, clamp to [-128, 127]). ``out``: a
+    float32 array of ``x``'s shape to write into (one scale only)."""
     s = np.asarray(scale, dtype=np.float32)
     if s.ndim == 0 and s > 0:  # one scale: the same arithmetic without the masks, in place
-        q = np.divide(x, s, dtype=np.float32)
+        q = np.divide(x, s, dtype=np.float32, out=out)
         np.rint(q, out=q)
         np.clip(q, -128, 127, out=q)
         q *= s
@@ -190,13 +191,16 @@ def _per_channel(a: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).astype(np.float64)
 
 
-def _score_per_channel(ref: np.ndarray, got: np.ndarray, axis: int, metric: str) -> np.ndarray:
+def _score_per_channel(ref: np.ndarray, got: np.ndarray, axis: int, metric: str,
+                       ref_norm: np.ndarray | None = None) -> np.ndarray:
     """Per output channel, larger is better: the cosine of ``got`` with ``ref``, or minus the
-    squared error."""
-    r, g = _per_channel(ref, axis), _per_channel(got, axis)
+    squared error. ``ref`` may be given already per channel (``[C, -1]`` float64, with
+    ``ref_norm`` its rows' norms)."""
+    r = ref if ref_norm is not None else _per_channel(ref, axis)
+    g = _per_channel(got, axis)
     if metric == "mse":
         return -((g - r) ** 2).sum(1)
-    den = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+    den = (ref_norm if ref_norm is not None else np.linalg.norm(r, axis=1)) * np.linalg.norm(g, axis=1)
     return np.where(den > 0, (r * g).sum(1) / np.where(den > 0, den, 1), 1.0)
 
 
@@ -217,11 +221,7 @@ def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref
     out_axis = layer.out_axis if layer.out_axis >= 0 else ref.ndim + layer.out_axis
     candidates = [s0.astype(np.float32)] + [(s0 * np.float32(f)).astype(np.float32) for f in factors]
 
-    def ort_score(scales: np.ndarray) -> np.ndarray:
-        got = session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, scales, layer.axis)})[0]
-        return _score_per_channel(ref, got, out_axis, metric)
-
-    score = ort_score
+    score = None
     if gram is not False:
         errors = gram_errors(layer, session, x_name, xq, ref, s0, len(candidates), force=bool(gram))
         if errors is not None:
@@ -229,6 +229,13 @@ def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref
 
             def score(scales: np.ndarray) -> np.ndarray:
                 return errs.scores(form.rows(fake_quant(layer.weight, scales, layer.axis)), metric)
+    if score is None:
+        r = _per_channel(ref, out_axis)
+        r_norm = np.linalg.norm(r, axis=1)
+
+        def score(scales: np.ndarray) -> np.ndarray:
+            got = session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, scales, layer.axis)})[0]
+            return _score_per_channel(r, got, out_axis, metric, r_norm)
 
     best, best_score = candidates[0].copy(), score(candidates[0])
     for s in candidates[1:]:
@@ -316,7 +323,7 @@ def linear_form(layer: Layer, x_shape: tuple) -> LinearForm | None:
 
 #: Bounds of the Gram path: the Gram matrices held (bytes) and an unfolded chunk (bytes, float64).
 GRAM_BYTES = 256 * 2**20
-CHUNK_BYTES = 32 * 2**20
+CHUNK_BYTES = 64 * 2**20
 
 
 def gram_errors(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
@@ -350,15 +357,17 @@ def gram_errors(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndar
         lo, hi = start * per, stop * per
         if aq.shape != (hi - lo, g, k):  # the unfolding does not give the layer's output positions
             return None
-        if start == 0 and not _agrees(form, layer, session, x_name, xq, s0, aq, yq, lo, hi):
+        if start == 0 and not _agrees(form, layer, session, x_name, xq, s0, aq, yq, hi):
             return None
         errs.add(aq, yq[lo:hi], rows_ref[lo:hi])
     return form, errs
 
 
-def _agrees(form: LinearForm, layer: Layer, session, x_name, xq, s0, aq, yq, lo, hi) -> bool:
-    """The unfolded product's change of output for the ``s0`` weights equals the session's on
-    positions ``lo:hi`` (a check that the unfolding follows the layer's attributes)."""
+def _agrees(form: LinearForm, layer: Layer, session, x_name, xq, s0, aq, yq, hi: int) -> bool:
+    """The unfolded product's change of output for the ``s0`` weights equals the session's on the
+    first positions (``:hi``, those of ``aq``): a check that the unfolding follows the layer's
+    attributes. (The session's input shape is fixed: it runs on all of ``xq``.)"""
+    lo = 0
     q = fake_quant(layer.weight, s0, layer.axis)
     got = form.outputs(session.run(None, {x_name: xq, layer.w: q})[0])[lo:hi].astype(np.float64)
     e = (form.rows(q).astype(np.float64) - form.rows(layer.weight)) * form.alpha
