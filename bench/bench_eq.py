@@ -26,7 +26,8 @@ with the layer-run path and with the Gram path, and count the channels whose sca
 (``yolo`` for YOLOv8n: the nudenet wheel's, AGPL, under .cache/zoo, see bench/accuracy.py).
 
 Run: nice .venv/bin/python bench/bench_eq.py [--model effnet] [--samples 32] [--steps 100]
-     [--repeat 2] [--no-old] [--search-weights yolo] [--json out.json]
+     [--repeat 2] [--variants eq-old,eq-new,eq-grid-gram]
+     [--eval-batches N] [--search-weights yolo] [--json out.json]
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def compare(a, b) -> dict:
     return {"ranges_differ": ranges, "ranges": len(a.amaxes), "channels_differ": channels, "channels": total}
 
 
-def bench_eq(name: str, samples: int, steps: int, repeat: int, old: bool, eval_batches: int | None) -> dict:
+def bench_eq(name: str, samples: int, steps: int, repeat: int, variants: list[str], eval_batches: int | None) -> dict:
     from trtcal.core.thresholds import ThresholdResult
     from trtcal.ort.pipeline import ranges_to_cache
 
@@ -124,7 +125,7 @@ def bench_eq(name: str, samples: int, steps: int, repeat: int, old: bool, eval_b
     amaxes = {n: r.amax for n, r in calib.thresholds.items()}
     results, times = {}, {}
     for variant, options in VARIANTS.items():
-        if variant == "eq-old" and not old:
+        if variant not in variants:
             continue
         runs = repeat if variant == "eq-new" else 1
         times[variant] = []
@@ -145,8 +146,8 @@ def bench_eq(name: str, samples: int, steps: int, repeat: int, old: bool, eval_b
         for variant, res in results.items():
             cache = ranges_to_cache({n: ThresholdResult(a, "eq") for n, a in res.amaxes.items()}, algorithm="entropy2")
             row["sqnr_db"][variant] = sqnr(spec, cache, res.weight_scales, work, variant, eval_batches)
-    reference = results.get("eq-old") or results["eq-grid-gram"]
-    row["differ_from"] = "eq-old" if "eq-old" in results else "eq-grid-gram"
+    row["differ_from"] = next(iter(results))
+    reference = results[row["differ_from"]]
     row["differ"] = {v: compare(reference, r) for v, r in results.items() if r is not reference}
     return row
 
@@ -185,13 +186,14 @@ def main():
     ap.add_argument("--samples", type=int, default=32, help="calibration samples (calibrate and EQ)")
     ap.add_argument("--steps", type=int, default=100, help="EQ's activation factors (--eq-steps)")
     ap.add_argument("--repeat", type=int, default=2, help="repeats of calibrate and eq-new (best kept)")
-    ap.add_argument("--no-old", action="store_true", help="skip eq-old (the slow one)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="EQ variants to run (comma-separated)")
     ap.add_argument("--eval-batches", type=int, default=None, help="held-out batches scored (default all)")
     ap.add_argument("--search-weights", metavar="MODEL", choices=sorted(MODELS),
                     help="also time range_choice.search_weights on MODEL")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
-    rows = {"eq": bench_eq(args.model, args.samples, args.steps, args.repeat, not args.no_old, args.eval_batches)}
+    rows = {"eq": bench_eq(args.model, args.samples, args.steps, args.repeat, args.variants.split(","),
+                            args.eval_batches)}
     if args.search_weights:
         rows["search_weights"] = bench_search_weights(args.search_weights, args.repeat)
     eqr = rows["eq"]

@@ -69,10 +69,10 @@ def _cosine(ref: np.ndarray, got: np.ndarray, ref_norm: float | None = None) -> 
     dot = gg = rr = 0.0
     for i in range(0, r.size, _CHUNK):
         gc, rc = g[i:i + _CHUNK].astype(np.float64), r[i:i + _CHUNK].astype(np.float64)
-        dot += float(gc @ rc)
-        gg += float(gc @ gc)
+        dot += float(np.einsum("i,i->", gc, rc))  # numpy's own loop: a BLAS dot may stall a busy machine
+        gg += float(np.einsum("i,i->", gc, gc))
         if ref_norm is None:
-            rr += float(rc @ rc)
+            rr += float(np.einsum("i,i->", rc, rc))
     den = (np.sqrt(rr) if ref_norm is None else ref_norm) * np.sqrt(gg)
     return dot / den if den > 0 else 1.0
 
@@ -125,7 +125,7 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
                for lay in group}
         wscale = {lay.w: max_scale(lay.weight, lay.axis) for lay in group}
 
-        ref_norm = {out: float(np.sqrt(sum(float(c @ c) for c in _chunks64(r)))) for out, r in ref.items()}
+        ref_norm = {out: float(np.sqrt(sum(float(np.einsum("i,i->", c, c)) for c in _chunks64(r)))) for out, r in ref.items()}
         wq = {lay.w: fake_quant(lay.weight, wscale[lay.w], lay.axis) for lay in group}
         buffer = np.empty_like(x)  # the quantized input, rewritten for every candidate
 
