@@ -41,7 +41,7 @@ LAZY = {
     "data": {"PIL"},
     "ort": {"onnx", "onnxruntime"},
     "trt": {"onnx", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "torch"},
-    "report": {"numpy", "matplotlib"},
+    "report": {"numpy", "matplotlib", "PIL"},  # PIL: matplotlib's own dependency (palette PNGs)
     "cli": {"onnx", "onnxruntime", "matplotlib", "tensorrt", "PIL", "yaml"},
 }
 #: The one module allowed a dependency outside its layer's lists, and why.
