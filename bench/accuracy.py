@@ -50,7 +50,8 @@ MODELS = {
     "effnet": dict(model=ROOT / ".cache/models/efficientnet_lite0.onnx", calib=ROOT / ".cache/data/effnet_calib",
                    eval=ROOT / ".cache/data/effnet_eval", labels=None),
     "minilm": dict(model=ROOT / ".cache/models/minilm.onnx", calib=ROOT / ".cache/data/minilm_calib.npz",
-                   eval=ROOT / ".cache/data/minilm_eval.npz", labels=None),
+                   eval=ROOT / ".cache/data/minilm_eval.npz", labels=None,
+                   extra_score=lambda spec, path: sentence_cosine(spec, path), smoothquant=True),
     "yolo": dict(model=ROOT / ".cache/zoo/nudenet_pkg/nudenet/320n.onnx", calib=ROOT / ".cache/data/yolo_calib",
                  eval=ROOT / ".cache/data/yolo_eval", labels=None, preprocess="letterbox=320,scale=1/255"),
     # scripts/train_fashion_resnet.py: ResNet-8 (plain ReLU, residual Adds) on Fashion-MNIST, labelled
@@ -171,6 +172,28 @@ def score(spec, int8_path) -> dict:
     return row
 
 
+def sentence_cosine(spec, int8_path) -> dict:
+    """all-MiniLM-L6-v2's own metric: the sentence embedding (the last hidden state mean-pooled over
+    the attention mask, then L2-normalised, as sentence-transformers does) of the INT8 model
+    against FP32's, per held-out sentence: mean and minimum cosine. (``cosine_mean`` of
+    :func:`score` is over each sample's whole hidden-state tensor, padding positions included.)"""
+    import numpy as np
+
+    from trtcal.ort.runner import cpu_session
+
+    data = np.load(spec["eval"])
+    feeds = {k: data[k] for k in data.files if k in ("input_ids", "attention_mask", "token_type_ids")}
+    mask = feeds["attention_mask"][..., None].astype(np.float64)
+
+    def embed(path, **options):
+        hidden = cpu_session(str(path), "x", **options).run(None, feeds)[0].astype(np.float64)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    cos = (embed(spec["model"]) * embed(int8_path, int8_kernels=False)).sum(1)
+    return {"sentence_cosine_mean": float(cos.mean()), "sentence_cosine_min": float(cos.min())}
+
+
 def calibrate_spec(spec) -> tuple:
     """One trtcal calibration pass over the model's calibration data, statistics kept: (result, seconds)."""
     from trtcal.ort.pipeline import calibrate
@@ -268,7 +291,10 @@ def quantize_rows(name: str, spec: dict, work: Path, calib_seconds: float) -> li
     and peak memory measured there, ``calibrate_s``: one calibration pass in this run, the ratio's
     baseline)."""
     rows = []
-    for label, extra in (("quantize", ""), ("quantize --max-float 5", ", max_float=5")):
+    variants = [("quantize", ""), ("quantize --max-float 5", ", max_float=5")]
+    if spec.get("smoothquant"):  # transformers: SmoothQuant's column too (opt-in in quantize)
+        variants.append(("quantize --smoothquant", ", smoothquant=True"))
+    for label, extra in variants:
         out = work / f"{name}-{label.replace(' ', '').replace('-', '')}.onnx"
         pre = f"Preprocess.parse({spec['preprocess']!r})" if spec.get("preprocess") else "None"
         script = (f"import sys, json, time, resource; sys.path.insert(0, {str(ROOT)!r})\n"

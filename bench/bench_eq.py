@@ -5,7 +5,9 @@ in docs/benchmarks.md).
 For the model (EfficientNet-Lite0 by default), in one process, each step timed:
 
 - calibrate: one ``trtcal calibrate`` pass (:func:`trtcal.ort.pipeline.calibrate`, entropy2) over
-  ``--samples`` calibration samples (the issue's setting: the same samples as EQ);
+  ``--samples`` calibration samples (the same samples as EQ), or over ``--calib-samples`` (a
+  calibration set of that size, EQ on its first ``--samples``: ``trtcal calibrate --data SET
+  --algorithm eq --eq-samples 32`` against ``trtcal calibrate --data SET``);
 - eq-old: what ``--algorithm eq`` adds, as it was: the first ``--samples`` samples loaded, then
   :func:`trtcal.ort.eq.refine` with every one of ``--steps`` activation factors scored and every
   weight candidate scored by a layer run (``search="grid", _gram=False``);
@@ -25,7 +27,10 @@ step of ``trtcal quantize``) on that model's first 64 calibration samples at its
 with the layer-run path and with the Gram path, and count the channels whose scale differs
 (``yolo`` for YOLOv8n: the nudenet wheel's, AGPL, under .cache/zoo, see bench/accuracy.py).
 
-Run: nice .venv/bin/python bench/bench_eq.py [--model effnet] [--samples 32] [--steps 100]
+``resnet50``: ResNet-50's architecture with random weights (scripts/export_resnet50.py), for the
+issue's ResNet-50-class time; its SQNR figures mean nothing about a trained ResNet-50.
+
+Run: nice .venv/bin/python bench/bench_eq.py [--model effnet|resnet50] [--samples 32] [--steps 100]
      [--repeat 2] [--variants eq-old,eq-new,eq-grid-gram]
      [--eval-batches N] [--search-weights yolo] [--json out.json]
 """
@@ -48,6 +53,9 @@ MODELS = {
                    eval=ROOT / ".cache/data/effnet_eval", preprocess=None),
     "yolo": dict(model=ROOT / ".cache/zoo/nudenet_pkg/nudenet/320n.onnx", calib=ROOT / ".cache/data/yolo_calib",
                  eval=ROOT / ".cache/data/yolo_eval", preprocess="letterbox=320,scale=1/255"),
+    # ResNet-50's architecture with seeded random weights (scripts/export_resnet50.py): time only
+    "resnet50": dict(model=ROOT / ".cache/models/resnet50_random.onnx", calib=ROOT / ".cache/data/effnet_calib",
+                     eval=ROOT / ".cache/data/effnet_eval", preprocess=None),
     "fashion": dict(model=ROOT / "trtcal/examples/fashion_cnn.onnx", calib=ROOT / "trtcal/examples/fashion_calib.npz",
                     eval=ROOT / "trtcal/examples/fashion_eval.npz", preprocess=None),
 }
@@ -112,14 +120,15 @@ def compare(a, b) -> dict:
     return {"ranges_differ": ranges, "ranges": len(a.amaxes), "channels_differ": channels, "channels": total}
 
 
-def bench_eq(name: str, samples: int, steps: int, repeat: int, variants: list[str], eval_batches: int | None) -> dict:
+def bench_eq(name: str, samples: int, steps: int, repeat: int, variants: list[str], eval_batches: int | None,
+             calib_samples: int | None = None) -> dict:
     from trtcal.core.thresholds import ThresholdResult
     from trtcal.ort.pipeline import ranges_to_cache
 
     spec = MODELS[name]
     cal_times = []
     for _ in range(repeat):
-        calib, t = timed(lambda: calibrate_once(spec, samples), "calibrate")
+        calib, t = timed(lambda: calibrate_once(spec, calib_samples or samples), "calibrate")
         cal_times.append(t)
     t_cal = min(cal_times)
     amaxes = {n: r.amax for n, r in calib.thresholds.items()}
@@ -134,7 +143,8 @@ def bench_eq(name: str, samples: int, steps: int, repeat: int, variants: list[st
             times[variant].append(t)
         results[variant] = res
         print(f"[{name}] {variant}: {min(times[variant]):.1f} s (calibrate {t_cal:.1f} s)", flush=True)
-    row = {"model": name, "samples": samples, "steps": steps, "calibrate_seconds": t_cal,
+    row = {"model": name, "samples": samples, "calib_samples": calib_samples or samples, "steps": steps,
+           "calibrate_seconds": t_cal,
            "calibrate_all_seconds": cal_times, "eq_seconds": {v: min(t) for v, t in times.items()},
            "eq_all_seconds": times,
            "ratio": {v: (t_cal + min(t)) / t_cal for v, t in times.items()},
@@ -183,7 +193,10 @@ def bench_search_weights(name: str, repeat: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="effnet", choices=sorted(MODELS))
-    ap.add_argument("--samples", type=int, default=32, help="calibration samples (calibrate and EQ)")
+    ap.add_argument("--samples", type=int, default=32, help="EQ's samples (--eq-samples), and calibrate's by default")
+    ap.add_argument("--calib-samples", type=int,
+                    help="calibrate's samples (the data set; EQ refines on the first --samples of them), "
+                         "default --samples")
     ap.add_argument("--steps", type=int, default=100, help="EQ's activation factors (--eq-steps)")
     ap.add_argument("--repeat", type=int, default=2, help="repeats of calibrate and eq-new (best kept)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="EQ variants to run (comma-separated)")
@@ -193,11 +206,12 @@ def main():
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     rows = {"eq": bench_eq(args.model, args.samples, args.steps, args.repeat, args.variants.split(","),
-                            args.eval_batches)}
+                           args.eval_batches, calib_samples=args.calib_samples)}
     if args.search_weights:
         rows["search_weights"] = bench_search_weights(args.search_weights, args.repeat)
     eqr = rows["eq"]
-    print(f"\n{args.model}, {args.samples} samples, {args.steps} steps: calibrate {eqr['calibrate_seconds']:.1f} s, "
+    print(f"\n{args.model}, EQ on {args.samples} samples, {args.steps} steps: calibrate "
+          f"({eqr['calib_samples']} samples) {eqr['calibrate_seconds']:.1f} s, "
           f"entropy2 SQNR {eqr['sqnr_db']['entropy2']:.2f} dB")
     for v, t in eqr["eq_seconds"].items():
         print(f"  {v:13s} {t:7.1f} s  ratio {eqr['ratio'][v]:6.1f}x (CPU time {eqr['cpu_ratio'][v]:.1f}x)  "

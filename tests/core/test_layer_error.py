@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from trtcal.core.errors import TrtcalError
-from trtcal.core.layer_error import ChannelErrors, coarse_to_fine, conv_geometry, im2col
+from trtcal.core.layer_error import (
+    ChannelErrors,
+    coarse_to_fine,
+    coarse_to_fine_many,
+    conv_geometry,
+    im2col,
+)
 
 
 def conv_loop(x, w, strides, dilations, pads, groups):
@@ -136,3 +142,27 @@ def test_coarse_to_fine_on_a_plateau_takes_the_first_best_it_saw_and_never_a_wor
     assert rough[best] == max(seen.values()) >= max(rough[::10])
     with pytest.raises(TrtcalError):
         coarse_to_fine(lambda i: 0.0, 0)
+
+
+def test_coarse_to_fine_many_gives_each_channel_what_the_scalar_search_gives_it():
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 31, 100):
+        channels = 40
+        unimodal = -np.abs(np.arange(n)[None, :] - rng.integers(n, size=(channels // 2, 1))) ** 1.5
+        rough = rng.normal(size=(channels // 2, n))  # many peaks: the searches go their own ways
+        plateau = np.round(rng.normal(size=(4, n)))  # ties: the first best, as the scalar search
+        curves = np.concatenate([unimodal, rough, plateau])
+        calls = []
+
+        def score(idx, curves=curves):
+            calls.append(idx.copy())
+            return curves[np.arange(len(curves)), idx]
+
+        best = coarse_to_fine_many(score, n, len(curves))
+        for c, curve in enumerate(curves):
+            want, _ = coarse_to_fine(lambda i, curve=curve: curve[i], n)
+            assert best[c] == want, (n, c)
+        if n == 100:
+            assert len(calls) < 35
+    with pytest.raises(TrtcalError):
+        coarse_to_fine_many(lambda idx: idx, 0, 3)

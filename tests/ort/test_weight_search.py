@@ -145,3 +145,57 @@ def test_the_cost_rule_keeps_layer_runs_where_they_are_cheaper():
     s0 = max_scale(layer.weight, layer.axis)
     assert layers.gram_errors(layer, session, "x", xq, ref, s0, 101) is None
     assert layers.gram_errors(layer, session, "x", xq, ref, s0, 101, force=True) is not None
+
+
+@pytest.mark.parametrize("case", ["conv 3x3", "depthwise SAME_LOWER", "gemm transB", "matmul 3-d"])
+@pytest.mark.parametrize("gram", [False, True])
+def test_coarse_search_is_each_channels_own_coarse_to_fine_over_layer_runs(case, gram):
+    """The reference: one channel at a time, the scalar coarse_to_fine over that channel's score
+    from a layer run with only its scale changed; kept only where strictly better than s0."""
+    from trtcal.core.layer_error import coarse_to_fine
+
+    layer, session, ref, xq = setup(case)
+    s0 = max_scale(layer.weight, layer.axis)
+    factors = np.linspace(0.5, 2.0, 41)
+    out_axis = layer.out_axis % ref.ndim
+
+    def channel_score(k, scale):
+        scales = s0.copy()
+        scales[k] = scale
+        got = session.run(None, {"x": xq, "w": fake_quant(layer.weight, scales, layer.axis)})[0]
+        return layers._score_per_channel(ref, got, out_axis, "cosine")[k]
+
+    want = s0.copy()
+    for k in range(s0.size):
+        i, seen = coarse_to_fine(lambda i, k=k: channel_score(k, s0[k] * np.float32(factors[i])), len(factors))
+        if seen[i] > channel_score(k, s0[k]):
+            want[k] = s0[k] * np.float32(factors[i])
+    have = search_weight_scales(layer, session, "x", xq, ref, s0, factors, gram=gram, search="coarse")
+    assert np.array_equal(have, want)  # the Gram path too (its scores equal the runs' to rounding)
+
+
+def test_fake_quant_in_chunks_is_the_plain_formula():
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(3, 5, 70, 41)) * 4).astype(np.float32)  # not a multiple of the chunk
+    x.reshape(-1)[:7] = [0.5 * 0.05, 1.5 * 0.05, -2.5 * 0.05, 1e9, -1e9, 0.0, -0.0]  # ties, saturation
+    s = np.float32(0.05)
+    want = (np.clip(np.rint(x / s), -128, 127) * s).astype(np.float32)
+    assert np.array_equal(fake_quant(x, s), want)
+    out = np.empty((41, 70, 5, 3), np.float32).T  # not C-contiguous: written all the same
+    assert fake_quant(x, s, out=out) is out and np.array_equal(out, want)
+    assert np.array_equal(fake_quant(x[:, :, ::2], s), want[:, :, ::2])  # a strided input
+
+
+def test_eq_cosine_matches_float64_to_the_digits_that_differ():
+    from trtcal.ort.eq import _cosine
+
+    rng = np.random.default_rng(6)
+    r = rng.normal(size=300_001).astype(np.float32)
+    for noise in (1e-4, 1e-3, 1e-2, 0.3):
+        g = (r * 1.01 + noise * rng.normal(size=r.size)).astype(np.float32)
+        r64, g64 = r.astype(np.float64), g.astype(np.float64)
+        want = r64 @ g64 / np.sqrt((r64 @ r64) * (g64 @ g64))
+        for norm in (None, float(np.sqrt(r64 @ r64))):
+            have = _cosine(r, g, norm)
+            assert abs((1 - have) - (1 - want)) <= 1e-5 * (1 - want)
+    assert _cosine(np.zeros(10, np.float32), r[:10]) == 1.0

@@ -204,3 +204,39 @@ def coarse_to_fine(score: Callable[[int], float], n: int, *, first: int | None =
         step = max(1, step // 3)
     best = max(seen, key=lambda i: (seen[i], -i))
     return best, seen
+
+
+def coarse_to_fine_many(score: Callable[[np.ndarray], np.ndarray], n: int, channels: int, *,
+                        first: int | None = None) -> np.ndarray:
+    """:func:`coarse_to_fine` for ``channels`` independent searches at once, each over
+    ``range(n)``: ``score(idx)`` takes one index per channel (an int array ``[channels]``) and
+    returns each channel's score; every channel follows its own steps, and the result (each
+    channel's best index) is the one :func:`coarse_to_fine` returns for that channel alone. For
+    searches where one call scores every channel (a per-channel weight scale: one layer run, or
+    one Gram product, for all channels), ``about sqrt(n) + 6 log3(sqrt(n))`` calls instead of ``n``."""
+    if n < 1:
+        raise TrtcalError("coarse_to_fine: nothing to search")
+    step = max(1, first if first is not None else round(math.sqrt(n)))
+    rows = np.arange(channels)
+    lo, hi = np.zeros(channels, np.int64), np.full(channels, n - 1, np.int64)
+    best = np.zeros(channels, np.int64)
+    best_score = np.full(channels, -np.inf)
+    done = np.zeros((channels, n), bool)  # indices already scored, per channel
+    while True:
+        # each channel's grid: lo, lo + step, ... up to hi, and hi itself (padded with hi)
+        width = int(((hi - lo) // step).max()) + 2
+        grid = np.minimum(lo[:, None] + step * np.arange(width)[None, :], hi[:, None])
+        for j in range(width):
+            idx = grid[:, j]
+            fresh = ~done[rows, idx]
+            if not fresh.any():
+                continue
+            got = np.asarray(score(idx), np.float64)
+            done[rows, idx] = True
+            better = fresh & ((got > best_score) | ((got == best_score) & (idx < best)))
+            best = np.where(better, idx, best)
+            best_score = np.where(better, got, best_score)
+        if step == 1:
+            return best
+        lo, hi = np.maximum(0, best - step + 1), np.minimum(n - 1, best + step - 1)
+        step = max(1, step // 3)

@@ -11,8 +11,10 @@ starting from the entropy2 activation scale and the per-channel max weight scale
    :func:`trtcal.core.layer_error.coarse_to_fine`): the full grid's choice wherever the cosine
    rises to one peak over the grid, else a local best; ``search="grid"`` scores every factor;
 2. then, with that activation scale, each output channel's weight scale is searched the same way,
-   channel by channel (output channel ``k`` depends only on weight channel ``k``), every factor,
-   all channels at once; where cheaper than a layer run per factor, each factor is scored from the
+   channel by channel (output channel ``k`` depends only on weight channel ``k``), all channels
+   in the same scores: with ``search="coarse"`` each channel coarse to fine over the factors
+   (:func:`trtcal.core.layer_error.coarse_to_fine_many`, about 24 scores), with ``"grid"``
+   every factor; where cheaper than a layer run per factor, each factor is scored from the
    unfolded input's Gram matrix (:func:`trtcal.ort.layers.search_weight_scales`; the same scores
    up to float rounding).
 
@@ -59,20 +61,19 @@ class EqResult:
     cosines: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> (before, after)
 
 
-#: Elements converted to float64 at a time by :func:`_cosine` (cache-sized, not a copy of the output).
+#: Elements of a tensor converted to float64 at a time by :func:`_chunks64`.
 _CHUNK = 1 << 16
 
 
 def _cosine(ref: np.ndarray, got: np.ndarray, ref_norm: float | None = None) -> float:
-    """The cosine of two tensors, summed in float64 (``ref_norm``: ``||ref||``, if known)."""
+    """The cosine of two tensors, summed in float64 (``ref_norm``: ``||ref||``, if known).
+
+    ``einsum`` with a float64 result type casts in its own small buffers (no float64 copy of the
+    tensor, no BLAS call: a threaded BLAS dot may stall a busy machine)."""
     r, g = ref.reshape(-1), got.reshape(-1)
-    dot = gg = rr = 0.0
-    for i in range(0, r.size, _CHUNK):
-        gc, rc = g[i:i + _CHUNK].astype(np.float64), r[i:i + _CHUNK].astype(np.float64)
-        dot += float(np.einsum("i,i->", gc, rc))  # numpy's own loop: a BLAS dot may stall a busy machine
-        gg += float(np.einsum("i,i->", gc, gc))
-        if ref_norm is None:
-            rr += float(np.einsum("i,i->", rc, rc))
+    dot = float(np.einsum("i,i->", g, r, dtype=np.float64))
+    gg = float(np.einsum("i,i->", g, g, dtype=np.float64))
+    rr = float(np.einsum("i,i->", r, r, dtype=np.float64)) if ref_norm is None else None
     den = (np.sqrt(rr) if ref_norm is None else ref_norm) * np.sqrt(gg)
     return dot / den if den > 0 else 1.0
 
@@ -152,7 +153,8 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
             out = lay.node.output[0]
             if weights:
                 wscale[lay.w] = search_weight_scales(lay, sessions[out], x_name, fake_quant(x, amax / 127), ref[out],
-                                                     wscale[lay.w], factors, metric="cosine", gram=_gram)
+                                                     wscale[lay.w], factors, metric="cosine", gram=_gram,
+                                                     search=search)
             result.weight_scales[lay.w] = wscale[lay.w]
             wq[lay.w] = fake_quant(lay.weight, wscale[lay.w], lay.axis)
         after = mean_cos(amax)

@@ -20,15 +20,27 @@ from trtcal.core.errors import TrtcalError
 LAYER_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": None}  # op -> weight output-channel axis
 
 
+#: Elements :func:`fake_quant` treats at a time with one scale.
+_FQ_CHUNK = 1 << 15
+
+
 def fake_quant(x: np.ndarray, scale, axis: int | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
     """Symmetric int8 quantize-dequantize (round half to even, clamp to [-128, 127]). ``out``: a
     float32 array of ``x``'s shape to write into (one scale only)."""
     s = np.asarray(scale, dtype=np.float32)
-    if s.ndim == 0 and s > 0:  # one scale: the same arithmetic without the masks, in place
-        q = np.divide(x, s, dtype=np.float32, out=out)
-        np.rint(q, out=q)
-        np.clip(q, -128, 127, out=q)
-        q *= s
+    if s.ndim == 0 and s > 0:  # one scale: the same arithmetic without the masks, in place, in
+        x = np.asarray(x)      # cache-sized chunks (four passes over each chunk, not the array)
+        q = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, np.float32)
+        xf, qf = x.reshape(-1), q.reshape(-1)
+        for i in range(0, xf.size, _FQ_CHUNK):
+            c = qf[i:i + _FQ_CHUNK]
+            np.divide(xf[i:i + _FQ_CHUNK], s, dtype=np.float32, out=c)
+            np.rint(c, out=c)
+            np.clip(c, -128, 127, out=c)
+            c *= s
+        if out is not None and q is not out:
+            out[...] = q
+            return out
         return q
     if axis is not None and s.ndim == 1:
         shape = [1] * x.ndim
@@ -205,7 +217,8 @@ def _score_per_channel(ref: np.ndarray, got: np.ndarray, axis: int, metric: str,
 
 
 def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
-                         factors: np.ndarray, *, metric: str = "cosine", gram: bool | None = None) -> np.ndarray:
+                         factors: np.ndarray, *, metric: str = "cosine", gram: bool | None = None,
+                         search: str = "grid") -> np.ndarray:
     """Per output channel, the weight scale among ``s0`` and ``s0 * factors`` that scores best
     (``metric``: ``"cosine"``, EQ's, or ``"mse"``) for that channel of the layer's output, the
     input fixed at ``xq`` (already fake-quantized); output channel ``k`` depends on weight channel
@@ -215,15 +228,26 @@ def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref
     makes it cheaper, every candidate is scored from the input's Gram matrix gathered once instead
     of a layer run (the same scores up to float rounding; a check against the session on the first
     positions falls back to the runs if they disagree). ``gram``: True forces it where the layer
-    allows, False never; None chooses by cost."""
+    allows, False never; None chooses by cost.
+
+    ``search="grid"`` scores every factor; ``"coarse"`` searches each channel's factor coarse to
+    fine (:func:`trtcal.core.layer_error.coarse_to_fine_many`: every channel in the same calls,
+    about 24 of 100 factors; each channel's own coarse-to-fine choice, the grid's where its score
+    has one peak over the factors). Either way a channel keeps ``s0`` unless a factor scores
+    strictly better."""
+    from trtcal.core.layer_error import coarse_to_fine_many
+
     if metric not in ("cosine", "mse"):
         raise TrtcalError(f"weight search metric {metric!r}: cosine or mse")
+    if search not in ("grid", "coarse"):
+        raise TrtcalError(f"weight search {search!r}: grid or coarse")
     out_axis = layer.out_axis if layer.out_axis >= 0 else ref.ndim + layer.out_axis
     candidates = [s0.astype(np.float32)] + [(s0 * np.float32(f)).astype(np.float32) for f in factors]
 
     score = None
     if gram is not False:
-        errors = gram_errors(layer, session, x_name, xq, ref, s0, len(candidates), force=bool(gram))
+        scores_needed = len(candidates) if search == "grid" else 2 * round(len(factors) ** 0.5) + 6
+        errors = gram_errors(layer, session, x_name, xq, ref, s0, scores_needed, force=bool(gram))
         if errors is not None:
             form, errs = errors
 
@@ -237,6 +261,11 @@ def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref
             got = session.run(None, {x_name: xq, layer.w: fake_quant(layer.weight, scales, layer.axis)})[0]
             return _score_per_channel(r, got, out_axis, metric, r_norm)
 
+    if search == "coarse":
+        s0f, f32 = candidates[0], np.asarray(factors, np.float32)
+        base = score(s0f)
+        found = s0f * f32[coarse_to_fine_many(lambda idx: score(s0f * f32[idx]), len(f32), s0f.size)]
+        return np.where(score(found) > base, found, s0f).astype(np.float32)
     best, best_score = candidates[0].copy(), score(candidates[0])
     for s in candidates[1:]:
         got = score(s)
@@ -363,17 +392,23 @@ def gram_errors(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndar
     return form, errs
 
 
+#: Output positions :func:`_agrees` compares.
+CHECK_POSITIONS = 4096
+
+
 def _agrees(form: LinearForm, layer: Layer, session, x_name, xq, s0, aq, yq, hi: int) -> bool:
     """The unfolded product's change of output for the ``s0`` weights equals the session's on the
     first positions (``:hi``, those of ``aq``): a check that the unfolding follows the layer's
     attributes. (The session's input shape is fixed: it runs on all of ``xq``.)"""
-    lo = 0
+    # at most CHECK_POSITIONS of them, spread evenly from the first to the last (every edge of a
+    # convolution's first sample: a misread pad, stride or dilation shifts the outputs)
+    at = np.unique(np.linspace(0, hi - 1, min(hi, CHECK_POSITIONS)).astype(np.int64))
     q = fake_quant(layer.weight, s0, layer.axis)
-    got = form.outputs(session.run(None, {x_name: xq, layer.w: q})[0])[lo:hi].astype(np.float64)
+    got = form.outputs(session.run(None, {x_name: xq, layer.w: q})[0])[at].astype(np.float64)
     e = (form.rows(q).astype(np.float64) - form.rows(layer.weight)) * form.alpha
     g, cg = form.groups, e.shape[0] // form.groups
-    mine = (aq.astype(np.float64).transpose(1, 0, 2) @ e.reshape(g, cg, form.k).transpose(0, 2, 1))
-    mine = mine.transpose(1, 0, 2).reshape(aq.shape[0], -1)
-    theirs = got - yq[lo:hi]
-    scale = float(np.abs(yq[lo:hi]).max(initial=0.0))
+    mine = (aq[at].astype(np.float64).transpose(1, 0, 2) @ e.reshape(g, cg, form.k).transpose(0, 2, 1))
+    mine = mine.transpose(1, 0, 2).reshape(at.size, -1)
+    theirs = got - yq[at]
+    scale = float(np.abs(yq[at]).max(initial=0.0))
     return float(np.abs(mine - theirs).max(initial=0.0)) <= 1e-2 * float(np.abs(theirs).max(initial=0.0)) + 1e-5 * scale
