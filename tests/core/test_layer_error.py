@@ -154,7 +154,7 @@ def test_coarse_to_fine_many_gives_each_channel_what_the_scalar_search_gives_it(
         curves = np.concatenate([unimodal, rough, plateau])
         calls = []
 
-        def score(idx, curves=curves):
+        def score(idx, curves=curves, calls=calls):
             calls.append(idx.copy())
             return curves[np.arange(len(curves)), idx]
 
