@@ -156,14 +156,15 @@ def bench_eq(name: str, samples: int, steps: int, repeat: int, variants: list[st
         for variant, res in results.items():
             cache = ranges_to_cache({n: ThresholdResult(a, "eq") for n, a in res.amaxes.items()}, algorithm="entropy2")
             row["sqnr_db"][variant] = sqnr(spec, cache, res.weight_scales, work, variant, eval_batches)
-    row["differ_from"] = next(iter(results))
-    reference = results[row["differ_from"]]
+    row["differ_from"] = next(iter(results), None)
+    reference = results.get(row["differ_from"])
     row["differ"] = {v: compare(reference, r) for v, r in results.items() if r is not reference}
     return row
 
 
 def bench_search_weights(name: str, repeat: int) -> dict:
-    """range_choice.search_weights with the layer runs and with the Gram path."""
+    """range_choice.search_weights (quantize's weight step, 64 samples at the minmax ranges): every
+    factor by layer runs, every factor by the Gram path, and coarse to fine (the default)."""
     from trtcal.core import thresholds
     from trtcal.ort import layers, range_choice
     from trtcal.ort.runner import first_batches
@@ -172,21 +173,27 @@ def bench_search_weights(name: str, repeat: int) -> dict:
     calib = calibrate_once(spec, 64)
     amaxes = {n: r.amax for n, r in thresholds.compute_all("minmax", calib.histograms).items()}
     batches, specs = first_batches(spec["model"], spec["calib"], samples=64, preprocess=_preprocess(spec))
-    original = range_choice.search_weight_scales
+    original = range_choice.search_weight_scales, range_choice.WEIGHT_SEARCH
     out, times = {}, {}
     try:
-        for label, gram in (("runs", False), ("gram", None)):
+        for label, gram, search in (("runs", False, "grid"), ("gram", None, "grid"), ("coarse", None, "coarse")):
             range_choice.search_weight_scales = functools.partial(layers.search_weight_scales, gram=gram)
+            range_choice.WEIGHT_SEARCH = search
             times[label] = []
             for _ in range(repeat):
                 out[label], t = timed(lambda: range_choice.search_weights(spec["model"], amaxes, batches, inputs=specs))
                 times[label].append(t)
             print(f"[{name}] search_weights ({label}): {min(times[label]):.1f} s", flush=True)
     finally:
-        range_choice.search_weight_scales = original
-    differ = sum(int((out["runs"][w] != out["gram"][w]).sum()) for w in out["runs"])
+        range_choice.search_weight_scales, range_choice.WEIGHT_SEARCH = original
+
+    def differ(a, b):
+        return sum(int((out[a][w] != out[b][w]).sum()) for w in out[a])
+
     return {"model": name, "samples": 64, "seconds": {k: min(v) for k, v in times.items()}, "all_seconds": times,
-            "speedup": min(times["runs"]) / min(times["gram"]), "channels_differ": differ,
+            "speedup": min(times["runs"]) / min(times["gram"]), "channels_differ": differ("runs", "gram"),
+            "coarse_speedup": min(times["gram"]) / min(times["coarse"]),
+            "coarse_channels_differ": differ("gram", "coarse"),
             "channels": sum(s.size for s in out["runs"].values())}
 
 
@@ -220,7 +227,9 @@ def main():
     if "search_weights" in rows:
         sw = rows["search_weights"]
         print(f"search_weights on {sw['model']}: runs {sw['seconds']['runs']:.1f} s, gram {sw['seconds']['gram']:.1f} s "
-              f"({sw['speedup']:.1f}x), {sw['channels_differ']} of {sw['channels']} channels differ")
+              f"({sw['speedup']:.1f}x), {sw['channels_differ']} of {sw['channels']} channels differ; coarse "
+              f"{sw['seconds']['coarse']:.1f} s ({sw['coarse_speedup']:.1f}x gram), {sw['coarse_channels_differ']} "
+              "channels differ from gram")
     if args.json:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(), "cpus": os.cpu_count(),
                 "load": os.getloadavg()}
