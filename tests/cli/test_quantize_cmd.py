@@ -51,3 +51,20 @@ def test_quantize_refuses_without_overwriting(tmp_path):
     rc, _, err = run_cli("quantize", MODEL, "--data", tmp_path / "missing.npz", "-o", tmp_path / "x.onnx",
                          "--cache", tmp_path / "c", "--stats", tmp_path / "s.npz")
     assert rc == 2 and "missing.npz" in err and err.count("\n") == 1
+
+
+def test_quantize_suggests_smoothquant_where_layernorm_feeds_matmuls_only(tmp_path):
+    import numpy as np
+    from transformer_models import encoder_block, feed
+
+    onnx.save(encoder_block(), tmp_path / "enc.onnx")
+    batches = [feed(4) for _ in range(5)]
+    np.savez(tmp_path / "enc.npz", **{k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+    rc, text, err = run_cli("quantize", tmp_path / "enc.onnx", "--data", tmp_path / "enc.npz", "-o",
+                            tmp_path / "enc.int8.onnx", "--cache", tmp_path / "enc.cache", "--stats", tmp_path / "e.npz",
+                            "-q")
+    assert rc == 0, err
+    assert "hint: 1 LayerNorm output(s) feed weighted MatMul/Gemm layers; --smoothquant" in text
+    rc, text, err = run_cli("quantize", MODEL, "--data", CALIB, "--eval-data", EVAL, "-o", tmp_path / "f.onnx",
+                            "--cache", tmp_path / "f.cache", "--stats", tmp_path / "f.npz", "-q")
+    assert rc == 0 and "hint:" not in text, err

@@ -25,7 +25,7 @@ def test_smooth_writes_a_float_equal_model_with_provenance(tmp_path):
     assert rc == 0, err
     doc = json.loads(text)
     assert doc["final_sqnr_db"] >= doc["baseline_sqnr_db"] and doc["float_sqnr_db"] > 60
-    assert set(doc["alphas"]) <= set(doc["tried"]) and all(set(t) == {"0.25", "0.5", "0.75"} for t in doc["tried"].values())
+    assert set(doc["alphas"]) <= set(doc["tried"]) and all(set(t) == {"0.25", "0.5", "0.75", "0.9", "1"} for t in doc["tried"].values())
     side = json.loads(Path(str(out) + ".trtcal.json").read_text())
     assert side["algorithm"] == "smoothquant" and side["alphas"] == doc["alphas"]
     # on held-out images the smoothed FP32 model computes what the input does

@@ -17,7 +17,7 @@ from trtcal.core.errors import TrtcalError
 DATA = DataArgs(CALIBRATION_DATA_HELP, required=True, max_batches=False)
 SCORING = ScoringArgs()
 OUTPUT = OutputArgs("the smoothed FP32 model (default <model stem>.smooth.onnx beside the model)", quiet=True)
-ALPHAS_HELP = "migration strengths tried per layer, comma-separated, each in [0, 1] (default 0.25,0.5,0.75)"
+ALPHAS_HELP = "migration strengths tried per layer, comma-separated, each in [0, 1] (default 0.25,0.5,0.75,0.9,1)"
 
 
 def _alphas(text: str) -> tuple[float, ...]:
@@ -61,7 +61,7 @@ def cmd_smooth(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = add_command(sub, "smooth", cmd_smooth, DATA, SCORING, OUTPUT)
     p.add_argument("model", help="FP32 ONNX model")
-    p.add_argument("--alphas", default="0.25,0.5,0.75", help=ALPHAS_HELP)
+    p.add_argument("--alphas", default="0.25,0.5,0.75,0.9,1", help=ALPHAS_HELP)
     p.add_argument("--select-samples", type=COUNT, default=64, help=SELECT_SAMPLES_HELP)
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)

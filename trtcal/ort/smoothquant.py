@@ -28,8 +28,11 @@ import numpy as np
 
 from trtcal.core.errors import TrtcalError
 
-#: The migration strengths tried per layer.
-ALPHAS = (0.25, 0.5, 0.75)
+#: The migration strengths tried per layer. 0.9 and 1.0 since 2026-12-06: on all-MiniLM-L6-v2,
+#: with (0.25, 0.5, 0.75) most layers took 0.75, the largest, and the quantized model reached a
+#: sentence-embedding cosine of 0.9934; with these 16 of the 22 smoothed layers take 0.9 or 1.0
+#: and it reaches 0.9970 (all-INT8, held out).
+ALPHAS = (0.25, 0.5, 0.75, 0.9, 1.0)
 #: The smoothed model must match the input in float to this output SQNR (dB) on the samples.
 FLOAT_EQUAL_DB = 60.0
 #: Values of each activation kept (rows of its last axis) to choose its range after smoothing.
