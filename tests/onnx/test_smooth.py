@@ -97,3 +97,9 @@ def test_search_helps_an_outlier_channel_and_never_scores_below_the_start():
     grid = 50 * np.geomspace(0.02, 1, 64)
     errs = [np.square(np.minimum(np.rint(np.abs(v) / (a / 127)), 127) * (a / 127) - np.abs(v)).sum() for a in grid]
     assert amax == pytest.approx(grid[int(np.argmin(errs))])
+    # a heavy-tailed tensor over many of mse_amax's chunks against the same brute force
+    v = np.random.default_rng(4).standard_t(3, size=(37, 1111)).astype(np.float32)
+    a = np.abs(v.astype(np.float64)).ravel()
+    grid = a.max() * np.geomspace(0.02, 1, 64)
+    errs = [np.square(np.minimum(np.rint(a / (g / 127)), 127) * (g / 127) - a).sum() for g in grid]
+    assert mse_amax(v) == pytest.approx(grid[int(np.argmin(errs))])
