@@ -64,7 +64,7 @@ def test_quantize_suggests_smoothquant_where_layernorm_feeds_matmuls_only(tmp_pa
                             tmp_path / "enc.int8.onnx", "--cache", tmp_path / "enc.cache", "--stats", tmp_path / "e.npz",
                             "-q")
     assert rc == 0, err
-    assert "hint: 1 LayerNorm output(s) feed weighted MatMul/Gemm layers; --smoothquant" in text
+    assert "hint: a transformer: 4 activation(s) feed weighted MatMul/Gemm layers; --smoothquant" in text
     rc, text, err = run_cli("quantize", MODEL, "--data", CALIB, "--eval-data", EVAL, "-o", tmp_path / "f.onnx",
                             "--cache", tmp_path / "f.cache", "--stats", tmp_path / "f.npz", "-q")
     assert rc == 0 and "hint:" not in text, err

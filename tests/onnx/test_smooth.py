@@ -92,14 +92,38 @@ def test_search_helps_an_outlier_channel_and_never_scores_below_the_start():
     assert set(result.tried["ln"]) == {"0.25", "0.5", "0.75", "0.9", "1"}
     # the factor formula and the brute-force range
     np.testing.assert_allclose(factors([4.0, 1e-9], [1.0, 2.0], 0.5), [2.0, np.sqrt(1e-5 / 2.0)])
-    v = np.concatenate([np.linspace(-1, 1, 1001), [50.0]])
-    amax = mse_amax(v)
-    grid = 50 * np.geomspace(0.02, 1, 64)
-    errs = [np.square(np.minimum(np.rint(np.abs(v) / (a / 127)), 127) * (a / 127) - np.abs(v)).sum() for a in grid]
-    assert amax == pytest.approx(grid[int(np.argmin(errs))])
-    # a heavy-tailed tensor over many of mse_amax's chunks against the same brute force
-    v = np.random.default_rng(4).standard_t(3, size=(37, 1111)).astype(np.float32)
-    a = np.abs(v.astype(np.float64)).ravel()
-    grid = a.max() * np.geomspace(0.02, 1, 64)
-    errs = [np.square(np.minimum(np.rint(a / (g / 127)), 127) * (g / 127) - a).sum() for g in grid]
-    assert mse_amax(v) == pytest.approx(grid[int(np.argmin(errs))])
+    # the range against a brute force over the values themselves, on the same 64 clipping points
+    for v in (np.concatenate([np.linspace(-1, 1, 1001), [50.0]]),
+              np.random.default_rng(4).standard_t(3, size=(37, 1111)).astype(np.float32),
+              np.maximum(np.random.default_rng(5).standard_normal((64, 300)), -0.17)):
+        a = np.abs(np.asarray(v, np.float32).astype(np.float64)).ravel()
+        grid = a.max() * np.geomspace(0.02, 1, 64)
+        errs = [np.square(np.minimum(np.rint(a / (g / 127)), 127) * (g / 127) - a).sum() for g in grid]
+        assert mse_amax(v) == pytest.approx(grid[int(np.argmin(errs))])
+    assert mse_amax(np.zeros(7)) == 0.0
+
+
+def test_transformer_groups_count_a_post_ln_layernorm_that_also_feeds_the_residual():
+    from onnx import TensorProto, helper
+
+    from trtcal.onnx.smooth import transformer_groups
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.ones(8, np.float32), "g"), numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], axis=-1),
+             helper.make_node("MatMul", ["ln", "W"], ["h"]), helper.make_node("Add", ["h", "ln"], ["y"])]
+    graph = helper.make_graph(nodes, "postln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    groups = smoothable(model)
+    assert [g.tensor for g in groups] == ["ln"] and groups[0].fold_into is None  # the residual reads it too
+    assert [g.tensor for g in transformer_groups(model)] == ["ln"]
+    # the same MatMul on a graph input, no LayerNorm and no attention: not a transformer
+    plain = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "mlp",
+                                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+                                                inits[:1]), opset_imports=[helper.make_opsetid("", 17)])
+    assert smoothable(plain) and transformer_groups(plain) == []
+    # the encoder block: attention blocks, so every smoothable activation
+    assert {g.tensor for g in transformer_groups(encoder_block())} == {"x", "ctx", "ln", "gelu"}

@@ -93,19 +93,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _smoothquant_hint(model_path) -> str | None:
-    """A line suggesting --smoothquant where LayerNorm outputs feed weighted MatMul/Gemm nodes (a
-    transformer's layout: SmoothQuant folds exactly there), else None."""
+    """A line suggesting --smoothquant for a transformer-shaped model (attention blocks, or LayerNorm
+    outputs read by weighted MatMul/Gemm layers: :func:`trtcal.onnx.smooth.transformer_groups`), else None."""
     from trtcal.onnx.model import load_model
-    from trtcal.onnx.smooth import smoothable
+    from trtcal.onnx.smooth import transformer_groups
 
     try:
-        groups = [g for g in smoothable(load_model(model_path, load_weights=True)) if g.fold_into is not None]
+        groups = transformer_groups(load_model(model_path, load_weights=True))
     except Exception:  # a hint only: never fail the command for it
         return None
     if not groups:
         return None
-    return (f"hint: {len(groups)} LayerNorm output(s) feed weighted MatMul/Gemm layers; --smoothquant (slower) "
-            "may do better (all-MiniLM-L6-v2: sentence-embedding cosine 0.986 -> 0.997, all-INT8)")
+    return (f"hint: a transformer: {len(groups)} activation(s) feed weighted MatMul/Gemm layers; --smoothquant "
+            "(slower) may do better (all-MiniLM-L6-v2: sentence-embedding cosine 0.986 -> 0.997, all-INT8)")
 
 
 def _pct(x: float | None) -> str:

@@ -119,9 +119,19 @@ def weight_row_max(model, group: SmoothGroup) -> np.ndarray:
     return np.max(rows, axis=0)
 
 
-def apply_smoothing(model, factors: dict[str, np.ndarray], groups: list[SmoothGroup] | None = None) -> Smoothed:
+def scaled_weight(node, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """A reader's weight ``w`` with its input-channel rows multiplied by ``s`` (float32, computed in float64)."""
+    arr = np.asarray(w, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    arr = arr * s[None, :] if node.op_type == "Gemm" and _attr(node, "transB", 0) else arr * s[:, None]
+    return arr.astype(np.float32)
+
+
+def apply_smoothing(model, factors: dict[str, np.ndarray], groups: list[SmoothGroup] | None = None, *,
+                    fold: bool = True) -> Smoothed:
     """A copy of ``model`` with each activation in ``factors`` divided by its per-channel factor
-    and its readers' weights multiplied by it (module doc). Factors must be finite and > 0."""
+    and its readers' weights multiplied by it (module doc). Factors must be finite and > 0.
+    ``fold=False``: every activation gets a ``Mul``, also where a LayerNormalization could absorb it."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -141,14 +151,9 @@ def apply_smoothing(model, factors: dict[str, np.ndarray], groups: list[SmoothGr
         if s.size != g.channels or not np.all(np.isfinite(s)) or np.any(s <= 0):
             raise TrtcalError(f"smoothing factors of {x!r}: need {g.channels} finite values > 0")
         for i, w in zip(g.readers, g.weights):
-            node = graph.node[i]
-            arr = numpy_helper.to_array(inits[w]).astype(np.float64)
-            if node.op_type == "Gemm" and _attr(node, "transB", 0):
-                arr = arr * s[None, :]
-            else:
-                arr = arr * s[:, None]
-            inits[w].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), w))
-        if g.fold_into is not None:
+            arr = scaled_weight(graph.node[i], numpy_helper.to_array(inits[w]), s)
+            inits[w].CopyFrom(numpy_helper.from_array(arr, w))
+        if fold and g.fold_into is not None:
             ln = graph.node[g.fold_into]
             for name in ln.input[1:3]:
                 if name:
@@ -176,3 +181,19 @@ def apply_smoothing(model, factors: dict[str, np.ndarray], groups: list[SmoothGr
             graph.node.extend(inserts.get(i, []))
             graph.node.append(node)
     return result
+
+
+def transformer_groups(model) -> list[SmoothGroup]:
+    """The :func:`smoothable` activations of a transformer-shaped model, where SmoothQuant is worth
+    trying: every one when the model has an attention block (:func:`trtcal.onnx.attention.find_attention`)
+    or a LayerNormalization whose output weighted MatMul/Gemm nodes read; else none. (A post-LN
+    BERT's LayerNorm outputs also feed the residual Add, so they do not fold: they count all the same.)"""
+    from trtcal.onnx.attention import find_attention
+
+    groups = smoothable(model)
+    if not groups:
+        return []
+    producer = {out: n.op_type for n in model.graph.node for out in n.output if out}
+    if any(producer.get(g.tensor) == "LayerNormalization" for g in groups) or find_attention(model):
+        return groups
+    return []

@@ -165,11 +165,15 @@ def score_model(model, batches, refs, choice, *, keep: list | None = None) -> Sc
     """``model`` (a Q/DQ ModelProto, run as written: TensorRT's arithmetic) scored against the FP32
     outputs ``refs`` (:func:`reference_outputs`) on ``batches``. ``keep``: a list that gets each
     batch's outputs."""
-    session = _session(model)
+    return score_session(_session(model), batches, refs, choice, keep=keep)
+
+
+def score_session(session, batches, refs, choice, *, feeds: dict | None = None, keep: list | None = None) -> Score:
+    """:func:`score_model` on a session already made; ``feeds``: more inputs given with every batch."""
     names = choice.names
     score = Score({n: choice.comparison(n) for n in names})
     for batch, ref in zip(batches, refs):
-        got = session.run(names, batch)
+        got = session.run(names, {**batch, **feeds} if feeds else batch)
         if keep is not None:
             keep.append(got)
         _update(score, names, ref, got)

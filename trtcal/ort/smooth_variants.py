@@ -1,0 +1,149 @@
+"""Every SmoothQuant candidate of a model in ONE Q/DQ model, its factors, ranges and weights fed as inputs.
+
+SmoothQuant's search (:func:`trtcal.ort.smoothquant.search_smoothing`) scores a few candidates per
+smoothable activation at the model's outputs: a per-channel factor ``s`` and the range of ``X / s``.
+Written out, each candidate is a new Q/DQ model to serialise and load (on all-MiniLM-L6-v2, 121
+candidates: 91 of the search's 226 s went to writing and loading). :class:`SmoothVariants` writes
+one model that runs all of them:
+
+- every activation of ``groups`` is divided by a ``Mul`` whose ``1/s`` is a graph input (ones: not
+  smoothed), also where :func:`trtcal.onnx.smooth.apply_smoothing` would fold it into a
+  LayerNormalization (the same values, to float rounding);
+- the Q/DQ scale of ``X / s`` is a graph input;
+- its readers (MatMul/Gemm) read their weights from graph inputs: ``diag(s) W`` fake-quantized per
+  output channel by the Q/DQ writer's own rule (max per channel, :func:`trtcal.core.weight_scales.per_channel_int8`:
+  exactly the values its ``DequantizeLinear`` gives), or ``diag(s) W`` itself where the placement
+  leaves the weight in float.
+
+Every other tensor is placed and quantized as :func:`trtcal.onnx.qdq.write_qdq` does with ``ranges``.
+Contract: a candidate's outputs equal those of ``write_qdq(apply_smoothing(model, factors).model,
+ranges)`` to float rounding (not bit for bit: the weights are inputs, not constants ONNX Runtime
+can pre-pack, and a Mul replaces a folded LayerNormalization), which a later quantizer can turn into
+one step; the search's winner is written and scored as a real model afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trtcal.core.errors import TrtcalError
+
+
+class SmoothVariants:
+    """One parametric Q/DQ model for SmoothQuant candidates (module doc). ``model``: the FP32
+    ``ModelProto`` (weights loaded); ``groups``: :class:`trtcal.onnx.smooth.SmoothGroup` s whose
+    activations the placement quantizes; ``ranges``: ``{tensor: Range}`` as for ``write_qdq``."""
+
+    def __init__(self, model, groups, ranges: dict, *, target: str = "tensorrt", attention: str = "int8"):
+        from onnx import helper, numpy_helper
+
+        from trtcal.onnx.qdq import write_qdq
+        from trtcal.onnx.smooth import apply_smoothing
+
+        self.groups = {g.tensor: g for g in groups}
+        ones = {g.tensor: np.ones(g.channels) for g in groups}
+        smoothed = apply_smoothing(model, ones, groups, fold=False)
+        self.tensors = dict(smoothed.tensors)  # activation -> the Mul's output its readers read
+        placed_ranges = dict(ranges)
+        for x, t in self.tensors.items():
+            if x not in ranges:
+                raise TrtcalError(f"smoothquant: activation {x!r} has no range")
+            placed_ranges[t] = ranges[x]
+        placed = write_qdq(smoothed.model, placed_ranges, target=target, attention=attention, check_onnxruntime=False)
+        m = placed.model
+        graph = m.graph
+        inits = {t.name: t for t in graph.initializer}
+        produced_by = {o: n for n in graph.node for o in n.output}
+        readers_of: dict[str, list] = {}
+        for n in graph.node:
+            for name in n.input:
+                readers_of.setdefault(name, []).append(n)
+        src_inits = {t.name: t for t in model.graph.initializer}
+        self._inverse: dict[str, str] = {}  # activation -> input name of 1/s
+        self._scale: dict[str, str] = {}  # activation -> input name of the smoothed tensor's Q/DQ scale
+        self._range_scale: dict[str, np.ndarray] = {}  # activation -> that scale as written from ``ranges``
+        self._weights: dict[str, list] = {}  # activation -> [(input name, reader node, W, axis or None or -1)]
+        new_inputs, drop = [], set()
+        for x, t in self.tensors.items():
+            mul = produced_by[t]
+            inv = mul.input[1]
+            self._inverse[x] = inv
+            drop.add(inv)
+            new_inputs.append(helper.make_tensor_value_info(inv, 1, [self.groups[x].channels]))
+            quant = [n for n in readers_of.get(t, []) if n.op_type == "QuantizeLinear"]
+            if len(quant) != 1:
+                raise TrtcalError(f"smoothquant: the Q/DQ placement does not quantize {x!r} once")
+            s_name = quant[0].input[1]
+            self._scale[x] = s_name
+            self._range_scale[x] = np.asarray(numpy_helper.to_array(inits[s_name]), np.float32)
+            drop.add(s_name)
+            new_inputs.append(helper.make_tensor_value_info(s_name, 1, []))
+            self._weights[x] = []
+        # The readers: the Q/DQ writer and apply_smoothing add nodes but keep every MatMul/Gemm in its order.
+        position = {i: k for k, i in enumerate(i for i, n in enumerate(model.graph.node)
+                                               if n.op_type in ("MatMul", "Gemm"))}
+        written = _matmuls(m)
+        for x in self.tensors:
+            g = self.groups[x]
+            for i, w in zip(g.readers, g.weights):
+                node = written[position[i]]
+                dq = produced_by.get(node.input[1])
+                quantized = dq is not None and dq.op_type == "DequantizeLinear"
+                axis = next((a.i for a in dq.attribute if a.name == "axis"), None) if quantized else None
+                feed = f"{w}_smoothquant_weight"
+                node.input[1] = feed
+                arr = numpy_helper.to_array(src_inits[w])
+                new_inputs.append(helper.make_tensor_value_info(feed, 1, list(arr.shape)))
+                self._weights[x].append((feed, node, arr, quantized, axis))
+        del graph.initializer[:]
+        graph.initializer.extend(t for name, t in inits.items() if name not in drop)
+        graph.input.extend(new_inputs)
+        _drop_dead(m)
+        self.model = m
+        self.placed = placed
+        self.base = {}
+        for x in self.tensors:
+            self.base.update(self.group_feeds(x, np.ones(self.groups[x].channels), None))
+
+    def group_feeds(self, x: str, s: np.ndarray, amax: float | None) -> dict[str, np.ndarray]:
+        """The inputs that give activation ``x`` the factor ``s`` and the range ``amax`` of ``x / s``
+        (None: its given range)."""
+        from trtcal.core.ranges import Range
+        from trtcal.core.weight_scales import per_channel_int8
+        from trtcal.onnx.smooth import scaled_weight
+
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        scale = self._range_scale[x] if amax is None else float(Range.symmetric(amax).scale())
+        feeds = {self._inverse[x]: (1.0 / s).astype(np.float32), self._scale[x]: np.asarray(scale, np.float32)}
+        for feed, node, arr, quantized, axis in self._weights[x]:
+            w = scaled_weight(node, arr, s)
+            if quantized:  # what the writer's DequantizeLinear gives: codes times the per-channel scale
+                q, sc, _ = per_channel_int8(w, axis)
+                shape = [1] * w.ndim
+                if axis is not None:
+                    shape[axis] = -1
+                w = q.astype(np.float32) * sc.astype(np.float32).reshape(shape)
+            feeds[feed] = np.ascontiguousarray(w, dtype=np.float32)
+        return feeds
+
+
+def _matmuls(model) -> list:
+    return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+
+
+def _drop_dead(model) -> None:
+    """Remove nodes and initializers nothing reads (the weights' DequantizeLinear left behind)."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for n in graph.node for name in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            break
+        keep = [n for n in graph.node if any(o in read for o in n.output)]
+        del graph.node[:]
+        graph.node.extend(keep)
+    read = {name for n in graph.node for name in n.input}
+    keep = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
