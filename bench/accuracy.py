@@ -292,8 +292,8 @@ def quantize_rows(name: str, spec: dict, work: Path, calib_seconds: float) -> li
     baseline)."""
     rows = []
     variants = [("quantize", ""), ("quantize --max-float 5", ", max_float=5")]
-    if spec.get("smoothquant"):  # transformers: SmoothQuant's column too (opt-in in quantize)
-        variants.append(("quantize --smoothquant", ", smoothquant=True"))
+    if spec.get("smoothquant"):  # transformers: quantize smooths them by default; the column without it too
+        variants.append(("quantize --smoothquant off", ", smoothquant='off'"))
     for label, extra in variants:
         out = work / f"{name}-{label.replace(' ', '').replace('-', '')}.onnx"
         pre = f"Preprocess.parse({spec['preprocess']!r})" if spec.get("preprocess") else "None"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnx
@@ -53,18 +54,29 @@ def test_quantize_refuses_without_overwriting(tmp_path):
     assert rc == 2 and "missing.npz" in err and err.count("\n") == 1
 
 
-def test_quantize_suggests_smoothquant_where_layernorm_feeds_matmuls_only(tmp_path):
+def test_quantize_smooths_transformers_by_default_and_not_cnns(tmp_path):
     import numpy as np
     from transformer_models import encoder_block, feed
 
     onnx.save(encoder_block(), tmp_path / "enc.onnx")
     batches = [feed(4) for _ in range(5)]
     np.savez(tmp_path / "enc.npz", **{k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
-    rc, text, err = run_cli("quantize", tmp_path / "enc.onnx", "--data", tmp_path / "enc.npz", "-o",
-                            tmp_path / "enc.int8.onnx", "--cache", tmp_path / "enc.cache", "--stats", tmp_path / "e.npz",
-                            "-q")
+
+    def run(*extra):
+        return run_cli("quantize", tmp_path / "enc.onnx", "--data", tmp_path / "enc.npz", "-o", tmp_path / "enc.int8.onnx",
+                       "--cache", tmp_path / "enc.cache", "--stats", tmp_path / "e.npz", "--smoothed",
+                       tmp_path / "enc.smooth.onnx", "--force", "--select-samples", "8", *extra)
+
+    rc, text, err = run()
     assert rc == 0, err
-    assert "hint: a transformer: 4 activation(s) feed weighted MatMul/Gemm layers; --smoothquant" in text
+    assert "smoothquant (auto): a transformer, 4 activation(s) feed weighted MatMul/Gemm layers" in text
+    # judged on the 8 samples after the 8 selection samples, inside the one batch of 20 (once sliced to none)
+    assert "output SQNR on 8 calibration samples after the selection samples" in text
+    assert re.search(r"smoothquant \(auto\): \d activation\(s\) smoothed; .*: kept the (original|smoothed) model", text)
+    rc, text, err = run("--smoothquant", "off")
+    assert rc == 0 and "smoothquant" not in text, err
+    rc, text, err = run("--smoothquant", "sometimes")
+    assert rc == 2 and "--smoothquant" in err and "Traceback" not in err
     rc, text, err = run_cli("quantize", MODEL, "--data", CALIB, "--eval-data", EVAL, "-o", tmp_path / "f.onnx",
-                            "--cache", tmp_path / "f.cache", "--stats", tmp_path / "f.npz", "-q")
-    assert rc == 0 and "hint:" not in text, err
+                            "--cache", tmp_path / "f.cache", "--stats", tmp_path / "f.npz")
+    assert rc == 0 and "smoothquant" not in text, err

@@ -41,7 +41,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     Runtime), the TensorRT cache of the same ranges (trtexec --int8 --calib=, TensorRT <= 10), the
     statistics and their provenance. The summary scores the written model and TensorRT's default
     (entropy2 everywhere) against FP32 on held-out samples: --eval-data, else every fifth batch of
-    --data, never calibrated on. Nothing is left in float unless --max-float or --target-sqnr asks."""
+    --data, never calibrated on. Nothing is left in float unless --max-float or --target-sqnr asks.
+    Transformers also get a SmoothQuant-ed copy quantized the same way, and the better model is
+    kept (--smoothquant)."""
     from trtcal.cache.format import parse_version
     from trtcal.ort.quantize import quantize
 
@@ -80,32 +82,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if result.smoothquant:
         sq = result.smoothquant
         scored = sq.get("sqnr_db", {})
-        print(f"smoothquant: {sq['smoothed']} activation(s) smoothed; output SQNR on {sq.get('judged_on', '-')}: "
+        print(f"smoothquant{' (auto)' if sq.get('mode') == 'auto' else ''}: {sq['smoothed']} activation(s) smoothed; "
+              f"output SQNR on {sq.get('judged_on', '-')}: "
               + ", ".join(f"{k} {_db(v)} dB" for k, v in scored.items()) + f": kept the {sq['kept']} model"
               + (f" ({sq['smoothed_model']}: build TensorRT <= 10 engines from it with the cache)"
                  if sq["kept"] == "smoothed" else ""))
     print(f"wrote {result.model}, {result.cache} and {result.stats} (with .trtcal.json provenance)")
-    if not args.smoothquant:
-        hint = _smoothquant_hint(args.model)
-        if hint:
-            print(hint)
     return 0
-
-
-def _smoothquant_hint(model_path) -> str | None:
-    """A line suggesting --smoothquant for a transformer-shaped model (attention blocks, or LayerNorm
-    outputs read by weighted MatMul/Gemm layers: :func:`trtcal.onnx.smooth.transformer_groups`), else None."""
-    from trtcal.onnx.model import load_model
-    from trtcal.onnx.smooth import transformer_groups
-
-    try:
-        groups = transformer_groups(load_model(model_path, load_weights=True))
-    except Exception:  # a hint only: never fail the command for it
-        return None
-    if not groups:
-        return None
-    return (f"hint: a transformer: {len(groups)} activation(s) feed weighted MatMul/Gemm layers; --smoothquant "
-            "(slower) may do better (all-MiniLM-L6-v2: sentence-embedding cosine 0.986 -> 0.997, all-INT8)")
 
 
 def _pct(x: float | None) -> str:
@@ -126,9 +109,12 @@ def register(sub) -> None:
                         "keeping each change that helps (about four models scored per tensor: slower)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
-    p.add_argument("--smoothquant", action="store_true",
+    p.add_argument("--smoothquant", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                    help="also quantize a SmoothQuant-ed copy (trtcal smooth, alpha per layer) and keep whichever model "
-                        "scores better at the outputs on the calibration samples (slower: about two quantize runs)")
+                        "scores better at the outputs on calibration samples neither search saw: auto (default) for "
+                        "transformers (attention blocks, or LayerNorm outputs feeding weighted MatMul/Gemm layers), on "
+                        "(also the bare flag) for any model with weighted MatMul/Gemm layers, off never (slower: "
+                        "about two quantize runs and the search)")
     p.add_argument("--smoothed", metavar="FILE.onnx",
                    help="where the smoothed FP32 model goes when it wins (default <model stem>.smooth.onnx beside -o); "
                         "the cache is of its tensors")

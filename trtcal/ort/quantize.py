@@ -324,19 +324,33 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     return result
 
 
-def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: bool = False,
+def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: bool | str = "auto",
              smoothed: str | os.PathLike | None = None, alphas=None, **options) -> QuantizeResult:
     """Quantize ``model`` with ``data``; see the module doc. ``options``: those of :func:`_quantize`
     (``output``, ``cache``, ``stats``, ``target``, ``eval_data``, ``select_samples``, ``max_float``,
     ``target_sqnr``, ``refine``, ``attention``, data options, ``force``, ``progress``, ``log``...).
 
-    ``smoothquant``: also quantize a SmoothQuant-ed copy of the model (:func:`trtcal.ort.smoothquant.smooth`,
-    factors searched on the selection samples; ``alphas`` the strengths tried) and keep whichever
-    of the two scores better at the outputs on the selection samples (never on the held-out ones).
+    ``smoothquant``: ``"on"`` (or True) also quantizes a SmoothQuant-ed copy of the model
+    (:func:`trtcal.ort.smoothquant.smooth`, factors searched on the selection samples; ``alphas``
+    the strengths tried) and keeps whichever of the two scores better at the outputs on
+    calibration samples neither search saw (never on the held-out ones). ``"auto"`` (the default)
+    does so for transformer-shaped models (:func:`trtcal.onnx.smooth.transformer_groups`: attention
+    blocks, or LayerNorm outputs read by weighted MatMul/Gemm layers), ``"off"`` (or False) never.
     When the smoothed one wins, its FP32 model is written to ``smoothed`` (default ``<model
     stem>.smooth.onnx`` beside the Q/DQ model): the TensorRT cache is of that model's tensors, so a
     TensorRT <= 10 build must use it."""
-    if not smoothquant:
+    mode = requested = smoothquant_mode(smoothquant)
+    say = options.get("log") or (lambda line: None)
+    if mode == "auto":
+        from trtcal.onnx.model import load_model
+        from trtcal.onnx.smooth import transformer_groups
+
+        groups = transformer_groups(load_model(model, load_weights=True))
+        mode = "on" if groups else "off"
+        if groups:
+            say(f"smoothquant (auto): a transformer, {len(groups)} activation(s) feed weighted MatMul/Gemm layers: "
+                "quantizing a smoothed copy too and keeping the better model (--smoothquant off skips it)")
+    if mode == "off":
         return _quantize(model, data, **options)
     import shutil
     import tempfile
@@ -346,7 +360,6 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
     from trtcal.ort.smoothquant import ALPHAS
     from trtcal.ort.smoothquant import smooth as smooth_model
 
-    say = options.get("log") or (lambda line: None)
     force = options.get("force", False)
     # the outputs are named after the original model, whichever model wins
     default = default_outputs(model)
@@ -371,7 +384,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
         plain = _quantize(model, data, **{**options, "commit": False})
         if not found.alphas:
             say("smoothquant: no layer gained; the original model is kept")
-            plain.smoothquant = {"smoothed": 0, "kept": "original"}
+            plain.smoothquant = {"mode": requested, "smoothed": 0, "kept": "original"}
             plain._commit()
             return plain
         say(f"quantizing the smoothed model ({len(found.alphas)} activations smoothed)")
@@ -385,7 +398,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
         else:
             judged, on = judged
         keep_smooth = _finite(judged["smoothed"]) > _finite(judged["original"])
-        summary = {"smoothed": len(found.alphas), "alphas": found.alphas, "judged_on": on,
+        summary = {"mode": requested, "smoothed": len(found.alphas), "alphas": found.alphas, "judged_on": on,
                    "sqnr_db": judged,
                    "kept": "smoothed" if keep_smooth else "original",
                    **({"smoothed_model": str(smoothed)} if keep_smooth else {})}
@@ -398,6 +411,19 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
             shutil.copyfile(sidecar_path(temp), sidecar_path(smoothed))
         winner._commit()
         return winner
+
+
+#: What ``quantize(smoothquant=...)`` takes.
+SMOOTHQUANT_MODES = ("auto", "on", "off")
+
+
+def smoothquant_mode(value) -> str:
+    """``"auto"``, ``"on"`` or ``"off"`` from a mode name or a bool."""
+    if value is True or value is False:
+        return "on" if value else "off"
+    if value in SMOOTHQUANT_MODES:
+        return value
+    raise TrtcalError(f"smoothquant {value!r}: choose from {', '.join(SMOOTHQUANT_MODES)}")
 
 
 def _validation_scores(model, data, candidates: dict, options: dict):
@@ -420,8 +446,7 @@ def _validation_scores(model, data, candidates: dict, options: dict):
     for batch in batches:
         k = samples_in(batch, specs)
         if seen + k > n:
-            start = max(0, n - seen)
-            later.append(take(batch, specs, start, k - start))
+            later.append(take(batch, specs, max(0, n - seen), k))
         seen += k
     if not later:
         return None
