@@ -65,3 +65,24 @@ def test_smoothquant_that_loses_writes_no_smoothed_model(tmp_path):
     assert r.smoothquant["kept"] == "original" and not smoothed.exists()
     assert r.smoothquant["sqnr_db"]["original"] > r.smoothquant["sqnr_db"]["smoothed"]
     assert out.exists() and "smoothquant" not in json.loads(Path(str(out) + ".trtcal.json").read_text())
+
+
+def test_the_smoothed_model_must_win_by_the_margin(tmp_path, monkeypatch):
+    """A gain within float rounding of the search keeps the original (one file fewer to build from)."""
+    import trtcal.ort.quantize as q
+
+    model = tmp_path / "enc.onnx"
+    onnx.save(with_outlier_channel(encoder_block()), model)
+    calib = _data(tmp_path / "calib.npz", 32, 0)
+    kept = {}
+    for gain in (0.05, 0.2):
+        monkeypatch.setattr(q, "_validation_scores",
+                            lambda *a, gain=gain, **k: ({"original": 20.0, "smoothed": 20.0 + gain}, "stub samples"))
+        smoothed = tmp_path / f"s{gain}.smooth.onnx"
+        r = quantize(model, calib, output=tmp_path / f"o{gain}.onnx", cache=tmp_path / f"c{gain}.cache",
+                     stats=tmp_path / f"s{gain}.npz", select_samples=8, eval_samples=8, batch_size=8,
+                     smoothed=smoothed, progress=False)
+        assert r.smoothquant["mode"] == "auto"
+        kept[gain] = (r.smoothquant["kept"], smoothed.exists())
+    assert q.SMOOTH_MARGIN_DB == 0.1
+    assert kept == {0.05: ("original", False), 0.2: ("smoothed", True)}

@@ -134,6 +134,32 @@ def constant_tensors(model) -> dict:
     return values
 
 
+def constants_as_initializers(model):
+    """A copy of ``model`` whose top-level Constant nodes (the ``value`` form) are initializers of the
+    same names (exporters such as paddle2onnx write every weight so); the same function. Returns
+    ``model`` itself when it has none."""
+    import onnx
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    movable = [i for i, n in enumerate(graph.node) if n.op_type == "Constant" and len(n.output) == 1
+               and n.output[0] not in outputs and any(a.name == "value" and a.HasField("t") for a in n.attribute)]
+    if not movable:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node)
+    moved = set(movable)
+    for i in movable:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(next(a.t for a in nodes[i].attribute if a.name == "value"))
+        tensor.name = nodes[i].output[0]
+        out.graph.initializer.append(tensor)
+    del out.graph.node[:]
+    out.graph.node.extend(n for i, n in enumerate(nodes) if i not in moved)
+    return out
+
+
 def node_attr(node, name: str, default=None):
     """The value of ``node``'s attribute ``name`` (as onnx.helper gives it), or ``default``."""
     from onnx import helper

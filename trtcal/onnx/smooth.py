@@ -65,8 +65,9 @@ def _weight_rows(node, w: np.ndarray) -> np.ndarray | None:
 
 def smoothable(model) -> list[SmoothGroup]:
     """The activations SmoothQuant can rescale: float tensors read as input 0 by MatMul/Gemm nodes
-    with a constant 2-D weight (input 1); each with those readers and, where the rescaling folds
-    exactly, the LayerNormalization that makes it."""
+    with a constant 2-D weight (input 1, an initializer: weights held by Constant nodes count once
+    :func:`trtcal.onnx.model.constants_as_initializers` has made them initializers); each with those
+    readers and, where the rescaling folds exactly, the LayerNormalization that makes it."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -189,7 +190,9 @@ def transformer_groups(model) -> list[SmoothGroup]:
     or a LayerNormalization whose output weighted MatMul/Gemm nodes read; else none. (A post-LN
     BERT's LayerNorm outputs also feed the residual Add, so they do not fold: they count all the same.)"""
     from trtcal.onnx.attention import find_attention
+    from trtcal.onnx.model import constants_as_initializers
 
+    model = constants_as_initializers(model)
     groups = smoothable(model)
     if not groups:
         return []

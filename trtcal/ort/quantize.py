@@ -45,6 +45,10 @@ HOLDOUT_EVERY = 5
 TARGETS = ("tensorrt", "onnxruntime")
 #: The candidates ``refine`` tries for each tensor, besides its per-tensor choice.
 REFINE_LABELS = ("entropy2", "mse", "percentile 99.99")
+#: The smoothed model is kept only when it scores this much (dB) above the original on the judging
+#: samples: a smaller gain is within float rounding of the search, and the smoothed model is one
+#: more file a TensorRT <= 10 build must use (PP-OCRv4 rec: 11.39 against 11.38 dB).
+SMOOTH_MARGIN_DB = 0.1
 #: The most tensors ``target_sqnr`` leaves in float.
 MAX_TARGET_FLOAT = 20
 
@@ -333,7 +337,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
     ``smoothquant``: ``"on"`` (or True) also quantizes a SmoothQuant-ed copy of the model
     (:func:`trtcal.ort.smoothquant.smooth`, factors searched on the selection samples; ``alphas``
     the strengths tried) and keeps whichever of the two scores better at the outputs on
-    calibration samples neither search saw (never on the held-out ones). ``"auto"`` (the default)
+    calibration samples neither search saw (never on the held-out ones; the smoothed one must win by
+    :data:`SMOOTH_MARGIN_DB`). ``"auto"`` (the default)
     does so for transformer-shaped models (:func:`trtcal.onnx.smooth.transformer_groups`: attention
     blocks, or LayerNorm outputs read by weighted MatMul/Gemm layers), ``"off"`` (or False) never.
     When the smoothed one wins, its FP32 model is written to ``smoothed`` (default ``<model
@@ -397,7 +402,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
             judged, on = {"original": plain.final_db, "smoothed": smooth.final_db}, "the selection samples"
         else:
             judged, on = judged
-        keep_smooth = _finite(judged["smoothed"]) > _finite(judged["original"])
+        keep_smooth = _finite(judged["smoothed"]) > _finite(judged["original"]) + SMOOTH_MARGIN_DB
         summary = {"mode": requested, "smoothed": len(found.alphas), "alphas": found.alphas, "judged_on": on,
                    "sqnr_db": judged,
                    "kept": "smoothed" if keep_smooth else "original",

@@ -129,6 +129,7 @@ def search_smoothing(model, batches: list[dict], ranges: dict, *, alphas=ALPHAS,
     (weights loaded); ``batches``: the samples to measure on (input feeds); ``ranges``: ``{tensor:
     amax or Range}`` for every activation the Q/DQ placement quantizes (e.g. a calibration's)."""
     from trtcal.core.ranges import Range, coerce
+    from trtcal.onnx.model import constants_as_initializers
     from trtcal.onnx.qdq import write_qdq
     from trtcal.onnx.smooth import apply_smoothing, smoothable, weight_row_max
     from trtcal.ort.evaluate import choose_outputs
@@ -141,6 +142,7 @@ def search_smoothing(model, batches: list[dict], ranges: dict, *, alphas=ALPHAS,
         raise TrtcalError("smoothquant needs samples to measure on")
     if not alphas or any(not (0.0 <= a <= 1.0) for a in alphas):
         raise TrtcalError(f"smoothquant alphas {list(alphas)!r}: each must be in [0, 1]")
+    model = constants_as_initializers(model)  # paddle2onnx and others hold weights in Constant nodes
     ranges = coerce(dict(ranges))
     placed = write_qdq(model, ranges, target=target, attention=attention, check_onnxruntime=False)
     quantized = {q.name for q in placed.activations}
