@@ -127,3 +127,31 @@ def test_transformer_groups_count_a_post_ln_layernorm_that_also_feeds_the_residu
     assert smoothable(plain) and transformer_groups(plain) == []
     # the encoder block: attention blocks, so every smoothable activation
     assert {g.tensor for g in transformer_groups(encoder_block())} == {"x", "ctx", "ln", "gelu"}
+
+
+def test_weights_in_constant_nodes_are_smoothable_once_made_initializers():
+    """paddle2onnx writes every weight as a Constant node (PP-OCRv4 rec: no activation was smoothable)."""
+    from onnx import helper
+
+    from trtcal.onnx.model import constants_as_initializers
+    from trtcal.onnx.smooth import transformer_groups
+
+    model = encoder_block()
+    inits = {t.name: t for t in model.graph.initializer}
+    for name in ("W1", "W2"):
+        model.graph.node.insert(0, helper.make_node("Constant", [], [name], value=inits[name]))
+        model.graph.initializer.remove(inits[name])
+    assert {g.tensor for g in smoothable(model)} == {"x", "ctx"}  # ffn1/ffn2 read Constant outputs
+    moved = constants_as_initializers(model)
+    assert not any(n.op_type == "Constant" for n in moved.graph.node)
+    assert {"W1", "W2"} <= {t.name for t in moved.graph.initializer}
+    assert {g.tensor for g in smoothable(moved)} == {"x", "ctx", "ln", "gelu"}
+    assert {g.tensor for g in transformer_groups(model)} == {"x", "ctx", "ln", "gelu"}
+    feed = _feed()
+    np.testing.assert_array_equal(_run(moved, feed), _run(model, feed))
+    assert any(n.op_type == "Constant" for n in model.graph.node)  # the input is untouched
+    assert constants_as_initializers(moved) is moved  # nothing to move: the model itself
+    from trtcal.ort.smoothquant import search_smoothing
+
+    result = search_smoothing(model, [_feed(4)], _ranges(model, _feed(4)))
+    assert {"ln", "gelu"} <= set(result.tried) and result.float_db > 60
