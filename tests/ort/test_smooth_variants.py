@@ -87,3 +87,45 @@ def test_a_candidate_gives_the_model_the_writer_writes_for_it(alpha_seed):
     by_reader = {node.name: node.input[1] for node in v.model.graph.node if node.op_type == "MatMul"}
     for reader in ("ffn1", "ffn2", "query", "key", "value", "attn_out"):
         np.testing.assert_array_equal(feeds[by_reader[reader]], want[reader])
+
+
+def test_suffix_runs_give_the_whole_models_outputs_as_factors_are_accepted():
+    """Each activation's suffix (the nodes downstream of its factor), fed with the tensors known at
+    the current feeds, gives a candidate the whole model's outputs; after a factor is accepted, the
+    later suffixes see its effect. A suffix holds fewer nodes the later its activation."""
+    from trtcal.ort.smooth_variants import SuffixRuns, can_cut
+
+    model, feed, ranges, groups = _setup()
+    v = SmoothVariants(model, groups, ranges)
+    assert can_cut(v.model)
+    names = [o.name for o in v.model.graph.output]
+    plain = cpu_session(v.model, "test", int8_kernels=False)
+    batches = [feed, _feed(3)]
+    order = [g.tensor for g in groups]
+    runs = SuffixRuns(v, order, batches, v.base, names)
+    feeds, fractions = dict(v.base), {}
+    for g in groups:
+        fractions[g.tensor] = runs.start(g.tensor)
+        trial = {**feeds, **v.group_feeds(g.tensor, np.linspace(0.5, 2, g.channels), 0.7 * ranges[g.tensor].amax)}
+        for t in (trial, feeds):  # the accepted run is not the last one
+            for b, out in zip(batches, runs.run(t)):
+                np.testing.assert_allclose(out[0], plain.run(names, {**b, **t})[0], rtol=1e-5, atol=1e-5)
+            if t is trial:
+                kept = runs.last
+        runs.accept(kept)  # every factor accepted: the next suffixes must see them all
+        feeds = trial
+    assert fractions["gelu"] < fractions["ln"] < fractions["ctx"] < fractions["x"] <= 1.0
+
+
+def test_the_cut_search_chooses_as_the_whole_model_search():
+    from trtcal.ort.smoothquant import search_smoothing
+
+    model, feed, ranges, groups = _setup()
+    feeds = [_feed(4) for _ in range(2)]
+    cut = search_smoothing(model, feeds, ranges, cut=True)
+    whole = search_smoothing(model, feeds, ranges, cut=False)
+    assert cut.alphas == whole.alphas and cut.alphas
+    for x, tried in whole.tried.items():
+        for alpha, db in tried.items():
+            assert cut.tried[x][alpha] == pytest.approx(db, abs=0.01)
+    assert cut.final_db == pytest.approx(whole.final_db, abs=0.01)

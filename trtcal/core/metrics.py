@@ -84,6 +84,7 @@ class Comparison:
     sure_agree: int = 0
     channel_signal: dict = field(default_factory=dict)  # axis -> per-channel sum ref^2 (rank >= 3)
     channel_noise: dict = field(default_factory=dict)  # axis -> per-channel sum (ref - test)^2
+    sqnr_only: bool = False  # count only what the SQNR needs (no cosine, max error, top-1 or KL)
 
     def __post_init__(self) -> None:
         if self.classes not in CLASSES:
@@ -125,6 +126,8 @@ class Comparison:
                     self.channel_noise[axis] += noi
                 else:
                     self.channel_signal[axis], self.channel_noise[axis] = sig, noi
+        if self.sqnr_only:
+            return
         if err.size:
             self.max_abs_error = max(self.max_abs_error, float(np.abs(err).max()))
         if r.ndim >= 1 and r.shape[0] > 0:

@@ -211,7 +211,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     with Progress(len(sets), "scoring at the outputs", enabled=progress) as bar:
         for label, ranges in sets.items():
             trial = write_qdq(fp32, ranges, target=target, attention=attention, check_onnxruntime=False)
-            scores[label] = score_model(trial.model, selection, refs, choice_of_outputs).sqnr_db
+            scores[label] = score_model(trial.model, selection, refs, choice_of_outputs, sqnr_only=True).sqnr_db
             bar.update()
     chosen = max(scores, key=lambda k: (_finite(scores[k]), k == "per-tensor"))
     ranges = sets[chosen]
@@ -227,7 +227,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
                     trial = {**current, name: amax}
                     model_trial = write_qdq(fp32, ranges_of(trial, "refined"), target=target, attention=attention,
                                             check_onnxruntime=False)
-                    got_score = score_model(model_trial.model, selection, refs, choice_of_outputs).sqnr_db
+                    got_score = score_model(model_trial.model, selection, refs, choice_of_outputs, sqnr_only=True).sqnr_db
                     if _finite(got_score) > _finite(best):
                         best, current = got_score, trial
                 bar.update()
@@ -243,7 +243,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
                                         unsigned=unsigned, inputs=specs, progress=bar)
         trial = write_qdq(fp32, ranges, target=target, attention=attention, check_onnxruntime=False, weight_scales=scales)
         label = f"{chosen} + weights"
-        scores[label] = score_model(trial.model, selection, refs, choice_of_outputs).sqnr_db
+        scores[label] = score_model(trial.model, selection, refs, choice_of_outputs, sqnr_only=True).sqnr_db
         if _finite(scores[label]) > _finite(scores[chosen]):
             chosen, weights = label, {"weight_scales": scales}
     say(f"ranges: {chosen} ({scores[chosen]:.2f} dB on the selection samples; entropy2 "
@@ -269,7 +269,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
             float_tensors.append(name)
             final = write_qdq(fp32, {n: r for n, r in ranges.items() if n not in float_tensors}, target=target,
                               attention=attention, **weights)
-            current = score_model(final.model, selection, refs, choice_of_outputs).sqnr_db
+            current = score_model(final.model, selection, refs, choice_of_outputs, sqnr_only=True).sqnr_db
         fallback = {"target_sqnr_db": target_sqnr, "reached": current >= target_sqnr,
                     "selection_sqnr_db": [scores[chosen], current]}
         if current < target_sqnr:
@@ -458,7 +458,7 @@ def _validation_scores(model, data, candidates: dict, options: dict):
     fp32 = load_model(model, load_weights=True, fp32=True)
     choice = choose_outputs(fp32, str(model), score=options.get("score"), classifiers=options.get("classifiers"))
     refs, samples = reference_outputs(fp32, later, choice, batch_axes=options.get("batch_axes"))
-    scores = {label: score_model(m, later, refs, choice).sqnr_db for label, m in candidates.items()}
+    scores = {label: score_model(m, later, refs, choice, sqnr_only=True).sqnr_db for label, m in candidates.items()}
     return scores, f"{samples} calibration samples after the selection samples"
 
 

@@ -20,6 +20,13 @@ Contract: a candidate's outputs equal those of ``write_qdq(apply_smoothing(model
 ranges)`` to float rounding (not bit for bit: the weights are inputs, not constants ONNX Runtime
 can pre-pack, and a Mul replaces a folded LayerNormalization), which a later quantizer can turn into
 one step; the search's winner is written and scored as a real model afterwards.
+
+The search decides the activations in graph order, so when it reaches one, nothing upstream of its
+``Mul`` changes any more: :class:`Suffix` is the model of the nodes downstream of it, and
+:class:`SuffixRuns` feeds each suffix the tensors it reads from upstream, known at the current
+feeds (one run of the whole model, then what each accepted candidate's suffix run returned). A candidate then costs
+its suffix's work only: on PP-OCRv4 rec, whose attention layers sit after a convolutional
+backbone, a fraction of the model's. Models with control flow are not cut (:func:`can_cut`).
 """
 
 from __future__ import annotations
@@ -147,3 +154,133 @@ def _drop_dead(model) -> None:
     keep = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+#: Operators whose subgraphs may read outer tensors implicitly: models with them are not cut.
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+class Suffix:
+    """The part of a :class:`SmoothVariants` model that one activation's candidates change: every
+    node downstream of its ``Mul`` (the factor's), as a model of its own. Its inputs are the
+    tensors those nodes read from upstream (:attr:`crossing`, fed from one run of the whole model
+    with the current feeds: upstream nothing changes between the activation's candidates) and the
+    parametric and graph inputs they read (:attr:`inputs`); scored outputs it does not compute
+    (:attr:`outside`) are the whole model's, the same for every candidate."""
+
+    def __init__(self, variants: SmoothVariants, x: str, outputs: list[str]):
+        graph = variants.model.graph
+        start = variants.tensors[x]
+        first = next(i for i, n in enumerate(graph.node) if start in n.output)
+        consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(graph.node):
+            for name in n.input:
+                consumers.setdefault(name, []).append(i)
+        keep, todo = {first}, [first]
+        while todo:
+            for out in graph.node[todo.pop()].output:
+                for j in consumers.get(out, []):
+                    if j not in keep:
+                        keep.add(j)
+                        todo.append(j)
+        self._variants = variants
+        self._keep = keep
+        made = {o for i in keep for o in graph.node[i].output}
+        inits = {t.name for t in graph.initializer}
+        graph_inputs = {vi.name for vi in graph.input}
+        read: list[str] = []
+        for i in sorted(keep):
+            for name in graph.node[i].input:
+                if name and name not in made and name not in inits and name not in read:
+                    read.append(name)
+        self.made = made
+        self.crossing = [r for r in read if r not in graph_inputs]
+        self.inputs = [r for r in read if r in graph_inputs]
+        self.produced = [o for o in outputs if o in made]
+        self.outside = [o for o in outputs if o not in made]
+        self.fraction = len(keep) / max(1, len(graph.node))
+
+    def model(self, dtypes: dict[str, int], extra: list[str] = ()):
+        """The suffix as an ONNX model; ``dtypes``: the ONNX element type of each crossing tensor;
+        ``extra``: tensors it makes to return after the scored outputs."""
+        import onnx
+        from onnx import helper
+
+        source = self._variants.model
+        graph = source.graph
+        nodes = [n for i, n in enumerate(graph.node) if i in self._keep]
+        used = {name for n in nodes for name in n.input}
+        sub = helper.make_graph(
+            nodes, f"{graph.name}_suffix",
+            [vi for vi in graph.input if vi.name in self.inputs]
+            + [helper.make_tensor_value_info(c, dtypes[c], None) for c in self.crossing],
+            [onnx.ValueInfoProto(name=o) for o in list(self.produced) + [e for e in extra if e not in self.produced]],
+            [t for t in graph.initializer if t.name in used])
+        out = helper.make_model(sub, opset_imports=source.opset_import)
+        out.ir_version = source.ir_version
+        return out
+
+
+class SuffixRuns:
+    """Scores SmoothQuant's candidates activation by activation, in ``order``, on suffix models.
+
+    The tensors every suffix reads from upstream are known at the current feeds: once from one run
+    of the whole model with them exposed, then, each time an activation's factor is accepted
+    (:meth:`accept`), from the winning candidate's run of its suffix, which returns the ones it
+    makes (upstream of it nothing changed). So the whole model runs once, and each activation costs its suffix's
+    work per candidate, plus one run of it for the current state's score."""
+
+    def __init__(self, variants: SmoothVariants, order: list[str], batches: list[dict], feeds: dict,
+                 names: list[str]):
+        import copy
+
+        from trtcal.ort.runner import add_outputs, cpu_session
+
+        self.variants, self.batches, self.names = variants, batches, names
+        self.plans = {x: Suffix(variants, x, names) for x in order}
+        self.order = list(order)
+        wanted = list(dict.fromkeys(t for p in self.plans.values() for t in p.crossing + p.outside))
+        whole = cpu_session(add_outputs(copy.deepcopy(variants.model), wanted),
+                            "the SmoothQuant candidates' Q/DQ model", int8_kernels=False)
+        self.known = [dict(zip(wanted, whole.run(wanted, {**b, **feeds}))) for b in batches]
+        self._session = None
+
+    def start(self, x: str) -> float:
+        """Make activation ``x``'s suffix session; returns the share of the model's nodes it holds."""
+        from onnx import helper
+
+        from trtcal.ort.runner import cpu_session
+
+        plan = self.plans[x]
+        later = self.order[self.order.index(x) + 1:]
+        self._extra = [t for t in dict.fromkeys(t for y in later for t in self.plans[y].crossing + self.plans[y].outside)
+                       if t in plan.made and t not in plan.produced]
+        dtypes = {c: helper.np_dtype_to_tensor_dtype(self.known[0][c].dtype) for c in plan.crossing}
+        self._plan = plan
+        self._session = cpu_session(plan.model(dtypes, self._extra), "a SmoothQuant suffix model", int8_kernels=False)
+        return plan.fraction
+
+    def run(self, trial: dict) -> list[list]:
+        """The scored outputs (``names``) per batch with feeds ``trial``. The tensors of this run
+        that later suffixes read are kept in :attr:`last` (for :meth:`accept`)."""
+        plan = self._plan
+        wanted = plan.produced + self._extra
+        out, self.last = [], []
+        for b, known in zip(self.batches, self.known):
+            feed = {n: b[n] if n in b else trial[n] for n in plan.inputs}
+            feed.update((c, known[c]) for c in plan.crossing)
+            got = dict(zip(wanted, self._session.run(wanted, feed)))
+            self.last.append({t: got[t] for t in wanted if t in known})
+            out.append([got[n] if n in got else known[n] for n in self.names])
+        return out
+
+    def accept(self, kept: list[dict]) -> None:
+        """A candidate won: ``kept`` is :attr:`last` of its run, the tensors later suffixes read."""
+        for known, values in zip(self.known, kept):
+            known.update(values)
+
+
+def can_cut(model) -> bool:
+    """Whether :class:`Suffix` models may be cut from ``model`` (no control flow: a subgraph may
+    read outer tensors that no node input names)."""
+    return not any(n.op_type in _CONTROL_FLOW for n in model.graph.node)

@@ -124,18 +124,22 @@ def _capture(model, names: list[str], batches: list[dict], rows: int, seed: int 
 
 def search_smoothing(model, batches: list[dict], ranges: dict, *, alphas=ALPHAS, target: str = "tensorrt",
                      attention: str = "int8", score=None, classifiers=None, batch_axes: dict | None = None,
-                     progress=None, log=None) -> SmoothResult:
+                     cut: bool = True, progress=None, log=None) -> SmoothResult:
     """Search a SmoothQuant factor per activation (module doc). ``model``: the FP32 ``ModelProto``
     (weights loaded); ``batches``: the samples to measure on (input feeds); ``ranges``: ``{tensor:
-    amax or Range}`` for every activation the Q/DQ placement quantizes (e.g. a calibration's)."""
+    amax or Range}`` for every activation the Q/DQ placement quantizes (e.g. a calibration's).
+    ``cut``: score each activation's candidates on the model downstream of it only
+    (:class:`trtcal.ort.smooth_variants.SuffixRuns`), fed from one run of the whole model; else every
+    candidate runs the whole model."""
+
     from trtcal.core.ranges import Range, coerce
     from trtcal.onnx.model import constants_as_initializers
     from trtcal.onnx.qdq import write_qdq
     from trtcal.onnx.smooth import apply_smoothing, smoothable, weight_row_max
     from trtcal.ort.evaluate import choose_outputs
     from trtcal.ort.runner import cpu_session
-    from trtcal.ort.sensitivity import reference_outputs, score_model, score_session
-    from trtcal.ort.smooth_variants import SmoothVariants
+    from trtcal.ort.sensitivity import reference_outputs, score_model, score_outputs, score_session
+    from trtcal.ort.smooth_variants import SmoothVariants, SuffixRuns, can_cut
 
     say = log or (lambda line: None)
     if not batches:
@@ -150,7 +154,7 @@ def search_smoothing(model, batches: list[dict], ranges: dict, *, alphas=ALPHAS,
     choice = choose_outputs(model, "smoothquant", score=score, classifiers=classifiers)
     refs, _ = reference_outputs(model, batches, choice, batch_axes=batch_axes)
     if not groups:
-        baseline = _db(score_model(placed.model, batches, refs, choice))
+        baseline = _db(score_model(placed.model, batches, refs, choice, sqnr_only=True))
         say(f"smoothquant: no activation read by weighted MatMul/Gemm; output SQNR {baseline:.2f} dB")
         return SmoothResult(model, {}, {}, ranges, baseline, baseline, math.inf)
     variants = SmoothVariants(model, groups, ranges, target=target, attention=attention)
@@ -158,33 +162,49 @@ def search_smoothing(model, batches: list[dict], ranges: dict, *, alphas=ALPHAS,
     feeds = dict(variants.base)
 
     def sqnr(trial: dict) -> float:
-        return _db(score_session(session, batches, refs, choice, feeds=trial))
+        return _db(score_session(session, batches, refs, choice, feeds=trial, sqnr_only=True))
 
     baseline = sqnr(feeds)
     say(f"smoothquant: {len(groups)} activations read by weighted MatMul/Gemm; output SQNR {baseline:.2f} dB "
         "before smoothing")
     cmax, rows = _capture(model, [g.tensor for g in groups], batches, ROWS)
+    cuts = SuffixRuns(variants, [g.tensor for g in groups], batches, feeds, choice.names) \
+        if cut and can_cut(variants.model) else None
     chosen: dict[str, np.ndarray] = {}
     alphas_kept: dict[str, float] = {}
     amaxes: dict[str, float] = {}
     tried: dict[str, dict[str, float]] = {}
-    best = baseline
+    carried = baseline
     for g in groups:
+        if cuts is not None:  # only the nodes downstream of this activation run per candidate
+            cuts.start(g.tensor)
+
+            def score_of(trial: dict) -> float:
+                return _db(score_outputs(cuts.run(trial), refs, choice, sqnr_only=True))
+            current = score_of(feeds)  # the candidates are compared on the same model as the current state
+        else:
+            score_of = sqnr
+            current = carried  # the whole model's score of the current state: known
         wmax = weight_row_max(model, g)
         tried[g.tensor] = {}
         for alpha in alphas:
             s = factors(cmax[g.tensor], wmax, alpha)
             amax = mse_amax(rows[g.tensor] / s)
             trial = {**feeds, **variants.group_feeds(g.tensor, s, amax)}
-            db = sqnr(trial)
+            db = score_of(trial)
             tried[g.tensor][f"{alpha:g}"] = db
-            if db > best:
-                best, best_feeds = db, trial
+            if db > current:
+                current, best_feeds = db, trial
+                kept = cuts.last if cuts is not None else None
                 chosen[g.tensor], alphas_kept[g.tensor], amaxes[g.tensor] = s, alpha, amax
         if g.tensor in chosen:
             feeds = best_feeds
+            if cuts is not None:
+                cuts.accept(kept)
+        carried = current
         if progress is not None:
             progress.update()
+    best = sqnr(feeds) if cuts is not None else carried
     final = apply_smoothing(model, chosen, groups)
     ranges_out = dict(ranges)
     for x, amax in amaxes.items():
@@ -205,7 +225,7 @@ def _float_equal(model, smoothed, batches, choice, refs) -> float:
     """Output SQNR of the smoothed FP32 model against the input's; an error below :data:`FLOAT_EQUAL_DB`."""
     from trtcal.ort.sensitivity import score_model
 
-    db = score_model(smoothed, batches, refs, choice).sqnr_db
+    db = score_model(smoothed, batches, refs, choice, sqnr_only=True).sqnr_db
     if not db >= FLOAT_EQUAL_DB:
         raise TrtcalError(f"smoothquant: the smoothed FP32 model differs from the input ({db:.1f} dB output SQNR, "
                           f"below {FLOAT_EQUAL_DB:g}); not written")
