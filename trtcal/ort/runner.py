@@ -56,7 +56,7 @@ class InputSpec:
 
 
 def cpu_session(model, source: str, *, threads: int | None = None, extended: bool = False,
-                int8_kernels: bool = True, spinning: bool = True):
+                int8_kernels: bool = True, spinning: bool = True, arena: bool = True):
     """An ONNX Runtime CPU session over ``model`` (a ``ModelProto`` or a path), quiet, with a
     one-line :class:`TrtcalError` naming ``source`` when ONNX Runtime cannot load it.
     ``extended``: optimise only up to ``ORT_ENABLE_EXTENDED`` (what calibration runs).
@@ -65,10 +65,14 @@ def cpu_session(model, source: str, *, threads: int | None = None, extended: boo
     int8 computes (exact int32 accumulation), to float rounding, on every CPU; ONNX Runtime's own
     u8s8 kernels saturate in 16 bits on x86 CPUs without VNNI, which on EfficientNet-Lite0 turns a
     17 dB model into a 2.4 dB one (measured on an AVX2 EPYC). ``spinning=False``: idle worker
-    threads sleep instead of spinning, leaving the core to other work of this process."""
+    threads sleep instead of spinning, leaving the core to other work of this process.
+    ``arena=False``: no CPU memory arena (for many short-lived sessions in one process: their
+    arenas' memory was not given back, 250 MB a session on all-MiniLM-L6-v2's SmoothQuant search)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not arena:
+        options.enable_cpu_mem_arena = False
     if extended:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if not int8_kernels:

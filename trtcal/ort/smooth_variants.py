@@ -257,7 +257,9 @@ class SuffixRuns:
                        if t in plan.made and t not in plan.produced]
         dtypes = {c: helper.np_dtype_to_tensor_dtype(self.known[0][c].dtype) for c in plan.crossing}
         self._plan = plan
-        self._session = cpu_session(plan.model(dtypes, self._extra), "a SmoothQuant suffix model", int8_kernels=False)
+        self._session = None  # the last suffix's session goes first
+        self._session = cpu_session(plan.model(dtypes, self._extra), "a SmoothQuant suffix model", int8_kernels=False,
+                                    arena=False)
         return plan.fraction
 
     def run(self, trial: dict) -> list[list]:
