@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from transformer_models import encoder_block, feed, with_outlier_channel
 
 from trtcal.cache import read
@@ -86,3 +87,36 @@ def test_the_smoothed_model_must_win_by_the_margin(tmp_path, monkeypatch):
         kept[gain] = (r.smoothquant["kept"], smoothed.exists())
     assert q.SMOOTH_MARGIN_DB == 0.1
     assert kept == {0.05: ("original", False), 0.2: ("smoothed", True)}
+
+
+def test_a_search_that_gained_little_quantizes_no_smoothed_copy(tmp_path, monkeypatch):
+    """Under SMOOTH_MIN_SEARCH_GAIN_DB on the selection samples the smoothed copy is not quantized
+    (PP-OCRv4 rec: +0.16 dB in the search, +0.01 when judged)."""
+    import trtcal.ort.quantize as q
+    import trtcal.ort.smoothquant as sq
+    from trtcal.ort.smoothquant import SmoothResult
+
+    model = tmp_path / "enc.onnx"
+    onnx.save(with_outlier_channel(encoder_block()), model)
+    calib = _data(tmp_path / "calib.npz", 32, 0)
+    calls = []
+    real = q._quantize
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    def small_gain(model_path, data, *, output, **k):
+        Path(output).write_bytes(Path(model_path).read_bytes())
+        return Path(output), SmoothResult(None, {"ln": 0.5}, {"ln": "ln"}, {}, 20.0, 20.3, 120.0)
+
+    monkeypatch.setattr(q, "_quantize", counting)
+    monkeypatch.setattr(sq, "smooth", small_gain)
+    smoothed = tmp_path / "enc.smooth.onnx"
+    r = quantize(model, calib, output=tmp_path / "o.onnx", cache=tmp_path / "c.cache", stats=tmp_path / "s.npz",
+                 select_samples=8, eval_samples=8, batch_size=8, smoothed=smoothed, progress=False)
+    assert q.SMOOTH_MIN_SEARCH_GAIN_DB == 0.5
+    assert calls == [model]  # the original only
+    assert r.smoothquant["kept"] == "original" and not smoothed.exists()
+    assert r.smoothquant["search_gain_db"] == pytest.approx(0.3)
+    assert "under 0.5" in r.smoothquant["reason"]

@@ -82,11 +82,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if result.smoothquant:
         sq = result.smoothquant
         scored = sq.get("sqnr_db", {})
-        print(f"smoothquant{' (auto)' if sq.get('mode') == 'auto' else ''}: {sq['smoothed']} activation(s) smoothed; "
-              f"output SQNR on {sq.get('judged_on', '-')}: "
-              + ", ".join(f"{k} {_db(v)} dB" for k, v in scored.items()) + f": kept the {sq['kept']} model"
-              + (f" ({sq['smoothed_model']}: build TensorRT <= 10 engines from it with the cache)"
-                 if sq["kept"] == "smoothed" else ""))
+        auto = " (auto)" if sq.get("mode") == "auto" else ""
+        if "reason" in sq:
+            print(f"smoothquant{auto}: {sq['reason']}: kept the original model")
+        else:
+            print(f"smoothquant{auto}: {sq['smoothed']} activation(s) smoothed; output SQNR on "
+                  f"{sq.get('judged_on', '-')}: " + ", ".join(f"{k} {_db(v)} dB" for k, v in scored.items())
+                  + f": kept the {sq['kept']} model"
+                  + (f" ({sq['smoothed_model']}: build TensorRT <= 10 engines from it with the cache)"
+                     if sq["kept"] == "smoothed" else ""))
     print(f"wrote {result.model}, {result.cache} and {result.stats} (with .trtcal.json provenance)")
     return 0
 

@@ -49,6 +49,10 @@ REFINE_LABELS = ("entropy2", "mse", "percentile 99.99")
 #: samples: a smaller gain is within float rounding of the search, and the smoothed model is one
 #: more file a TensorRT <= 10 build must use (PP-OCRv4 rec: 11.39 against 11.38 dB).
 SMOOTH_MARGIN_DB = 0.1
+#: The smoothed copy is quantized only when SmoothQuant's search gained this much (dB) on the
+#: selection samples: less does not survive the judge (PP-OCRv4 rec: +0.16 dB in the search, +0.01
+#: judged, a quantize run spent; all-MiniLM-L6-v2: +6.2 and +7.5).
+SMOOTH_MIN_SEARCH_GAIN_DB = 0.5
 #: The most tensors ``target_sqnr`` leaves in float.
 MAX_TARGET_FLOAT = 20
 
@@ -338,7 +342,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
     (:func:`trtcal.ort.smoothquant.smooth`, factors searched on the selection samples; ``alphas``
     the strengths tried) and keeps whichever of the two scores better at the outputs on
     calibration samples neither search saw (never on the held-out ones; the smoothed one must win by
-    :data:`SMOOTH_MARGIN_DB`). ``"auto"`` (the default)
+    :data:`SMOOTH_MARGIN_DB`, and is not quantized at all when the search gained less than
+    :data:`SMOOTH_MIN_SEARCH_GAIN_DB`). ``"auto"`` (the default)
     does so for transformer-shaped models (:func:`trtcal.onnx.smooth.transformer_groups`: attention
     blocks, or LayerNorm outputs read by weighted MatMul/Gemm layers), ``"off"`` (or False) never.
     When the smoothed one wins, its FP32 model is written to ``smoothed`` (default ``<model
@@ -387,9 +392,14 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
                                 progress=options.get("progress"), log=say, **feed)
         say("quantizing the original model")
         plain = _quantize(model, data, **{**options, "commit": False})
-        if not found.alphas:
-            say("smoothquant: no layer gained; the original model is kept")
-            plain.smoothquant = {"mode": requested, "smoothed": 0, "kept": "original"}
+        gain = found.final_db - found.baseline_db
+        if not found.alphas or not gain >= SMOOTH_MIN_SEARCH_GAIN_DB:
+            reason = ("no layer gained" if not found.alphas else
+                      f"the search gained {gain:.2f} dB on the selection samples (under {SMOOTH_MIN_SEARCH_GAIN_DB:g}), "
+                      "not worth a second model")
+            say(f"smoothquant: {reason}; the original model is kept")
+            plain.smoothquant = {"mode": requested, "smoothed": 0, "kept": "original", "reason": reason,
+                                 "search_gain_db": gain if found.alphas else 0.0}
             plain._commit()
             return plain
         say(f"quantizing the smoothed model ({len(found.alphas)} activations smoothed)")
