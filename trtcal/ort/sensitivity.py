@@ -173,20 +173,22 @@ def score_session(session, batches, refs, choice, *, feeds: dict | None = None, 
                   sqnr_only: bool = False) -> Score:
     """:func:`score_model` on a session already made; ``feeds``: more inputs given with every batch."""
     names = choice.names
-    score = Score({n: choice.comparison(n, sqnr_only=sqnr_only) for n in names})
-    for batch, ref in zip(batches, refs):
-        got = session.run(names, {**batch, **feeds} if feeds else batch)
-        if keep is not None:
-            keep.append(got)
-        _update(score, names, ref, got)
-    return score
+
+    def runs():  # one batch at a time: only one batch's outputs are held
+        for batch in batches:
+            got = session.run(names, {**batch, **feeds} if feeds else batch)
+            if keep is not None:
+                keep.append(got)
+            yield got
+
+    return score_outputs(runs(), refs, choice, sqnr_only=sqnr_only)
 
 
-def score_outputs(got: list[list[np.ndarray]], refs, choice, *, sqnr_only: bool = False) -> Score:
-    """Outputs already computed (``choice.names`` per batch) scored against FP32's ``refs``."""
+def score_outputs(got, refs, choice, *, sqnr_only: bool = False) -> Score:
+    """Outputs (``choice.names`` per batch, an iterable of lists) scored against FP32's ``refs``."""
     names = choice.names
     score = Score({n: choice.comparison(n, sqnr_only=sqnr_only) for n in names})
-    for g, ref in zip(got, refs):
+    for ref, g in zip(refs, got):  # refs first: a generator of runs is not run past the last reference
         _update(score, names, ref, g)
     return score
 

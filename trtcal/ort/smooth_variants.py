@@ -69,7 +69,7 @@ class SmoothVariants:
         self._inverse: dict[str, str] = {}  # activation -> input name of 1/s
         self._scale: dict[str, str] = {}  # activation -> input name of the smoothed tensor's Q/DQ scale
         self._range_scale: dict[str, np.ndarray] = {}  # activation -> that scale as written from ``ranges``
-        self._weights: dict[str, list] = {}  # activation -> [(input name, reader node, W, axis or None or -1)]
+        self._weights: dict[str, list] = {}  # activation -> [(input name, reader, W, quantized?, per-channel axis)]
         new_inputs, drop = [], set()
         for x, t in self.tensors.items():
             mul = produced_by[t]
@@ -107,7 +107,6 @@ class SmoothVariants:
         graph.input.extend(new_inputs)
         _drop_dead(m)
         self.model = m
-        self.placed = placed
         self.base = {}
         for x in self.tensors:
             self.base.update(self.group_feeds(x, np.ones(self.groups[x].channels), None))
@@ -144,10 +143,9 @@ def _drop_dead(model) -> None:
     outputs = {o.name for o in graph.output}
     while True:
         read = {name for n in graph.node for name in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in read for o in n.output)]
-        if not dead:
-            break
         keep = [n for n in graph.node if any(o in read for o in n.output)]
+        if len(keep) == len(graph.node):
+            break
         del graph.node[:]
         graph.node.extend(keep)
     read = {name for n in graph.node for name in n.input}
@@ -236,7 +234,7 @@ class SuffixRuns:
 
         from trtcal.ort.runner import add_outputs, cpu_session
 
-        self.variants, self.batches, self.names = variants, batches, names
+        self.batches, self.names = batches, names
         self.plans = {x: Suffix(variants, x, names) for x in order}
         self.order = list(order)
         wanted = list(dict.fromkeys(t for p in self.plans.values() for t in p.crossing + p.outside))
