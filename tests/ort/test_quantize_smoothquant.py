@@ -120,3 +120,41 @@ def test_a_search_that_gained_little_quantizes_no_smoothed_copy(tmp_path, monkey
     assert r.smoothquant["kept"] == "original" and not smoothed.exists()
     assert r.smoothquant["search_gain_db"] == pytest.approx(0.3)
     assert "under 0.5" in r.smoothquant["reason"]
+
+
+@pytest.mark.parametrize("quick, quantized, kept", [
+    ((20.0, 25.0), ["smoothed"], "smoothed"),  # decisive for the smoothed model: the original is not quantized
+    ((25.0, 20.0), ["original"], "original"),  # decisive against it: the smoothed copy is not quantized
+    ((20.0, 21.0), ["original", "smoothed"], "smoothed"),  # close: both in full, judged again
+])
+def test_a_decisive_quick_judge_quantizes_only_the_better_model(tmp_path, monkeypatch, quick, quantized, kept):
+    """The search's own two Q/DQ models are judged first; SMOOTH_DECISIVE_DB apart, only the better
+    one is quantized in full. Only the kept model is scored on the held-out samples."""
+    import trtcal.ort.quantize as q
+
+    model = tmp_path / "enc.onnx"
+    onnx.save(with_outlier_channel(encoder_block()), model)
+    calib = _data(tmp_path / "calib.npz", 32, 0)
+    judged = iter([({"original": quick[0], "smoothed": quick[1]}, "quick"),
+                   ({"original": 20.0, "smoothed": 22.0}, "full")])
+    monkeypatch.setattr(q, "_validation_scores", lambda *a, **k: next(judged))
+    runs = []
+    real = q._quantize
+
+    def recording(path, *a, **k):
+        r = real(path, *a, **k)
+        runs.append(("smoothed" if Path(path).name.endswith(".smooth.onnx") else "original", r))
+        return r
+
+    monkeypatch.setattr(q, "_quantize", recording)
+    smoothed = tmp_path / "enc.smooth.onnx"
+    r = quantize(model, calib, output=tmp_path / "o.onnx", cache=tmp_path / "c.cache", stats=tmp_path / "s.npz",
+                 select_samples=8, eval_samples=8, batch_size=8, smoothed=smoothed, progress=False)
+    assert q.SMOOTH_DECISIVE_DB == 3.0
+    assert [label for label, _ in runs] == quantized
+    assert r.smoothquant["kept"] == kept and smoothed.exists() == (kept == "smoothed")
+    assert r.smoothquant["judged_on"] == ("quick" if len(quantized) == 1 else "full")
+    assert ("search's ranges" in r.smoothquant["judged_with"]) == (len(quantized) == 1)
+    for _, result in runs:  # the held-out summary of the kept model only
+        assert (result.summary is not None) == (result is r)
+    assert r.summary["sqnr_db"] == r.summary["sqnr_db"]  # measured (not NaN)

@@ -87,7 +87,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             print(f"smoothquant{auto}: {sq['reason']}: kept the original model")
         else:
             print(f"smoothquant{auto}: {sq['smoothed']} activation(s) smoothed; output SQNR on "
-                  f"{sq.get('judged_on', '-')}: " + ", ".join(f"{k} {_db(v)} dB" for k, v in scored.items())
+                  f"{sq.get('judged_on', '-')}" + (f" ({sq['judged_with']})" if sq.get("judged_with") else "")
+                  + ": " + ", ".join(f"{k} {_db(v)} dB" for k, v in scored.items())
                   + f": kept the {sq['kept']} model"
                   + (f" ({sq['smoothed_model']}: build TensorRT <= 10 engines from it with the cache)"
                      if sq["kept"] == "smoothed" else ""))

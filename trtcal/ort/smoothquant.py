@@ -54,6 +54,7 @@ class SmoothResult:
     final_db: float  # and of the smoothed one
     float_db: float  # output SQNR of the smoothed FP32 model against the input (float equivalence)
     tried: dict[str, dict[str, float]] = field(default_factory=dict)  # activation -> alpha -> output SQNR
+    input_ranges: dict = field(default_factory=dict)  # the ranges searched from (baseline_db's, the input model's)
 
     def to_dict(self) -> dict:
         return {"alphas": self.alphas, "tensors": self.tensors, "baseline_sqnr_db": self.baseline_db,
@@ -156,7 +157,7 @@ def search_smoothing(model, batches: list[dict], ranges: dict, *, alphas=ALPHAS,
     if not groups:
         baseline = _db(score_model(placed.model, batches, refs, choice, sqnr_only=True))
         say(f"smoothquant: no activation read by weighted MatMul/Gemm; output SQNR {baseline:.2f} dB")
-        return SmoothResult(model, {}, {}, ranges, baseline, baseline, math.inf)
+        return SmoothResult(model, {}, {}, ranges, baseline, baseline, math.inf, input_ranges=ranges)
     variants = SmoothVariants(model, groups, ranges, target=target, attention=attention)
     session = cpu_session(variants.model, "the SmoothQuant candidates' Q/DQ model", int8_kernels=False)
     feeds = dict(variants.base)
@@ -213,7 +214,7 @@ def search_smoothing(model, batches: list[dict], ranges: dict, *, alphas=ALPHAS,
     say(f"smoothquant: {len(chosen)} of {len(groups)} activations smoothed; output SQNR {baseline:.2f} -> "
         f"{best:.2f} dB on the samples; the smoothed FP32 model matches the input to {float_db:.1f} dB")
     return SmoothResult(final.model, alphas_kept, {k: final.tensors[k] for k in chosen}, ranges_out, baseline, best,
-                        float_db, tried)
+                        float_db, tried, input_ranges=ranges)
 
 
 def _db(score) -> float:
