@@ -118,6 +118,12 @@ def test_image_folder_with_preprocess(tmp_path):
     np.testing.assert_allclose(batches[0]["x"][0], ref.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
     with pytest.raises(TrtcalError, match="needs --preprocess"):
         open_data(folder, spec)
+    # the Python API takes the CLI's text too (a str used to fail with an AttributeError)
+    as_text = collect(open_data(folder, spec, batch_size=2, preprocess="crop=20,scale=1/255,mean=0.5/0.5/0.5,"
+                                "std=0.25/0.25/0.25,layout=NCHW,order=BGR"))
+    np.testing.assert_array_equal(as_text[0]["x"], batches[0]["x"])
+    with pytest.raises(TrtcalError, match="preprocess 3: give a Preprocess or its text"):
+        open_data(folder, spec, preprocess=3)
 
 
 @pytest.mark.parametrize("text", ["resize=0", "crop=x", "scale=1/0", "std=0", "layout=NCWH", "foo=1", "resize",

@@ -133,3 +133,39 @@ def test_too_few_batches_to_hold_one_out_is_said(tmp_path):
     assert r.metadata["calibration"]["batches"] == 2  # nothing held out: batch 4 does not exist
     assert "calibration samples" in r.summary["data"] and "--eval-data" in r.summary["note"]
     assert any("--eval-data" in w for w in r.warnings)
+
+
+@pytest.mark.parametrize("which", ["fashion", "encoder"])
+def test_range_sets_scored_in_one_model_score_as_their_written_models(which):
+    """quantize scores its candidate range sets in one model with scales as inputs: each set's
+    SQNR equals that of the model write_qdq writes for it (reference), to the last bit."""
+    from transformer_models import encoder_block, feed, measured_ranges, with_outlier_channel
+
+    from trtcal.core.ranges import Range
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.evaluate import choose_outputs
+    from trtcal.ort.quantize import _score_sets
+    from trtcal.ort.sensitivity import reference_outputs, score_model
+
+    if which == "fashion":
+        model = onnx.load(EXAMPLES / "fashion_cnn.onnx")
+        x = np.load(EXAMPLES / "fashion_calib.npz")["images"][:32]
+        batches = [{"images": x[:16]}, {"images": x[16:]}]
+    else:
+        model = with_outlier_channel(encoder_block())
+        batches = [feed(4), feed(4)]
+    top = measured_ranges(model, batches[0])
+    placed = write_qdq(model, top, check_onnxruntime=False)
+    names = [q.name for q in placed.activations]
+    rng = np.random.default_rng(0)
+    sets = {"max": {n: Range.symmetric(top[n]) for n in names}}
+    for k in range(3):  # clipped at random, one tensor unsigned in the last
+        sets[f"clip{k}"] = {n: Range.symmetric(top[n] * rng.uniform(0.2, 1.0)) for n in names}
+    sets["clip2"][names[0]] = Range(0.0, top[names[0]], 8, "unsigned")
+    choice = choose_outputs(model, which)
+    refs, _ = reference_outputs(model, batches, choice)
+    got = _score_sets(model, sets, batches, refs, choice, target="tensorrt", attention="int8")
+    for label, ranges in sets.items():
+        written = write_qdq(model, ranges, check_onnxruntime=False).model
+        assert got[label] == score_model(written, batches, refs, choice, sqnr_only=True).sqnr_db, label
+    assert len(set(got.values())) == len(sets)  # the sets differ: a mix-up of feeds would show

@@ -174,6 +174,10 @@ def image_source(folder: Path, files: Sequence[Path], inputs: Sequence, batch_si
     if preprocess is None:
         raise TrtcalError(f"{folder}: a folder of images needs --preprocess (e.g. resize=256,crop=224,scale=1/255,"
                           "mean=0.485/0.456/0.406,std=0.229/0.224/0.225)")
+    if isinstance(preprocess, str):  # the Python API takes the CLI's text too
+        preprocess = Preprocess.parse(preprocess)
+    elif not isinstance(preprocess, Preprocess):
+        raise TrtcalError(f"preprocess {preprocess!r}: give a Preprocess or its text, e.g. 'letterbox=320,scale=1/255'")
     try:
         from PIL import Image
     except ImportError:

@@ -217,12 +217,9 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         sets[label] = ranges_of({n: c.amaxes.get(label, c.amaxes.get("entropy2", c.amax)) for n, c in choice.choices.items()},
                                 label)  # a label a tensor lacks (onesided, unsigned) is entropy2 there
     refs, _ = reference_outputs(fp32, selection, choice_of_outputs, batch_axes=batch_axes)
-    scores: dict[str, float] = {}
     with Progress(len(sets), "scoring at the outputs", enabled=progress) as bar:
-        for label, ranges in sets.items():
-            trial = write_qdq(fp32, ranges, target=target, attention=attention, check_onnxruntime=False)
-            scores[label] = score_model(trial.model, selection, refs, choice_of_outputs, sqnr_only=True).sqnr_db
-            bar.update()
+        scores = _score_sets(fp32, sets, selection, refs, choice_of_outputs, target=target, attention=attention,
+                             progress=bar)
     chosen = max(scores, key=lambda k: (_finite(scores[k]), k == "per-tensor"))
     ranges = sets[chosen]
     if refine:
@@ -488,6 +485,26 @@ def smoothquant_mode(value) -> str:
     if value in SMOOTHQUANT_MODES:
         return value
     raise TrtcalError(f"smoothquant {value!r}: choose from {', '.join(SMOOTHQUANT_MODES)}")
+
+
+def _score_sets(fp32, sets: dict, batches, refs, choice, *, target: str, attention: str, progress=None) -> dict:
+    """``{label: output SQNR}`` of each range set's Q/DQ model on ``batches``, all run in ONE model
+    whose activation scales are inputs (:meth:`trtcal.ort.qdq_variants.QdqVariants.switched`: the
+    outputs of each are bit-identical to the model ``write_qdq`` writes for it; one model built and
+    loaded instead of one per set)."""
+    from trtcal.ort.qdq_variants import QdqVariants
+    from trtcal.ort.sensitivity import _session, score_session
+
+    labels = list(sets)
+    variants = QdqVariants(fp32, sets[labels[0]], target=target, attention=attention)
+    built = variants.switched([sets[label] for label in labels], scales_as_inputs=True)
+    session = _session(built.model)
+    scores = {}
+    for j, label in enumerate(labels):
+        scores[label] = score_session(session, batches, refs, choice, feeds=built.feeds(j), sqnr_only=True).sqnr_db
+        if progress is not None:
+            progress.update()
+    return scores
 
 
 def _validation_scores(model, data, candidates: dict, options: dict, memo: dict | None = None):
