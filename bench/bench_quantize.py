@@ -96,7 +96,7 @@ def main() -> int:
                 rows.append(run_code(f"{args.baseline_rev[:10]}", tree, args, extra, work))
             finally:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
-        rows.append(run_code("HEAD", ROOT, args, extra, work))
+        rows.append(run_code("worktree", ROOT, args, extra, work))
     if len(rows) == 2:
         print(f"quantize: {rows[0]['quantize_s']:.1f} -> {rows[1]['quantize_s']:.1f} s "
               f"({rows[0]['quantize_s'] / rows[1]['quantize_s']:.2f}x faster); ratio to calibrate "

@@ -35,8 +35,8 @@ def cmd_smooth(args: argparse.Namespace) -> int:
 
     For each activation read by MatMul/Gemm nodes with constant weights, scale its channels by
     1/s and the weights' rows by s (s = max|X|^alpha / max|W|^(1-alpha)), folded into a preceding
-    LayerNorm where exact, else a Mul node. Each layer tries every --alphas value in graph order
-    and keeps the one that makes the all-INT8 Q/DQ model (TensorRT's placement, mse ranges from
+    LayerNorm where exact, else a Mul node. Each layer, in graph order, tries --alphas values
+    from the middle one toward the better neighbour while the score rises (--every-alpha: all) and keeps the one that makes the all-INT8 Q/DQ model (TensorRT's placement, mse ranges from
     a calibration of the same samples) score best at the outputs, or none. The result is an FP32
     model equal to the input in float (checked); calibrate, qdq or quantize it like any model."""
     from trtcal.ort.smoothquant import smooth
@@ -46,6 +46,7 @@ def cmd_smooth(args: argparse.Namespace) -> int:
     alphas = _alphas(args.alphas)
     stream = sys.stderr if output.json or output.quiet else sys.stdout
     path, result = smooth(args.model, data.pop("data"), output=output.path, alphas=alphas,
+                          climb_alphas=not args.every_alpha,
                           select_samples=args.select_samples, target=args.target, attention=args.attention,
                           force=output.force, progress=output.progress, log=lambda line: print(line, file=stream),
                           **data, **SCORING.parse(args))
@@ -62,6 +63,8 @@ def register(sub) -> None:
     p = add_command(sub, "smooth", cmd_smooth, DATA, SCORING, OUTPUT)
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("--alphas", default="0.25,0.5,0.75,0.9,1", help=ALPHAS_HELP)
+    p.add_argument("--every-alpha", action="store_true",
+                   help="score every --alphas value per layer, not only those on the climb from the middle one")
     p.add_argument("--select-samples", type=COUNT, default=64, help=SELECT_SAMPLES_HELP)
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
