@@ -25,13 +25,24 @@ def test_smooth_writes_a_float_equal_model_with_provenance(tmp_path):
     assert rc == 0, err
     doc = json.loads(text)
     assert doc["final_sqnr_db"] >= doc["baseline_sqnr_db"] and doc["float_sqnr_db"] > 60
-    assert set(doc["alphas"]) <= set(doc["tried"]) and all(set(t) == {"0.25", "0.5", "0.75", "0.9", "1"} for t in doc["tried"].values())
+    every = {"0.25", "0.5", "0.75", "0.9", "1"}
+    # the climb from the middle alpha: 0.75 and its neighbours up or down, a kept alpha among those tried
+    assert set(doc["alphas"]) <= set(doc["tried"]) and all("0.75" in t and set(t) <= every for t in doc["tried"].values())
+    assert all(f"{a:g}" in doc["tried"][x] for x, a in doc["alphas"].items())
     side = json.loads(Path(str(out) + ".trtcal.json").read_text())
     assert side["algorithm"] == "smoothquant" and side["alphas"] == doc["alphas"]
     # on held-out images the smoothed FP32 model computes what the input does
     x = np.load(EVAL)["images"][:64].astype(np.float32)
     np.testing.assert_allclose(_run(out, x), _run(MODEL, x), rtol=1e-3, atol=1e-4)
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_smooth_every_alpha_scores_each_alpha_per_activation(tmp_path):
+    rc, text, err = run_cli("smooth", MODEL, "--data", CALIB, "--select-samples", "16", "--every-alpha",
+                            "-o", tmp_path / "e.onnx", "-q", "--json")
+    assert rc == 0, err
+    tried = json.loads(text)["tried"]
+    assert tried and all(set(t) == {"0.25", "0.5", "0.75", "0.9", "1"} for t in tried.values())
 
 
 def test_smooth_refuses_bad_alphas_and_existing_outputs(tmp_path):
