@@ -13,11 +13,17 @@ For the model (EfficientNet-Lite0 by default), in one process, each step timed:
   weight candidate scored by a layer run (``search="grid", _gram=False``);
 - eq-new: the same with the defaults (activation factors coarse to fine, weight candidates from
   the input's Gram matrix where cheaper);
-- eq-grid-gram: full activation grid, Gram weight search: isolates what each lever changes.
+- eq-grid-gram: full activation grid, Gram weight search: isolates what each lever changes;
+- eq-prev: coarse-to-fine activation search with numpy's fake quantization and cosine, the Gram
+  matrix from the input's values in float64 (the default until 2026-12-06); eq-coarse: the same
+  search, the input's Q/DQ and the cosine's sums in the ONNX Runtime session
+  (:class:`trtcal.ort.layers.InputScaleScores`), the Gram matrix from the input's integer codes
+  (``layers.GRAM_FROM_CODES``); eq-golden: that with the golden-section activation search
+  (:func:`trtcal.core.layer_error.golden_peak`), the default now.
 
 Each EQ variant's ratio is ``(calibrate + eq) / calibrate``, as ``trtcal calibrate --algorithm eq``
 against ``trtcal calibrate``, in wall time and in this process's CPU time (steadier on a shared
-machine); ``--repeat`` repeats the calibrate pass and eq-new (best kept; eq-old
+machine); ``--repeat`` repeats the calibrate pass and each variant (best kept; eq-old
 runs once, it is slow). Each result is written as a Q/DQ model (per-channel weights from EQ's
 scales) and scored against FP32 on the held-out data (output SQNR; entropy2's too), and the
 choices are compared: activation ranges and weight channels that differ between the variants.
@@ -61,9 +67,13 @@ MODELS = {
 }
 
 VARIANTS = {  # name -> refine keywords
-    "eq-old": dict(search="grid", _gram=False),
+    "eq-old": dict(search="grid", _gram=False, _codes=False),
     "eq-new": dict(),
-    "eq-grid-gram": dict(search="grid"),
+    "eq-grid-gram": dict(search="grid", _codes=False),
+    # the default before the fused scores, the Gram matrix from integer codes and the golden search
+    "eq-prev": dict(search="coarse", _fused=False, _codes=False),
+    "eq-coarse": dict(search="coarse"),
+    "eq-golden": dict(search="golden"),
 }
 
 
@@ -105,11 +115,16 @@ def calibrate_once(spec, samples: int):
 
 
 def run_eq(spec, amaxes, samples: int, steps: int, options: dict):
-    from trtcal.ort import eq
+    from trtcal.ort import eq, layers
     from trtcal.ort.runner import first_batches
 
+    options = dict(options)
     batches, specs = first_batches(spec["model"], spec["calib"], samples=samples, preprocess=_preprocess(spec))
-    return eq.refine(spec["model"], batches, amaxes, steps=steps, inputs=specs, **options)
+    layers.GRAM_FROM_CODES = options.pop("_codes", True)
+    try:
+        return eq.refine(spec["model"], batches, amaxes, steps=steps, inputs=specs, **options)
+    finally:
+        layers.GRAM_FROM_CODES = True
 
 
 def compare(a, b) -> dict:
@@ -136,7 +151,7 @@ def bench_eq(name: str, samples: int, steps: int, repeat: int, variants: list[st
     for variant, options in VARIANTS.items():
         if variant not in variants:
             continue
-        runs = repeat if variant == "eq-new" else 1
+        runs = 1 if variant == "eq-old" else repeat
         times[variant] = []
         for _ in range(runs):
             res, t = timed(lambda options=options: run_eq(spec, amaxes, samples, steps, options), variant)
@@ -205,7 +220,7 @@ def main():
                     help="calibrate's samples (the data set; EQ refines on the first --samples of them), "
                          "default --samples")
     ap.add_argument("--steps", type=int, default=100, help="EQ's activation factors (--eq-steps)")
-    ap.add_argument("--repeat", type=int, default=2, help="repeats of calibrate and eq-new (best kept)")
+    ap.add_argument("--repeat", type=int, default=2, help="repeats of calibrate and of each EQ variant but eq-old (best kept)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="EQ variants to run (comma-separated)")
     ap.add_argument("--eval-batches", type=int, default=None, help="held-out batches scored (default all)")
     ap.add_argument("--search-weights", metavar="MODEL", choices=sorted(MODELS),

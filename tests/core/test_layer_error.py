@@ -14,6 +14,7 @@ from trtcal.core.layer_error import (
     coarse_to_fine,
     coarse_to_fine_many,
     conv_geometry,
+    golden_peak,
     im2col,
 )
 
@@ -166,3 +167,64 @@ def test_coarse_to_fine_many_gives_each_channel_what_the_scalar_search_gives_it(
             assert len(calls) < 35
     with pytest.raises(TrtcalError):
         coarse_to_fine_many(lambda idx: idx, 0, 3)
+
+
+def test_golden_peak_finds_the_peak_of_a_strictly_unimodal_curve_as_a_brute_force_argmax_does():
+    rng = np.random.default_rng(5)
+    counts = []
+    for _ in range(3000):
+        n = int(rng.integers(1, 160))
+        peak = int(rng.integers(n))
+        rises = rng.uniform(1e-3, 1.0, n)  # strictly up to the peak, strictly down after it
+        curve = np.array([-rises[: abs(i - peak)].sum() for i in range(n)])
+        calls = []
+        best, seen = golden_peak(lambda i, curve=curve, calls=calls: calls.append(i) or curve[i], n)
+        assert best == int(np.argmax(curve)) == peak
+        assert len(calls) == len(set(calls)) == len(seen) and all(seen[i] == curve[i] for i in seen)
+        if n == 100:
+            counts.append(len(seen))
+    assert counts and max(counts) <= 14  # coarse_to_fine: about 21 of 100
+
+
+def test_golden_peak_on_any_curve_returns_a_local_best_among_its_scored_neighbours():
+    rng = np.random.default_rng(6)
+    for _ in range(3000):
+        n = int(rng.integers(1, 120))
+        curve = rng.standard_normal(n) if rng.random() < 0.5 else rng.integers(0, 3, n).astype(float)  # ties too
+        best, seen = golden_peak(lambda i, curve=curve: curve[i], n)
+        for j in (best - 1, best + 1):
+            if 0 <= j < n:
+                assert j in seen and seen[j] <= seen[best]
+        assert seen[best] >= max(curve[0:n:max(1, round(n / 5))])  # never below the coarse grid's best
+    with pytest.raises(TrtcalError):
+        golden_peak(lambda i: 0.0, 0)
+
+
+def test_gram_from_integer_codes_is_exact_where_float32_partial_sums_would_not_be():
+    """ChannelErrors.add(step=...): G summed from the input's integer codes in float32 blocks equals
+    the exact integer sum times step^2 (float32 over all positions at once would round: 5000 x
+    127^2 > 2^24), and every score matches the float64 path's to float rounding."""
+    rng = np.random.default_rng(8)
+    step = np.float32(0.037)
+    codes = rng.integers(-128, 128, size=(5000, 1, 24)).astype(np.float32)
+    codes[:, 0, 0] = 127  # a column whose own sum of squares is 80,645,000
+    aq = codes * step
+    w = rng.normal(size=(6, 24)).astype(np.float32)
+    ref = (aq[:, 0] @ w.T + rng.normal(scale=0.1, size=(5000, 6))).astype(np.float32)
+    yq = (aq[:, 0] @ w.T).astype(np.float32)
+    exact = codes[:, 0].astype(np.int64).T @ codes[:, 0].astype(np.int64)
+    assert exact[0, 0] == 5000 * 127 * 127 and exact[0, 0] > 2**24
+    by_codes, by_values = ChannelErrors(w), ChannelErrors(w)
+    by_codes.add(aq, yq, ref, step=step)
+    by_values.add(aq, yq, ref)
+    assert np.array_equal(by_codes.G[0], exact.astype(np.float64) * (float(step) * float(step)))
+    # aq's own float32 rounding (about 6e-8 of each value) is all that separates the two
+    assert np.abs(by_codes.G - by_values.G).max() <= 1e-6 * np.abs(by_values.G).max()
+    assert np.array_equal(by_codes.U, by_values.U) and np.array_equal(by_codes.V, by_values.V)
+    for f in (0.6, 1.0, 1.7):
+        q = np.round(w / (np.abs(w).max(1, keepdims=True) / 127 * f)) * (np.abs(w).max(1, keepdims=True) / 127 * f)
+        for metric in ("mse", "cosine"):
+            assert np.allclose(by_codes.scores(q, metric), by_values.scores(q, metric), rtol=1e-6, atol=1e-9)
+    off_grid = ChannelErrors(w)  # values that are not multiples of the step: the float64 path
+    off_grid.add(aq * 1.001, yq, ref, step=step)
+    assert np.array_equal(off_grid.G, (lambda e: (e.add(aq * 1.001, yq, ref), e.G)[1])(ChannelErrors(w)))

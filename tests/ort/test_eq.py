@@ -165,3 +165,23 @@ def test_eq_counts_and_slices_samples_along_each_inputs_batch_axis(tmp_path):
     assert meta["eq"]["samples"] == 20  # 8 + 8 + 4 along axis 1, not 2 per batch
     side = json.loads((tmp_path / "c.cache.trtcal.json").read_text())
     assert side["algorithm"] == "eq"
+
+
+def test_cli_eq_search_choices(tmp_path):
+    """--eq-search: golden (default), coarse, grid; recorded in the cache's metadata; on the demo model's four
+    layers the golden and grid searches end within 1e-3 of each other's cosine."""
+    cos = {}
+    for search in ("golden", "grid"):
+        rc, text, err = run_cli("calibrate", EXAMPLES / "fashion_cnn.onnx", "--data", EXAMPLES / "fashion_calib.npz",
+                                "--algorithm", "eq", "--eq-samples", "16", "--eq-steps", "30", "--eq-search", search,
+                                "-o", tmp_path / f"{search}.cache", "-q", "--json")
+        assert rc == 0, err
+        meta = json.loads(text)["metadata"]["eq"]
+        assert meta["search"] == search
+        cos[search] = meta["cosine"]
+    assert cos["golden"].keys() == cos["grid"].keys()
+    for layer, (_, after) in cos["grid"].items():
+        assert abs(cos["golden"][layer][1] - after) <= 1e-3  # (the weight search after it may differ)
+    rc, _, err = run_cli("calibrate", EXAMPLES / "fashion_cnn.onnx", "--data", EXAMPLES / "fashion_calib.npz",
+                         "--algorithm", "eq", "--eq-search", "fast", "-o", tmp_path / "x.cache")
+    assert rc == 2 and "--eq-search" in err

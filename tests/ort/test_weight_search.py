@@ -199,3 +199,48 @@ def test_eq_cosine_matches_float64_to_the_digits_that_differ():
             have = _cosine(r, g, norm)
             assert abs((1 - have) - (1 - want)) <= 1e-5 * (1 - want)
     assert _cosine(np.zeros(10, np.float32), r[:10]) == 1.0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_input_scale_scores_in_the_session_equal_numpy_fake_quant_and_a_float64_cosine(case):
+    """EQ's activation search: the input's Q/DQ and the cosine's sums inside one ONNX Runtime run
+    (layers.InputScaleScores) against numpy's fake quantization, the layer run, float64 sums."""
+    model, shape = CASES[case]
+    layer = weighted_layers(model)[0]
+    rng = np.random.default_rng(3)
+    x = rng.laplace(size=shape).astype(np.float32)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    session = single_node_session(model, layer, x_info, None)
+    ref = session.run(None, {"x": x, "w": layer.weight})[0]
+    norm = float(np.linalg.norm(ref.astype(np.float64)))
+    scores = layers.InputScaleScores(model, [layer], x_info, {layer.node.output[0]: ref},
+                                     {layer.node.output[0]: norm}, None)
+    wq = fake_quant(layer.weight, max_scale(layer.weight, layer.axis), layer.axis)
+    top = float(np.abs(x).max())
+    for amax in (top * 0.2, top * 0.7, top, top * 1.9):
+        got = session.run(None, {"x": fake_quant(x, amax / 127), "w": wq})[0].astype(np.float64)
+        want = float((got * ref).sum() / (norm * np.linalg.norm(got)))
+        have = scores.cosines(x, amax, {"w": wq})[0]
+        assert abs((1 - have) - (1 - want)) <= 1e-4 * (1 - want) + 1e-7, (amax, have, want)
+
+
+def test_input_scale_scores_of_two_layers_reading_one_input():
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.normal(size=(6, 16)).astype(np.float32), rng.normal(size=(16, 5)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["y1"], transB=1), helper.make_node("MatMul", ["x", "w2"], ["y2"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2")],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])  # Q/DQ and ReduceSum need 13: raised
+    group = weighted_layers(model)
+    x = rng.laplace(size=(50, 16)).astype(np.float32)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [50, 16])
+    refs = {"y1": x @ w1.T, "y2": x @ w2}
+    norms = {k: float(np.linalg.norm(v.astype(np.float64))) for k, v in refs.items()}
+    scores = layers.InputScaleScores(model, group, x_info, refs, norms, None)
+    wq = {lay.w: fake_quant(lay.weight, max_scale(lay.weight, lay.axis), lay.axis) for lay in group}
+    amax = float(np.abs(x).max()) * 0.6
+    xq = fake_quant(x, amax / 127).astype(np.float64)
+    for have, (out, y) in zip(scores.cosines(x, amax, wq), (("y1", xq @ wq["w1"].T), ("y2", xq @ wq["w2"]))):
+        want = float((y * refs[out]).sum() / (norms[out] * np.linalg.norm(y)))
+        assert abs((1 - have) - (1 - want)) <= 1e-4 * (1 - want) + 1e-7

@@ -178,7 +178,8 @@ def _apply_eq(model: str, eq: EqSearch, result, data: dict, version, output: Out
     batches, specs = first_batches(model, samples=eq.samples, **feed)
     amaxes = {n: r.amax for n, r in result.thresholds.items()}
     with Progress(easyquant.layer_count(model), "EQ search", enabled=output.progress) as bar:
-        refined = easyquant.refine(model, batches, amaxes, steps=eq.steps, progress=bar, inputs=specs)
+        refined = easyquant.refine(model, batches, amaxes, steps=eq.steps, progress=bar, inputs=specs,
+                                   search=eq.search)
     for name, amax in refined.amaxes.items():
         if name in result.thresholds and amax != result.thresholds[name].amax:
             old = result.thresholds[name]
@@ -187,7 +188,7 @@ def _apply_eq(model: str, eq: EqSearch, result, data: dict, version, output: Out
     result.cache = ranges_to_cache(result.thresholds, algorithm="entropy2", version=version)
     result.metadata["algorithm"] = "eq"
     result.metadata["eq"] = {"samples": sum(samples_in(b, specs) for b in batches),
-                             "steps": eq.steps, "init": eq.init,
+                             "steps": eq.steps, "search": eq.search, "init": eq.init,
                              "cosine": {k: [round(a, 6), round(b, 6)] for k, (a, b) in refined.cosines.items()}}
     return refined.weight_scales
 

@@ -6,13 +6,18 @@ starting from the entropy2 activation scale and the per-channel max weight scale
 1. the activation scale of its input is searched over ``steps`` values in ``[lo, hi] x scale``
    for the highest cosine similarity between the FP32 layer output and the output computed from
    fake-quantized (symmetric int8) input and weights; a tensor feeding several layers is searched
-   once, for the best mean cosine over them. ``search="coarse"`` (default) scores every
-   ``sqrt(steps)``-th factor, then finer steps around the best (about 21 of 100 factors,
-   :func:`trtcal.core.layer_error.coarse_to_fine`): the full grid's choice wherever the cosine
-   rises to one peak over the grid, else a local best; ``search="grid"`` scores every factor;
+   once, for the best mean cosine over them. ``search="golden"`` (default) scores every
+   ``steps / 5``-th factor, then narrows the bracket around the best by golden sections (about
+   13 of 100 factors, :func:`trtcal.core.layer_error.golden_peak`); ``"coarse"`` scores every
+   ``sqrt(steps)``-th factor, then finer steps around the best (about 21 of 100,
+   :func:`trtcal.core.layer_error.coarse_to_fine`). Both give the full grid's choice wherever the
+   cosine rises to one peak over the grid, else a local best; ``search="grid"`` scores every
+   factor. Each score is one ONNX Runtime run in which the input's Q/DQ, the layers and the
+   cosine's sums happen (:class:`trtcal.ort.layers.InputScaleScores`: only per-channel sums come
+   back; the same cosine as numpy's fake quantization and float64 sums, up to float rounding);
 2. then, with that activation scale, each output channel's weight scale is searched the same way,
    channel by channel (output channel ``k`` depends only on weight channel ``k``), all channels
-   in the same scores: with ``search="coarse"`` each channel coarse to fine over the factors
+   in the same scores: with ``search="golden"`` or ``"coarse"`` each channel coarse to fine over the factors
    (:func:`trtcal.core.layer_error.coarse_to_fine_many`, about 24 scores), with ``"grid"``
    every factor; where cheaper than a layer run per factor, each factor is scored from the
    unfolded input's Gram matrix (:func:`trtcal.ort.layers.search_weight_scales`; the same scores
@@ -31,8 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtcal.core.errors import TrtcalError
-from trtcal.core.layer_error import coarse_to_fine
+from trtcal.core.layer_error import coarse_to_fine, golden_peak
 from trtcal.ort.layers import (
+    InputScaleScores,
     Layer,
     default_specs,
     fake_quant,
@@ -47,8 +53,9 @@ from trtcal.ort.layers import (
 
 __all__ = ["EqResult", "fake_quant", "layer_count", "refine"]
 
-#: How the activation scale is searched over the ``steps`` factors: every one, or coarse to fine.
-SEARCHES = ("coarse", "grid")
+#: How the activation scale is searched over the ``steps`` factors: golden sections after a
+#: coarse grid, coarse to fine, or every one.
+SEARCHES = ("coarse", "golden", "grid")
 
 #: Default bound on the layer inputs held at once (all samples of a run of consecutive layers).
 MEMORY_MB = 512
@@ -80,8 +87,8 @@ def _cosine(ref: np.ndarray, got: np.ndarray, ref_norm: float | None = None) -> 
 
 def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str, float], *, steps: int = 100,
            lo: float = 0.5, hi: float = 2.0, weights: bool = True, progress=None,
-           threads: int | None = None, memory_mb: float = MEMORY_MB, inputs=None, search: str = "coarse",
-           _gram: bool | None = None) -> EqResult:
+           threads: int | None = None, memory_mb: float = MEMORY_MB, inputs=None, search: str = "golden",
+           _gram: bool | None = None, _fused: bool = True) -> EqResult:
     """EQ-refine ``amaxes`` (entropy2 results, or another method's) on ``batches`` (model input dicts, already checked).
     ``inputs``: the model's :class:`~trtcal.ort.runner.InputSpec` list saying each input's batch axis
     (as :func:`trtcal.ort.runner.first_batches` returns it); default: axis 0, none for 0-d arrays.
@@ -128,10 +135,14 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
 
         ref_norm = {out: float(np.sqrt(sum(float(np.einsum("i,i->", c, c)) for c in _chunks64(r)))) for out, r in ref.items()}
         wq = {lay.w: fake_quant(lay.weight, wscale[lay.w], lay.axis) for lay in group}
-        buffer = np.empty_like(x)  # the quantized input, rewritten for every candidate
+        buffer = None if _fused else np.empty_like(x)  # the quantized input, rewritten for every candidate
+
+        fused = InputScaleScores(model, group, x_info, ref, ref_norm, threads) if _fused else None
 
         def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wq=wq, sessions=sessions,
-                     ref_norm=ref_norm, buffer=buffer) -> float:
+                     ref_norm=ref_norm, buffer=buffer, fused=fused) -> float:
+            if fused is not None:  # the input's Q/DQ and the sums in the session
+                return float(np.mean(fused.cosines(x, amax, wq)))
             xq = fake_quant(x, amax / 127, out=buffer)
             total = 0.0
             for lay in group:
@@ -145,7 +156,8 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
             best = int(np.argmax(scores))
             best_score = scores[best]
         else:
-            best, seen = coarse_to_fine(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors))
+            find = golden_peak if search == "golden" else coarse_to_fine
+            best, seen = find(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors))
             best_score = seen[best]
         amax = a0 * float(factors[best]) if best_score > before else a0
         result.amaxes[x_name] = amax
@@ -154,7 +166,8 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
             if weights:
                 wscale[lay.w] = search_weight_scales(lay, sessions[out], x_name, fake_quant(x, amax / 127), ref[out],
                                                      wscale[lay.w], factors, metric="cosine", gram=_gram,
-                                                     search=search)
+                                                     search="grid" if search == "grid" else "coarse",
+                                                     x_step=np.float32(amax / 127))
             result.weight_scales[lay.w] = wscale[lay.w]
             wq[lay.w] = fake_quant(lay.weight, wscale[lay.w], lay.axis)
         after = mean_cos(amax)

@@ -105,6 +105,76 @@ def single_node_session(model, layer: Layer, x_info, threads: int | None):
     return cpu_session(m, f"layer {node.name or node.output[0]!r}", threads=threads)
 
 
+class InputScaleScores:
+    """The cosine of each layer's FP32 output with its output from the input quantized at a given
+    amax, for the layers reading one input (EQ's activation search): one ONNX Runtime run per amax,
+    in which the input's symmetric int8 Q/DQ (what :func:`fake_quant` computes, as
+    ``QuantizeLinear``/``DequantizeLinear``: round half to even, saturate to [-128, 127]), every
+    layer, and the per-channel sums ``y . ref`` and ``y . y`` happen; only the sums come back, in
+    float32, and are added up in float64 (the cosine of :func:`trtcal.ort.eq._cosine` up to float
+    rounding: float32 partial sums over the batch and positions of one channel).
+
+    ``group``: the layers reading ``x_info``'s tensor; ``refs``: each layer's FP32 output (by the
+    layer's output name); ``ref_norms``: their norms."""
+
+    def __init__(self, model, group: list[Layer], x_info, refs: dict, ref_norms: dict, threads: int | None):
+        import onnx
+        from onnx import helper, numpy_helper
+
+        from trtcal.ort.runner import cpu_session
+
+        x_name = x_info.name
+        default = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] + [13])
+        scale, zero, q8, xq = "trtcal.scale", "trtcal.zero", "trtcal.x_int8", "trtcal.x_dq"
+        nodes = [helper.make_node("QuantizeLinear", [x_name, scale, zero], [q8]),
+                 helper.make_node("DequantizeLinear", [q8, scale, zero], [xq])]
+        inputs = [x_info, helper.make_tensor_value_info(scale, onnx.TensorProto.FLOAT, [])]
+        inits = [numpy_helper.from_array(np.zeros((), np.int8), zero)]
+        outputs, self.layers = [], []
+        for i, layer in enumerate(group):
+            out = layer.node.output[0]
+            ref = refs[out]
+            node = onnx.NodeProto()
+            node.CopyFrom(layer.node)
+            node.input[0] = xq
+            nodes.append(node)
+            inits += [t for t in model.graph.initializer if t.name in set(node.input[2:]) and
+                      t.name not in {i.name for i in inits}]
+            ref_name, dot, yy = f"trtcal.ref{i}", f"trtcal.dot{i}", f"trtcal.yy{i}"
+            channel = layer.out_axis % ref.ndim
+            axes = f"trtcal.axes{i}"
+            inits.append(numpy_helper.from_array(np.array([a for a in range(ref.ndim) if a != channel], np.int64), axes))
+            nodes += [helper.make_node("Mul", [out, ref_name], [f"{dot}.p"]),
+                      helper.make_node("ReduceSum", [f"{dot}.p", axes], [dot], keepdims=0),
+                      helper.make_node("Mul", [out, out], [f"{yy}.p"]),
+                      helper.make_node("ReduceSum", [f"{yy}.p", axes], [yy], keepdims=0)]
+            if layer.w not in {v.name for v in inputs}:
+                inputs.append(helper.make_tensor_value_info(layer.w, onnx.TensorProto.FLOAT, list(layer.weight.shape)))
+            inputs.append(helper.make_tensor_value_info(ref_name, onnx.TensorProto.FLOAT, list(ref.shape)))
+            outputs += [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in (dot, yy)]
+            self.layers.append((layer, ref_name, ref, float(ref_norms[out])))
+        graph = helper.make_graph(nodes, "input_scale_scores", inputs, outputs, inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", default)], ir_version=model.ir_version)
+        self.x_name = x_name
+        self.session = cpu_session(m, f"the Q/DQ scoring of {x_name!r}", threads=threads, int8_kernels=False)
+
+    def cosines(self, x: np.ndarray, amax: float, weights: dict) -> list[float]:
+        """Each layer's cosine with ``x`` quantized at ``amax`` (scale ``amax / 127``) and the
+        layers' weights ``weights`` (weight name -> array, e.g. fake-quantized)."""
+        feeds = {self.x_name: x, "trtcal.scale": np.array(amax / 127, np.float32)}
+        for layer, ref_name, ref, _ in self.layers:
+            feeds[layer.w] = weights[layer.w]
+            feeds[ref_name] = ref
+        got = self.session.run(None, feeds)
+        out = []
+        for i, (_, _, _, norm) in enumerate(self.layers):
+            dot = float(got[2 * i].astype(np.float64).sum())
+            yy = float(got[2 * i + 1].astype(np.float64).sum())
+            den = norm * np.sqrt(max(yy, 0.0))
+            out.append(dot / den if den > 0 else 1.0)
+        return out
+
+
 def _exposing(model, names: list[str], threads: int | None, source: str):
     import onnx
 
@@ -218,7 +288,7 @@ def _score_per_channel(ref: np.ndarray, got: np.ndarray, axis: int, metric: str,
 
 def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
                          factors: np.ndarray, *, metric: str = "cosine", gram: bool | None = None,
-                         search: str = "grid") -> np.ndarray:
+                         search: str = "grid", x_step: float | None = None) -> np.ndarray:
     """Per output channel, the weight scale among ``s0`` and ``s0 * factors`` that scores best
     (``metric``: ``"cosine"``, EQ's, or ``"mse"``) for that channel of the layer's output, the
     input fixed at ``xq`` (already fake-quantized); output channel ``k`` depends on weight channel
@@ -228,7 +298,9 @@ def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref
     makes it cheaper, every candidate is scored from the input's Gram matrix gathered once instead
     of a layer run (the same scores up to float rounding; a check against the session on the first
     positions falls back to the runs if they disagree). ``gram``: True forces it where the layer
-    allows, False never; None chooses by cost.
+    allows, False never; None chooses by cost. ``x_step``: ``xq``'s quantization step, if known
+    (its Gram matrix is then summed from the integer codes:
+    :meth:`trtcal.core.layer_error.ChannelErrors.add`).
 
     ``search="grid"`` scores every factor; ``"coarse"`` searches each channel's factor coarse to
     fine (:func:`trtcal.core.layer_error.coarse_to_fine_many`: every channel in the same calls,
@@ -247,7 +319,8 @@ def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref
     score = None
     if gram is not False:
         scores_needed = len(candidates) if search == "grid" else 2 * round(len(factors) ** 0.5) + 6
-        errors = gram_errors(layer, session, x_name, xq, ref, s0, scores_needed, force=bool(gram))
+        errors = gram_errors(layer, session, x_name, xq, ref, s0, scores_needed, force=bool(gram),
+                             step=x_step if GRAM_FROM_CODES else None)
         if errors is not None:
             form, errs = errors
 
@@ -350,13 +423,16 @@ def linear_form(layer: Layer, x_shape: tuple) -> LinearForm | None:
     return None
 
 
+#: Sum the Gram matrix from the input's integer codes where its step is known (float32 blocks,
+#: exact); False: from the values in float64 (as before 2026-12-06; bench/bench_eq.py's eq-prev).
+GRAM_FROM_CODES = True
 #: Bounds of the Gram path: the Gram matrices held (bytes) and an unfolded chunk (bytes, float64).
 GRAM_BYTES = 256 * 2**20
 CHUNK_BYTES = 64 * 2**20
 
 
 def gram_errors(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
-                candidates: int, *, force: bool = False):
+                candidates: int, *, force: bool = False, step: float | None = None):
     """``(form, ChannelErrors)`` gathered over ``xq``, or None where the layer has no linear form,
     the Gram path would cost more than ``candidates`` layer runs (unless ``force``), would hold
     more than :data:`GRAM_BYTES`, or disagrees with the session on the first positions."""
@@ -388,7 +464,7 @@ def gram_errors(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndar
             return None
         if start == 0 and not _agrees(form, layer, session, x_name, xq, s0, aq, yq, hi):
             return None
-        errs.add(aq, yq[lo:hi], rows_ref[lo:hi])
+        errs.add(aq, yq[lo:hi], rows_ref[lo:hi], step=step)
     return form, errs
 
 

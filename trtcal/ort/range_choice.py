@@ -244,7 +244,8 @@ def search_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
         xq = quantize_values(x, amaxes[name], name in unsigned)
         for layer, session, ref, _ in layers.runs(name, x):
             out[layer.w] = search_weight_scales(layer, session, name, xq, ref, max_scale(layer.weight, layer.axis),
-                                                WEIGHT_FACTORS, metric="mse", search=WEIGHT_SEARCH)
+                                                WEIGHT_FACTORS, metric="mse", search=WEIGHT_SEARCH,
+                                                x_step=np.float32(amaxes[name] / (255 if name in unsigned else 127)))
         if progress is not None:
             progress.update()
     return out

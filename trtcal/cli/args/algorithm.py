@@ -42,6 +42,7 @@ class EqSearch:
     init: str
     samples: int
     steps: int
+    search: str = "golden"
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,11 @@ class AlgorithmArgs(ArgGroup):
                                help="for --algorithm eq: samples for the layer search (default %(default)s)")
             group.add_argument("--eq-steps", type=STEPS, default=100,
                                help="for --algorithm eq: scale factors tried in [0.5, 2] (default %(default)s)")
+            group.add_argument("--eq-search", choices=("golden", "coarse", "grid"), default="golden",
+                               help="for --algorithm eq: how each activation's factor is searched: golden "
+                                    "sections after 6 coarse steps (about 14 scores), coarse to fine (about 23), or "
+                                    "every --eq-steps factor (default %(default)s; the same choice where the score "
+                                    "has one peak)")
             group.add_argument("--eq-init", default="entropy2", choices=[m for m in thr.METHODS if m != "eq"],
                                help="for --algorithm eq: the ranges the search starts from (default "
                                     "%(default)s, as EasyQuant; docs/accuracy.md compares starting points)")
@@ -134,7 +140,7 @@ class AlgorithmArgs(ArgGroup):
             if algorithm != "aciq":
                 raise TrtcalError("--distribution applies to --algorithm aciq only")
             options["distribution"] = args.distribution
-        eq = EqSearch(args.eq_init, args.eq_samples, args.eq_steps) if self.eq and algorithm == "eq" else None
+        eq = EqSearch(args.eq_init, args.eq_samples, args.eq_steps, args.eq_search) if self.eq and algorithm == "eq" else None
         if "--zero-bin" in self.options and args.zero_bin is not None:
             # without --algorithm (crosscheck) the caller knows what the ranges are computed with
             searched = eq.init if eq is not None else algorithm
