@@ -68,15 +68,28 @@ def setup(case):
     x = rng.laplace(size=shape).astype(np.float32)
     session = single_node_session(model, layer, helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)), None)
     ref = session.run(None, {"x": x, "w": layer.weight})[0]
-    xq = fake_quant(x, np.abs(x).max() * 0.5 / 127)  # clipped: the input carries a real error too
+    xq = fake_quant(x, input_step(case))  # clipped: the input carries a real error too
     return layer, session, ref, xq
 
 
+def input_step(case):
+    """The quantization step of setup's input: half its max over 127."""
+    x = np.random.default_rng(1).laplace(size=CASES[case][1]).astype(np.float32)
+    return np.float32(np.abs(x).max() * 0.5 / 127)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_gram_scores_equal_layer_runs_per_candidate(case):
+@pytest.mark.parametrize("codes", [False, True])
+def test_gram_scores_equal_layer_runs_per_candidate(case, codes, monkeypatch):
+    from trtcal.core import layer_error
+
     layer, session, ref, xq = setup(case)
     s0 = max_scale(layer.weight, layer.axis)
-    found = layers.gram_errors(layer, session, "x", xq, ref, s0, 10, force=True)
+    used = []  # the integer-code path taken (groups == 1 layers), not silently the float64 one
+    real = layer_error._codes
+    monkeypatch.setattr(layer_error, "_codes", lambda aq, step: used.append(real(aq, step) is not None) or real(aq, step))
+    found = layers.gram_errors(layer, session, "x", xq, ref, s0, 10, force=True,
+                               x_step=input_step(case) if codes else None)
     assert found is not None, "the Gram path refused a layer it supports"
     form, errs = found
     out_axis = layer.out_axis % ref.ndim
@@ -90,16 +103,19 @@ def test_gram_scores_equal_layer_runs_per_candidate(case):
                 assert np.allclose(have, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
             else:
                 assert np.allclose(have, want, rtol=0, atol=1e-6)
+    assert (codes and form.groups == 1) == (bool(used) and all(used))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("metric", ["cosine", "mse"])
-def test_gram_search_chooses_what_the_layer_runs_choose(case, metric):
+@pytest.mark.parametrize("codes", [False, True])
+def test_gram_search_chooses_what_the_layer_runs_choose(case, metric, codes):
     layer, session, ref, xq = setup(case)
     s0 = max_scale(layer.weight, layer.axis)
     factors = np.linspace(0.5, 2.0, 31)
     runs = search_weight_scales(layer, session, "x", xq, ref, s0, factors, metric=metric, gram=False)
-    gram = search_weight_scales(layer, session, "x", xq, ref, s0, factors, metric=metric, gram=True)
+    gram = search_weight_scales(layer, session, "x", xq, ref, s0, factors, metric=metric, gram=True,
+                                x_step=input_step(case) if codes else None)
     assert np.array_equal(runs, gram)
 
 

@@ -100,6 +100,10 @@ def im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     return cols.reshape(-1, geom.groups, x.shape[1] // geom.groups * math.prod(geom.kernel))
 
 
+#: Positions per float32 product of :meth:`ChannelErrors.add`'s ``U`` and ``V`` (with a ``step``).
+UV_BLOCK = 1024
+
+
 def _codes(aq: np.ndarray, step: float) -> np.ndarray | None:
     """``aq / step`` as float32 integers, or None where ``aq`` is not integer multiples of ``step``
     within 255 of zero (then the caller sums ``aq`` itself)."""
@@ -140,15 +144,15 @@ class ChannelErrors:
         ``aq`` holds integer multiples of it (at most 255 steps from 0): then ``G`` is summed from
         the integer codes in float32 blocks small enough that every partial sum is an integer
         below 2^24 (exact), and scaled by ``step^2`` in float64: the same ``G`` as from ``aq`` up
-        to the float32 rounding of ``aq`` itself, at float32 matrix speed."""
+        to the float32 rounding of ``aq`` itself, at float32 matrix speed; ``U`` and ``V`` are
+        then summed in float32 over blocks of :data:`UV_BLOCK` positions, the blocks in float64
+        (the float32 outputs' own rounding, about 1e-6 of each term's scale)."""
         p = aq.shape[0]
         if aq.shape[1:] != (self.groups, self.k) or yq.shape != (p, self.w.shape[0]) or ref.shape != yq.shape:
             raise TrtcalError(f"layer error: shapes {aq.shape}, {yq.shape}, {ref.shape} do not fit "
                               f"{self.groups} groups of {self.k} inputs, {self.w.shape[0]} channels")
-        ref = ref.astype(np.float64)
-        delta = yq.astype(np.float64) - ref
         codes = _codes(aq, step) if step is not None and self.groups == 1 else None
-        if codes is not None:  # G from the integer codes; U and V in float64
+        if codes is not None:  # G from the integer codes; U and V in float32 blocks summed in float64
             c2 = codes.reshape(p, self.k)
             top = max(1.0, float(np.abs(c2).max(initial=0.0)))
             block = max(1, int(2**24 // (top * top)))
@@ -157,11 +161,18 @@ class ChannelErrors:
                 part = c2[b:b + block]
                 total += part.T @ part
             self.G[0] += total * (float(step) * float(step))
-            a = aq.reshape(p, self.k).astype(np.float64)
-            both = a.T @ np.concatenate([delta, ref], axis=1)
-            self.U[0] += both[:, :self.per_group]
-            self.V[0] += both[:, self.per_group:]
+            a32 = np.asarray(aq, np.float32).reshape(p, self.k)
+            y32, r32 = np.asarray(yq, np.float32), np.asarray(ref, np.float32)
+            both = np.concatenate([y32 - r32, r32], axis=1)
+            for b in range(0, p, UV_BLOCK):
+                part = a32[b:b + UV_BLOCK].T @ both[b:b + UV_BLOCK]
+                self.U[0] += part[:, :self.per_group]
+                self.V[0] += part[:, self.per_group:]
+            ref = ref.astype(np.float64)
+            delta = yq.astype(np.float64) - ref
         elif self.groups == 1:  # one product: G, U and V side by side
+            ref = ref.astype(np.float64)
+            delta = yq.astype(np.float64) - ref
             a = aq.reshape(p, self.k).astype(np.float64)
             k, c = self.k, self.per_group
             every = a.T @ np.concatenate([a, delta, ref], axis=1)
@@ -169,6 +180,8 @@ class ChannelErrors:
             self.U[0] += every[:, k:k + c]
             self.V[0] += every[:, k + c:]
         else:
+            ref = ref.astype(np.float64)
+            delta = yq.astype(np.float64) - ref
             a = np.ascontiguousarray(aq.transpose(1, 0, 2), dtype=np.float64)  # [g, P, K]
             at = a.transpose(0, 2, 1)
             self.G += at @ a

@@ -320,7 +320,7 @@ def search_weight_scales(layer: Layer, session, x_name: str, xq: np.ndarray, ref
     if gram is not False:
         scores_needed = len(candidates) if search == "grid" else 2 * round(len(factors) ** 0.5) + 6
         errors = gram_errors(layer, session, x_name, xq, ref, s0, scores_needed, force=bool(gram),
-                             step=x_step if GRAM_FROM_CODES else None)
+                             x_step=x_step if GRAM_FROM_CODES else None)
         if errors is not None:
             form, errs = errors
 
@@ -432,10 +432,11 @@ CHUNK_BYTES = 64 * 2**20
 
 
 def gram_errors(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndarray, s0: np.ndarray,
-                candidates: int, *, force: bool = False, step: float | None = None):
+                candidates: int, *, force: bool = False, x_step: float | None = None):
     """``(form, ChannelErrors)`` gathered over ``xq``, or None where the layer has no linear form,
     the Gram path would cost more than ``candidates`` layer runs (unless ``force``), would hold
-    more than :data:`GRAM_BYTES`, or disagrees with the session on the first positions."""
+    more than :data:`GRAM_BYTES`, or disagrees with the session on the first positions.
+    ``x_step``: ``xq``'s quantization step, if known (:meth:`ChannelErrors.add`'s ``step``)."""
     from trtcal.core.layer_error import ChannelErrors
 
     form = linear_form(layer, xq.shape)
@@ -464,7 +465,7 @@ def gram_errors(layer: Layer, session, x_name: str, xq: np.ndarray, ref: np.ndar
             return None
         if start == 0 and not _agrees(form, layer, session, x_name, xq, s0, aq, yq, hi):
             return None
-        errs.add(aq, yq[lo:hi], rows_ref[lo:hi], step=step)
+        errs.add(aq, yq[lo:hi], rows_ref[lo:hi], step=x_step)
     return form, errs
 
 
