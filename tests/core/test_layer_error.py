@@ -229,3 +229,18 @@ def test_gram_from_integer_codes_is_exact_where_float32_partial_sums_would_not_b
     off_grid = ChannelErrors(w)  # values that are not multiples of the step: the float64 path
     off_grid.add(aq * 1.001, yq, ref, step=step)
     assert np.array_equal(off_grid.G, (lambda e: (e.add(aq * 1.001, yq, ref), e.G)[1])(ChannelErrors(w)))
+
+
+def test_golden_peak_from_a_start_index_scores_it_and_stays_exact():
+    """start: the coarse grid runs through that index (EQ: factor 1, whose score is already known)."""
+    rng = np.random.default_rng(9)
+    for _ in range(2000):
+        n = int(rng.integers(1, 160))
+        peak, start = int(rng.integers(n)), int(rng.integers(n))
+        rises = rng.uniform(1e-3, 1.0, n)
+        curve = np.array([-rises[: abs(i - peak)].sum() for i in range(n)])
+        best, seen = golden_peak(lambda i, curve=curve: curve[i], n, start=start)
+        assert best == peak and start in seen
+    curve = -np.abs(np.arange(100) - 70.0)
+    _, seen = golden_peak(lambda i: curve[i], 100, start=33)
+    assert {13, 33, 53, 73, 93} <= set(seen) and 0 not in seen and len(seen) <= 13

@@ -248,9 +248,11 @@ def coarse_to_fine(score: Callable[[int], float], n: int, *, first: int | None =
     return best, seen
 
 
-def golden_peak(score: Callable[[int], float], n: int, *, first: int | None = None) -> tuple[int, dict[int, float]]:
+def golden_peak(score: Callable[[int], float], n: int, *, first: int | None = None,
+                start: int | None = None) -> tuple[int, dict[int, float]]:
     """The index in ``range(n)`` of the highest ``score``, scoring every ``first``-th index
-    (default about ``n / 5``: six indices, with the last), then narrowing the bracket around the best so
+    (default about ``n / 5``: six indices, with the last; with ``start``, every ``first``-th
+    index on either side of ``start`` instead, ends not included: five for ``n = 100``), then narrowing the bracket around the best so
     far by golden sections: each new index splits the larger side of the bracket at 0.382 and
     replaces the bracket's middle where it scores higher (the lower index of equals), until the
     middle's both neighbours are scored. Exact when the scores rise to one peak and fall (as
@@ -267,9 +269,12 @@ def golden_peak(score: Callable[[int], float], n: int, *, first: int | None = No
             seen[i] = float(score(i))
         return seen[i]
 
-    grid = list(range(0, n, step))
-    if grid[-1] != n - 1:
-        grid.append(n - 1)
+    if start is not None and 0 <= start < n:
+        grid = list(range(start % step, n, step))
+    else:
+        grid = list(range(0, n, step))
+        if grid[-1] != n - 1:
+            grid.append(n - 1)
     scores = [at(i) for i in grid]
     j = max(range(len(grid)), key=lambda j: (scores[j], -grid[j]))
     mid = grid[j]

@@ -7,8 +7,9 @@ starting from the entropy2 activation scale and the per-channel max weight scale
    for the highest cosine similarity between the FP32 layer output and the output computed from
    fake-quantized (symmetric int8) input and weights; a tensor feeding several layers is searched
    once, for the best mean cosine over them. ``search="golden"`` (default) scores every
-   ``steps / 5``-th factor, then narrows the bracket around the best by golden sections (about
-   13 of 100 factors, :func:`trtcal.core.layer_error.golden_peak`); ``"coarse"`` scores every
+   ``steps / 5``-th factor through factor 1 (the starting range, scored anyway), then narrows
+   the bracket around the best by golden sections (about 11 more of 100 factors,
+   :func:`trtcal.core.layer_error.golden_peak`); ``"coarse"`` scores every
    ``sqrt(steps)``-th factor, then finer steps around the best (about 21 of 100,
    :func:`trtcal.core.layer_error.coarse_to_fine`). Both give the full grid's choice wherever the
    cosine rises to one peak over the grid, else a local best; ``search="grid"`` scores every
@@ -139,10 +140,14 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
 
         fused = InputScaleScores(model, group, x_info, ref, ref_norm, threads) if _fused else None
 
+        known: dict[float, float] = {}  # the activation search's scores (with the max-scale weights)
+
         def mean_cos(amax: float, group=group, x=x, x_name=x_name, ref=ref, wq=wq, sessions=sessions,
-                     ref_norm=ref_norm, buffer=buffer, fused=fused) -> float:
+                     ref_norm=ref_norm, buffer=buffer, fused=fused, known=known) -> float:
             if fused is not None:  # the input's Q/DQ and the sums in the session
-                return float(np.mean(fused.cosines(x, amax, wq)))
+                if amax not in known:
+                    known[amax] = float(np.mean(fused.cosines(x, amax, wq)))
+                return known[amax]
             xq = fake_quant(x, amax / 127, out=buffer)
             total = 0.0
             for lay in group:
@@ -156,8 +161,11 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
             best = int(np.argmax(scores))
             best_score = scores[best]
         else:
-            find = golden_peak if search == "golden" else coarse_to_fine
-            best, seen = find(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors))
+            if search == "golden":  # the grid through factor 1, whose score (a0's) is known
+                best, seen = golden_peak(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors),
+                                         start=int(np.argmin(np.abs(factors - 1.0))))
+            else:
+                best, seen = coarse_to_fine(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors))
             best_score = seen[best]
         amax = a0 * float(factors[best]) if best_score > before else a0
         result.amaxes[x_name] = amax
@@ -170,6 +178,7 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
                                                      x_step=np.float32(amax / 127))
             result.weight_scales[lay.w] = wscale[lay.w]
             wq[lay.w] = fake_quant(lay.weight, wscale[lay.w], lay.axis)
+        known.clear()  # the weights changed
         after = mean_cos(amax)
         for lay in group:
             result.cosines[lay.node.name or lay.node.output[0]] = (before, after)

@@ -112,7 +112,7 @@ class AlgorithmArgs(ArgGroup):
                                help="for --algorithm eq: scale factors tried in [0.5, 2] (default %(default)s)")
             group.add_argument("--eq-search", choices=("golden", "coarse", "grid"), default="golden",
                                help="for --algorithm eq: how each activation's factor is searched: golden "
-                                    "sections after 6 coarse steps (about 14 scores), coarse to fine (about 23), or "
+                                    "sections after 5 coarse steps (about 12 scores), coarse to fine (about 23), or "
                                     "every --eq-steps factor (default %(default)s; the same choice where the score "
                                     "has one peak)")
             group.add_argument("--eq-init", default="entropy2", choices=[m for m in thr.METHODS if m != "eq"],
