@@ -36,7 +36,8 @@ def cmd_smooth(args: argparse.Namespace) -> int:
     For each activation read by MatMul/Gemm nodes with constant weights, scale its channels by
     1/s and the weights' rows by s (s = max|X|^alpha / max|W|^(1-alpha)), folded into a preceding
     LayerNorm where exact, else a Mul node. Each layer, in graph order, tries --alphas values
-    from the middle one toward the better neighbour while the score rises (--every-alpha: all) and keeps the one that makes the all-INT8 Q/DQ model (TensorRT's placement, mse ranges from
+    from the middle one toward the better neighbour while the score rises (--every-alpha: all)
+    and keeps the one that makes the all-INT8 Q/DQ model (TensorRT's placement, mse ranges from
     a calibration of the same samples) score best at the outputs, or none. The result is an FP32
     model equal to the input in float (checked); calibrate, qdq or quantize it like any model."""
     from trtcal.ort.smoothquant import smooth

@@ -151,6 +151,8 @@ class ChannelErrors:
         if aq.shape[1:] != (self.groups, self.k) or yq.shape != (p, self.w.shape[0]) or ref.shape != yq.shape:
             raise TrtcalError(f"layer error: shapes {aq.shape}, {yq.shape}, {ref.shape} do not fit "
                               f"{self.groups} groups of {self.k} inputs, {self.w.shape[0]} channels")
+        ref64 = ref.astype(np.float64)
+        delta = yq.astype(np.float64) - ref64
         codes = _codes(aq, step) if step is not None and self.groups == 1 else None
         if codes is not None:  # G from the integer codes; U and V in float32 blocks summed in float64
             c2 = codes.reshape(p, self.k)
@@ -168,30 +170,24 @@ class ChannelErrors:
                 part = a32[b:b + UV_BLOCK].T @ both[b:b + UV_BLOCK]
                 self.U[0] += part[:, :self.per_group]
                 self.V[0] += part[:, self.per_group:]
-            ref = ref.astype(np.float64)
-            delta = yq.astype(np.float64) - ref
         elif self.groups == 1:  # one product: G, U and V side by side
-            ref = ref.astype(np.float64)
-            delta = yq.astype(np.float64) - ref
             a = aq.reshape(p, self.k).astype(np.float64)
             k, c = self.k, self.per_group
-            every = a.T @ np.concatenate([a, delta, ref], axis=1)
+            every = a.T @ np.concatenate([a, delta, ref64], axis=1)
             self.G[0] += every[:, :k]
             self.U[0] += every[:, k:k + c]
             self.V[0] += every[:, k + c:]
         else:
-            ref = ref.astype(np.float64)
-            delta = yq.astype(np.float64) - ref
             a = np.ascontiguousarray(aq.transpose(1, 0, 2), dtype=np.float64)  # [g, P, K]
             at = a.transpose(0, 2, 1)
             self.G += at @ a
-            both = np.concatenate([delta, ref], axis=1).reshape(p, 2, self.groups, self.per_group)
+            both = np.concatenate([delta, ref64], axis=1).reshape(p, 2, self.groups, self.per_group)
             both = at @ np.ascontiguousarray(both.transpose(2, 0, 1, 3)).reshape(self.groups, p, 2 * self.per_group)
             self.U += both[:, :, :self.per_group]
             self.V += both[:, :, self.per_group:]
         self.c += np.einsum("pk,pk->k", delta, delta)
-        self.t += np.einsum("pk,pk->k", ref, delta)
-        self.r += np.einsum("pk,pk->k", ref, ref)
+        self.t += np.einsum("pk,pk->k", ref64, delta)
+        self.r += np.einsum("pk,pk->k", ref64, ref64)
         self.positions += p
 
     def terms(self, q_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,8 +248,8 @@ def golden_peak(score: Callable[[int], float], n: int, *, first: int | None = No
                 start: int | None = None) -> tuple[int, dict[int, float]]:
     """The index in ``range(n)`` of the highest ``score``, scoring every ``first``-th index
     (default about ``n / 5``: six indices, with the last; with ``start``, every ``first``-th
-    index on either side of ``start`` instead, ends not included: five for ``n = 100``), then narrowing the bracket around the best so
-    far by golden sections: each new index splits the larger side of the bracket at 0.382 and
+    index on either side of ``start`` instead, ends not included: five for ``n = 100``), then
+    narrowing the bracket around the best so far by golden sections: each new index splits the larger side of the bracket at 0.382 and
     replaces the bracket's middle where it scores higher (the lower index of equals), until the
     middle's both neighbours are scored. Exact when the scores rise to one peak and fall (as
     :func:`coarse_to_fine`, with fewer scores: about ``n / first + 1.44 log2(2 first)``, 13 for

@@ -18,7 +18,8 @@ starting from the entropy2 activation scale and the per-channel max weight scale
    back; the same cosine as numpy's fake quantization and float64 sums, up to float rounding);
 2. then, with that activation scale, each output channel's weight scale is searched the same way,
    channel by channel (output channel ``k`` depends only on weight channel ``k``), all channels
-   in the same scores: with ``search="golden"`` or ``"coarse"`` each channel coarse to fine over the factors
+   in the same scores: with ``search="golden"`` or ``"coarse"`` each channel coarse to fine over
+   the factors
    (:func:`trtcal.core.layer_error.coarse_to_fine_many`, about 24 scores), with ``"grid"``
    every factor; where cheaper than a layer run per factor, each factor is scored from the
    unfolded input's Gram matrix (:func:`trtcal.ort.layers.search_weight_scales`; the same scores
@@ -161,11 +162,13 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
             best = int(np.argmax(scores))
             best_score = scores[best]
         else:
+            def at(i: int, mean_cos=mean_cos, a0=a0) -> float:
+                return mean_cos(a0 * factors[i])
+
             if search == "golden":  # the grid through factor 1, whose score (a0's) is known
-                best, seen = golden_peak(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors),
-                                         start=int(np.argmin(np.abs(factors - 1.0))))
+                best, seen = golden_peak(at, len(factors), start=int(np.argmin(np.abs(factors - 1.0))))
             else:
-                best, seen = coarse_to_fine(lambda i, mean_cos=mean_cos, a0=a0: mean_cos(a0 * factors[i]), len(factors))
+                best, seen = coarse_to_fine(at, len(factors))
             best_score = seen[best]
         amax = a0 * float(factors[best]) if best_score > before else a0
         result.amaxes[x_name] = amax

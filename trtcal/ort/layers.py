@@ -97,12 +97,18 @@ def single_node_session(model, layer: Layer, x_info, threads: int | None):
 
     node = onnx.NodeProto()
     node.CopyFrom(layer.node)
-    inits = [t for t in model.graph.initializer if t.name in set(node.input[2:])]
+    inits = _other_initializers(model, node)
     graph = helper.make_graph(
         [node], "layer", [x_info, helper.make_tensor_value_info(layer.w, onnx.TensorProto.FLOAT, list(layer.weight.shape))],
         [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)], inits)
     m = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     return cpu_session(m, f"layer {node.name or node.output[0]!r}", threads=threads)
+
+
+def _other_initializers(model, node) -> list:
+    """The initializers a weighted layer's node reads besides its input and weight (a bias)."""
+    names = set(node.input[2:])
+    return [t for t in model.graph.initializer if t.name in names]
 
 
 class InputScaleScores:
@@ -138,8 +144,8 @@ class InputScaleScores:
             node.CopyFrom(layer.node)
             node.input[0] = xq
             nodes.append(node)
-            inits += [t for t in model.graph.initializer if t.name in set(node.input[2:]) and
-                      t.name not in {i.name for i in inits}]
+            held = {t.name for t in inits}
+            inits += [t for t in _other_initializers(model, node) if t.name not in held]
             ref_name, dot, yy = f"trtcal.ref{i}", f"trtcal.dot{i}", f"trtcal.yy{i}"
             channel = layer.out_axis % ref.ndim
             axes = f"trtcal.axes{i}"

@@ -8,7 +8,7 @@ and ``diag(s) W`` takes the outliers, where per-channel weight quantization abso
 
 ``alpha`` is searched **per layer, at the model's outputs**: in graph order, each activation
 tries values of ``alphas`` (:func:`climb`: from the middle one toward the better neighbour while the
-score rises; ``climb=False``: every one): the whole model in Q/DQ (the other tensors keep their
+score rises; ``climb_alphas=False``: every one): the whole model in Q/DQ (the other tensors keep their
 ``ranges``; the smoothed tensor gets the least-squared-error range of its smoothed values,
 :func:`mse_amax`) is scored (output SQNR against FP32 on the same samples,
 :mod:`trtcal.ort.sensitivity`); a factor is kept only when the model scores better with it. The
@@ -269,7 +269,8 @@ def _float_equal(model, smoothed, batches, choice, refs) -> float:
 
 
 def smooth(model, data, *, output=None, alphas=ALPHAS, climb_alphas: bool = True, select_samples: int = 64,
-           target: str = "tensorrt", attention: str = "int8", preprocess=None, batch_size: int | None = None, batch_axes: dict | None = None,
+           target: str = "tensorrt", attention: str = "int8", preprocess=None, batch_size: int | None = None,
+           batch_axes: dict | None = None,
            shapes: dict | None = None, allow_nonfinite: bool = False, score=None, classifiers=None,
            force: bool = False, progress=None, log=None):
     """``trtcal smooth``: SmoothQuant on ``model`` (a path) with ``data`` (any :mod:`trtcal.data`
@@ -298,7 +299,8 @@ def smooth(model, data, *, output=None, alphas=ALPHAS, climb_alphas: bool = True
     fp32 = load_model(model, load_weights=True, fp32=True)
     with Progress(None, "smoothing", enabled=progress) as bar:
         result = search_smoothing(fp32, batches, {n: r.amax for n, r in cal.thresholds.items()}, alphas=alphas,
-                                  climb_alphas=climb_alphas, target=target, attention=attention, progress=bar, batch_axes=batch_axes,
+                                  climb_alphas=climb_alphas, target=target, attention=attention, progress=bar,
+                                  batch_axes=batch_axes,
                                   score=score, classifiers=classifiers, log=log)
     fileio.atomic_write(path, result.model.SerializeToString(), force=force, inputs=[model, data])
     write_sidecar(path, {"algorithm": "smoothquant", "model": str(model), "model_sha256": file_sha256(model),
