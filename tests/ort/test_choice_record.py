@@ -54,7 +54,7 @@ def test_sidecar_records_the_range_of_every_quantized_activation(tmp_path):
     assert rec["chosen"] == r.chosen and rec["samples"] == 16
     assert set(rec["scores"]) == set(r.selection) and rec["chosen"] in rec["scores"]
     assert all(rec["scores"][k] == pytest.approx(v, abs=5e-4) for k, v in r.selection.items())
-    base = r.chosen.removesuffix(" + weights")
+    base = r.chosen.split(" + ")[0]
     for name, entry in rec["tensors"].items():  # no refine: the winning set's own candidate
         assert entry["by"] == ("layer error" if base == "per-tensor" else "outputs")
         assert entry["per_tensor"] == r.choice.choices[name].method

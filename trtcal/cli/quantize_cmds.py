@@ -53,6 +53,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     result = quantize(args.model, output=output.path, cache=args.cache, stats=args.stats, target=args.target,
                       eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
                       max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine, attention=args.attention,
+                      weight_rounding=args.weight_rounding,
                       smoothquant=args.smoothquant, smoothed=args.smoothed,
                       trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
                       log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
@@ -69,6 +70,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     s = result.summary
     if result.float_tensors:
         print(f"left in float: {', '.join(result.float_tensors)}")
+    print(f"weights: {s['weight_scales']} scales, rounding {s['weight_rounding']}")
     print(f"\nheld out: {s['samples']} samples from {s['data']}")
     rows = [("this model", _db(s["sqnr_db"]), f"{s['cosine_mean']:.4f}", _pct(s.get("top1_agreement"))),
             ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), f"{s['entropy2_cosine_mean']:.4f}",
@@ -102,6 +104,7 @@ def _pct(x: float | None) -> str:
 
 def register(sub) -> None:
     from trtcal.cache.format import DEFAULT_TRT_VERSION, format_version
+    from trtcal.ort.quantize import WEIGHT_ROUNDINGS
 
     p = add_command(sub, "quantize", cmd_quantize, DATA, SCORING, OUTPUT)
     p.add_argument("model", help="FP32 ONNX model")
@@ -112,6 +115,10 @@ def register(sub) -> None:
     p.add_argument("--refine", action="store_true",
                    help="then try other ranges tensor by tensor at the model's outputs on the calibration samples, "
                         "keeping each change that helps (about four models scored per tensor: slower)")
+    p.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default="gptq",
+                   help="gptq (default): also round each layer's weights by GPTQ (codes chosen for the layer's output, "
+                        "on the max weight scales; in the Q/DQ model only) and keep it where the model "
+                        "scores better at the outputs; nearest: round to nearest only, as TensorRT does")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
     p.add_argument("--smoothquant", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),

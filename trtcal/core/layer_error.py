@@ -79,10 +79,11 @@ def conv_geometry(spatial: Sequence[int], kernel: Sequence[int], *, strides=None
     return ConvGeometry(tuple(int(k) for k in kernel), strides, dilations, pads, int(groups))
 
 
-def im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+def im2col(x: np.ndarray, geom: ConvGeometry, every: int = 1) -> np.ndarray:
     """Unfold ``x`` ``[N, C, *spatial]`` into ``[P, groups, K]``: row ``p`` (positions in
     ``N, *output`` order) holds the input values output position ``p`` reads, per group, in the
-    order of the weight's ``[Cin / groups, *kernel]`` (zero where the window lies in the pads)."""
+    order of the weight's ``[Cin / groups, *kernel]`` (zero where the window lies in the pads).
+    ``every``: only every ``every``-th output position along each spatial axis (from the first)."""
     n = len(geom.kernel)
     if x.ndim != n + 2 or x.shape[1] % geom.groups:
         raise TrtcalError(f"im2col: input of shape {x.shape} does not fit a {n}-d kernel with {geom.groups} groups")
@@ -92,7 +93,7 @@ def im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     span = [(k - 1) * d + 1 for k, d in zip(geom.kernel, geom.dilations)]
     view = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, n + 2)))
     # [N, C, *positions, *span]: every stride-th position, every dilation-th tap
-    index = (slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(out, geom.strides)) \
+    index = (slice(None), slice(None)) + tuple(slice(None, o * s, s * every) for o, s in zip(out, geom.strides)) \
         + tuple(slice(None, None, d) for d in geom.dilations)
     view = view[index]
     order = (0,) + tuple(range(2, n + 2)) + (1,) + tuple(range(n + 2, 2 * n + 2))
@@ -113,6 +114,30 @@ def _codes(aq: np.ndarray, step: float) -> np.ndarray | None:
     if np.abs(codes).max(initial=0.0) > 255 or not np.allclose(codes * np.float32(step), aq, rtol=1e-6, atol=0):
         return None
     return codes
+
+
+def code_gram(codes: np.ndarray) -> np.ndarray:
+    """``codes' codes`` ``[K, K]`` for integer-valued float32 ``codes`` ``[P, K]`` (at most 255 in
+    magnitude), summed in float32 blocks small enough that every partial sum is an integer below
+    2^24 (exact), the blocks in float64: exact, at float32 matrix speed."""
+    top = max(1.0, float(np.abs(codes).max(initial=0.0)))
+    block = max(1, int(2**24 // (top * top)))
+    total = np.zeros((codes.shape[1], codes.shape[1]))  # integers, exact in float64
+    for b in range(0, codes.shape[0], block):
+        part = codes[b:b + block]
+        total += part.T @ part
+    return total
+
+
+def integer_gram(codes: np.ndarray) -> np.ndarray:
+    """``G[g] = codes[:, g]' codes[:, g]`` ``[groups, K, K]`` (float64, exact) for integer-valued
+    float32 ``codes`` ``[P, groups, K]`` at most 255 in magnitude: one group by :func:`code_gram`,
+    several in float64 (a batched product)."""
+    p, groups, k = codes.shape
+    if groups == 1:
+        return code_gram(codes.reshape(p, k))[None]
+    a = np.ascontiguousarray(codes.transpose(1, 0, 2), dtype=np.float64)
+    return a.transpose(0, 2, 1) @ a
 
 
 class ChannelErrors:
@@ -155,14 +180,7 @@ class ChannelErrors:
         delta = yq.astype(np.float64) - ref64
         codes = _codes(aq, step) if step is not None and self.groups == 1 else None
         if codes is not None:  # G from the integer codes; U and V in float32 blocks summed in float64
-            c2 = codes.reshape(p, self.k)
-            top = max(1.0, float(np.abs(c2).max(initial=0.0)))
-            block = max(1, int(2**24 // (top * top)))
-            total = np.zeros((self.k, self.k))  # integers, exact in float64
-            for b in range(0, p, block):
-                part = c2[b:b + block]
-                total += part.T @ part
-            self.G[0] += total * (float(step) * float(step))
+            self.G[0] += code_gram(codes.reshape(p, self.k)) * (float(step) * float(step))
             a32 = np.asarray(aq, np.float32).reshape(p, self.k)
             y32, r32 = np.asarray(yq, np.float32), np.asarray(ref, np.float32)
             both = np.concatenate([y32 - r32, r32], axis=1)

@@ -602,9 +602,24 @@ def _weight_amax(wp: _WeightPlan, method: str, given: Mapping[str, np.ndarray]) 
     return channel_amax(wp.array, wp.axis, method), f"weights:{method}"
 
 
+def _weight_array(wp: _WeightPlan, values: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    """The values a planned weight is quantized from: ``values[name]`` where given (e.g. GPTQ's
+    rounded weights, on the grid of the scales the original gets), else the model's own."""
+    if not values or wp.name not in values:
+        return wp.array
+    got = np.asarray(values[wp.name], dtype=np.float32)
+    if got.shape != wp.array.shape:
+        raise TrtcalError(f"weight {wp.name!r}: values of shape {list(got.shape)} given for a weight of shape "
+                          f"{list(wp.array.shape)}")
+    if not np.all(np.isfinite(got)):
+        raise TrtcalError(f"weight {wp.name!r}: given values must be finite")
+    return got
+
+
 def _apply(g: _Graph, plan: _Plan, weight_method: str = "max",
            weight_scales: Mapping[str, np.ndarray] | None = None,
-           weight_bits: Mapping[str, int] | None = None) -> list[QuantizedTensor]:
+           weight_bits: Mapping[str, int] | None = None,
+           weight_values: Mapping[str, np.ndarray] | None = None) -> list[QuantizedTensor]:
     """Insert the planned Q/DQ nodes; keep every other node, its name and its place."""
     from onnx import helper, numpy_helper
 
@@ -641,7 +656,7 @@ def _apply(g: _Graph, plan: _Plan, weight_method: str = "max",
     for (name, axis), wp in plan.weights.items():
         amax, how = _weight_amax(wp, weight_method, weight_scales or {})
         bits = (weight_bits or {}).get(name, 8)
-        qw, scale, zero = per_channel_int8(wp.array, axis, amax, bits)
+        qw, scale, zero = per_channel_int8(_weight_array(wp, weight_values), axis, amax, bits)
         base = name if axes_of[name] == 1 else f"{name}_axis{axis}"
         qw_name, s_name = names.fresh(f"{base}_quantized"), names.fresh(f"{base}_scale")
         z_name, dq_out = names.fresh(f"{base}_zero_point"), names.fresh(f"{base}_dequantized")
@@ -721,7 +736,8 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
               exclude_ops: Iterable[str] = (), unsigned: bool | None = None, attention: str = "int8",
               check_onnxruntime: bool = True, weight_method: str = "max",
               weight_scales: Mapping[str, np.ndarray] | None = None,
-              weight_bits: Mapping[str, int] | None = None) -> QdqResult:
+              weight_bits: Mapping[str, int] | None = None,
+              weight_values: Mapping[str, np.ndarray] | None = None) -> QdqResult:
     """Insert Q/DQ into ``model`` (an FP32 ONNX ``ModelProto`` or a path) by TensorRT's rules.
 
     ``ranges``: a :class:`~trtcal.cache.format.CalibrationCache`, or ``{tensor: amax | Range}``.
@@ -735,6 +751,9 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     ``weight_scales``: ``{weight initializer: per-channel scales}`` that take precedence (e.g.
     EQ's); a name that is no quantized weight is an error. ``weight_bits``: ``{weight: 4 or 8}``
     (ONNX Runtime only for 4: int4 per channel, scale ``amax / 7``, opset 21); others are 8.
+    ``weight_values``: ``{weight initializer: float values}`` quantized instead of the model's own
+    on the scales the weight gets (given or computed from its own values): e.g. GPTQ's rounded
+    weights (:mod:`trtcal.ort.weight_rounding`), which lie on that grid and keep their codes.
 
     Returns a :class:`QdqResult`; the input model is not modified. Raises
     :class:`~trtcal.core.errors.TrtcalError` for a model or ranges it cannot use.
@@ -801,12 +820,13 @@ def write_qdq(model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterabl
     # any constant weight of a Conv/ConvTranspose/Gemm/MatMul may be named (its node may stay in
     # float this time, e.g. in a fallback); anything else is a mistake
     weights = {n.input[1] for n in g.nodes if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and g.is_const(n.input[1])}
-    for what, given in (("weight scales", weight_scales), ("weight bits", weight_bits)):
+    for what, given in (("weight scales", weight_scales), ("weight bits", weight_bits),
+                        ("weight values", weight_values)):
         stray = sorted(set(given or {}) - weights)
         if stray:
             raise TrtcalError(f"{what} given for {len(stray)} tensor(s) that are no weight of a Conv, ConvTranspose, "
                               f"Gemm or MatMul of {where}, e.g. {stray[0]!r}")
-    quantized = _apply(g, plan, weight_method, weight_scales, weight_bits)
+    quantized = _apply(g, plan, weight_method, weight_scales, weight_bits, weight_values)
     warnings.extend(distinct_input_dims(model))
     if isinstance(ranges_in, CalibrationCache) and unsigned:
         warnings.append(CACHE_HAS_NO_SIGNS)

@@ -38,14 +38,25 @@ def _num(x: float, digits: int, *, decimals: bool = False) -> float | str:
     return round(x, digits) if decimals else float(f"{x:.{digits}g}")
 
 
+#: The steps ``quantize`` appends to the winning range set's label, in this order, each as
+#: ``" + step"``: tensor-by-tensor refinement, searched weight scales, GPTQ weight rounding.
+STEPS = ("refined", "weights", "gptq")
+
+
+def label_parts(chosen: str) -> tuple[str, list[str]]:
+    """``(range set, [steps])`` of a quantize label such as ``"mse + refined + gptq"``."""
+    parts = chosen.split(" + ")
+    return parts[0], parts[1:]
+
+
 def choice_record(choice, ranges: dict, chosen: str, scores: dict[str, float], float_tensors=()) -> dict:
     """The record of ``choice`` (a :class:`~trtcal.ort.range_choice.RangeChoice`): ``ranges``
     the ranges finally written (name -> :class:`~trtcal.core.ranges.Range`), ``chosen`` the winning
-    range set's label (``"per-tensor"`` or a candidate's, with quantize's ``" + refined"`` and
-    ``" + weights"`` suffixes), ``scores`` every range set's output SQNR on the selection samples,
+    range set's label (``"per-tensor"`` or a candidate's, with quantize's :data:`STEPS` as
+    suffixes), ``scores`` every range set's output SQNR on the selection samples,
     ``float_tensors`` those the fallback left in float."""
-    base = chosen.removesuffix(" + weights").removesuffix(" + refined")
-    refined = chosen.removesuffix(" + weights").endswith(" + refined")
+    base, steps = label_parts(chosen)
+    refined = "refined" in steps
     left_float = set(float_tensors)
     tensors = {}
     for name, c in choice.choices.items():

@@ -376,13 +376,15 @@ class LinearForm:
     def matrix(self, x: np.ndarray) -> np.ndarray:
         return x.T if self.trans_a else x.reshape(-1, x.shape[-1])
 
-    def unfold(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """``[P, groups, K]`` for samples (conv) or rows (matmul) ``start:stop``."""
+    def unfold(self, x: np.ndarray, start: int, stop: int, every: int = 1) -> np.ndarray:
+        """``[P, groups, K]`` for samples (conv) or rows (matmul) ``start:stop``; ``every``: only
+        every ``every``-th output position along each spatial axis (conv), or every ``every``-th
+        row counted from row 0 (matmul)."""
         from trtcal.core.layer_error import im2col
 
         if self.kind == "conv":
-            return im2col(x[start:stop], self.geom)
-        return self.matrix(x)[start:stop].reshape(-1, 1, self.k)
+            return im2col(x[start:stop], self.geom, every)
+        return self.matrix(x)[start + (-start) % every:stop:every].reshape(-1, 1, self.k)
 
     def outputs(self, y: np.ndarray) -> np.ndarray:
         return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]) if self.kind == "conv" else y.reshape(-1, y.shape[-1])

@@ -93,7 +93,8 @@ class QdqVariants:
     def __init__(self, model, ranges, *, target: str = "tensorrt", exclude_nodes: Iterable[str] = (),
                  exclude_ops: Iterable[str] = (), unsigned: bool | None = None, attention: str = "int8",
                  weight_method: str = "max", weight_scales: Mapping[str, np.ndarray] | None = None,
-                 weight_bits: Mapping[str, int] | None = None):
+                 weight_bits: Mapping[str, int] | None = None,
+                 weight_values: Mapping[str, np.ndarray] | None = None):
         from trtcal.onnx import qdq as Q
 
         if target not in Q.TARGETS:
@@ -103,6 +104,7 @@ class QdqVariants:
         self.ranges, _ = Q._ranges_of(ranges, target)
         self.weight_method, self.weight_scales = weight_method, dict(weight_scales or {})
         self.weight_bits = dict(weight_bits or {})
+        self.weight_values = dict(weight_values or {})
         model, where = Q._load(model)
         widths = sorted(({r.bits for r in self.ranges.values()} | set(self.weight_bits.values())) - {8})
         need, why = ((Q.NARROW_WIDE_OPSET, "narrow or wide Q/DQ") if widths else (Q.MIN_OPSET, "per-channel Q/DQ"))
@@ -253,7 +255,7 @@ class QdqVariants:
             plan = self._all_weights[key]
             amax, _ = Q._weight_amax(plan, self.weight_method, self.weight_scales)
             bits = self.weight_bits.get(name, 8)
-            qw, scale, _zero = per_channel_int8(plan.array, axis, amax, bits)
+            qw, scale, _zero = per_channel_int8(Q._weight_array(plan, self.weight_values), axis, amax, bits)
             self._weights[key] = (qw, scale, bits)
         qw, scale, bits = self._weights[key]
         name, axis = key

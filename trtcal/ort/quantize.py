@@ -15,8 +15,13 @@ the statistics, and a quality summary on held-out samples.
    :data:`REFINE_LABELS` candidates at the outputs, keeping every change that scores better
    (about four Q/DQ models scored per tensor). With ``search_weights`` (the default), the weighted layers' per-channel weight scales are then
    searched for the winning ranges (:func:`trtcal.ort.range_choice.search_weights`) and kept if
-   the model scores better with them. They live in the Q/DQ model only: a TensorRT <= 10 cache
-   holds activation ranges, and TensorRT computes its weight scales itself.
+   the model scores better with them. With ``weight_rounding="gptq"`` (the default), the weights
+   are then rounded by GPTQ (:mod:`trtcal.ort.weight_rounding`: codes chosen for each layer's
+   output, its input quantized at the chosen range) on the max scales, and kept if the model
+   scores better so than with the weights before (on the searched scales, GPTQ scored lower on
+   the Fashion CNN, EfficientNet-Lite0 and YOLOv8n). Weight scales and rounding live in
+   the Q/DQ model only: a TensorRT <= 10 cache holds activation ranges, and TensorRT computes and
+   rounds its weights itself.
 4. **Fallback**, only when asked: ``max_float`` leaves the tensors whose float fallback gains most
    in float (:func:`trtcal.ort.sensitivity.analyse`, leave-one-out); ``target_sqnr`` leaves the
    fewest of them, in that order, that bring the output SQNR on the selection samples to the
@@ -59,6 +64,10 @@ SMOOTH_MIN_SEARCH_GAIN_DB = 0.5
 #: each other, in the smoothed model's favour (all-MiniLM-L6-v2 on the judging samples: 11.86 ->
 #: 11.93 dB original, 16.91 -> 19.43 smoothed); closer than this, both are quantized and judged again.
 SMOOTH_DECISIVE_DB = 3.0
+#: How ``quantize`` may round the weights: ``"gptq"`` also tries GPTQ rounding
+#: (:mod:`trtcal.ort.weight_rounding`) on the max weight scales and keeps it where it scores
+#: better at the outputs; ``"nearest"`` rounds to nearest only (as TensorRT does).
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
 #: The most tensors ``target_sqnr`` leaves in float.
 MAX_TARGET_FLOAT = 20
 
@@ -70,7 +79,7 @@ class QuantizeResult:
     model: Path  # the Q/DQ model
     cache: Path  # the TensorRT cache of the same ranges
     stats: Path  # the calibration statistics
-    chosen: str  # "per-tensor" or the single method that scored best at the outputs, "+ weights" when searched
+    chosen: str  # "per-tensor" or the single method that scored best at the outputs, with choice_record.STEPS suffixes
     choice: object  # the per-tensor RangeChoice (every tensor's candidates and errors)
     selection: dict[str, float]  # candidate range set -> output SQNR (dB) on the selection samples
     summary: dict | None  # held-out scores: the written model and TensorRT's entropy2 (None until committed)
@@ -108,7 +117,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
              batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
              score=None, classifiers=None, candidates=None, refine: bool = False, search_weights: bool = True,
              attention: str = "int8",
-             weight_samples: int = 16,
+             weight_samples: int = 16, weight_rounding: str = "gptq",
              force: bool = False,
              progress: bool | None = None, log=None, commit: bool = True, extra_meta: dict | None = None
              ) -> QuantizeResult:
@@ -149,6 +158,8 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
                         ("weight_samples", weight_samples)):
         if not isinstance(value, int) or value < 1:
             raise TrtcalError(f"{name} {value!r}: must be a whole number >= 1")
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise TrtcalError(f"--weight-rounding {weight_rounding!r}: choose from {', '.join(WEIGHT_ROUNDINGS)}")
     if not isinstance(max_float, int) or max_float < 0:
         raise TrtcalError(f"--max-float {max_float!r}: must be a whole number >= 0")
     if target_sqnr is not None and max_float:
@@ -253,6 +264,15 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         scores[label] = score_model(trial.model, selection, refs, choice_of_outputs, sqnr_only=True).sqnr_db
         if _finite(scores[label]) > _finite(scores[chosen]):
             chosen, weights = label, {"weight_scales": scales}
+    rounding = None
+    if weight_rounding == "gptq":
+        later = _later_samples(model, data, {"select_samples": select_samples, "eval_data": eval_data,
+                                             "batch_size": bs, "preprocess": preprocess, **feed})
+        rounding = _round_by_gptq(model, fp32, ranges, tensors, chosen, weights, selection, later, specs, refs,
+                                  choice_of_outputs, scores, target=target, attention=attention, unsigned=unsigned,
+                                  batch_axes=batch_axes, progress=progress, say=say)
+        if rounding["kept"]:
+            chosen, weights = rounding.pop("label"), {"weight_values": rounding.pop("values")}
     say(f"ranges: {chosen} ({scores[chosen]:.2f} dB on the selection samples; entropy2 "
         f"{scores.get('entropy2', math.nan):.2f} dB)")
 
@@ -293,7 +313,8 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         trt_default = score_model(write_qdq(fp32, base_ranges, target=target, attention=attention, check_onnxruntime=False).model,
                                   held, held_refs, choice_of_outputs)
         summary = {"data": held_from, "samples": held_samples, "sqnr_db": got.sqnr_db,
-                   "weight_scales": "searched per channel (in the Q/DQ model only)" if weights else "max",
+                   "weight_scales": "searched per channel (in the Q/DQ model only)" if "weight_scales" in weights else "max",
+                   "weight_rounding": "gptq (in the Q/DQ model only)" if "weight_values" in weights else "nearest",
                    "entropy2_sqnr_db": trt_default.sqnr_db,
                    "cosine_mean": _mean(c.cosine_mean for c in got.outputs.values()),
                    "entropy2_cosine_mean": _mean(c.cosine_mean for c in trt_default.outputs.values()),
@@ -314,7 +335,9 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     amaxes.update({name: r.amax for name, r in ranges.items() if name in amaxes})
     trt_cache = CalibrationCache.from_amaxes(amaxes, version=trt_version, algorithm="EntropyCalibration2")
     meta = dict(cal.metadata)
-    meta.update(algorithm="quantize", ranges=chosen, target=target, attention=attention, weight_scales="searched" if weights else "max", model_sha256=file_sha256(model),
+    meta.update(algorithm="quantize", ranges=chosen, target=target, attention=attention, weight_scales="searched" if "weight_scales" in weights else "max",
+                weight_rounding=(f"gptq ({len(weights['weight_values'])} weights)" if "weight_values" in weights else "nearest"),
+                model_sha256=file_sha256(model),
                 float_tensors=float_tensors, held_out=held_from)
     from trtcal.ort.choice_record import SIDECAR_KEY, choice_record
 
@@ -332,7 +355,8 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
 
     final_db = fallback["selection_sqnr_db"][1] if fallback is not None else scores[chosen]
     result = QuantizeResult(output, cache, stats, chosen, choice, scores, None, float_tensors,
-                            {"version": format_version(trt_version), "batch_size": bs, "calibration": cal.metadata},
+                            {"version": format_version(trt_version), "batch_size": bs, "calibration": cal.metadata,
+                             **({"weight_rounding": rounding} if rounding is not None else {})},
                             warnings, final_db=final_db, _commit=write, _qdq=final.model)
     if commit:
         write()
@@ -487,6 +511,69 @@ def smoothquant_mode(value) -> str:
     raise TrtcalError(f"smoothquant {value!r}: choose from {', '.join(SMOOTHQUANT_MODES)}")
 
 
+def _round_by_gptq(model, fp32, ranges, tensors, chosen: str, weights: dict, selection, later, specs, refs, choice,
+                   scores: dict, *, target: str, attention: str, unsigned, batch_axes, progress, say) -> dict:
+    """Step 3's GPTQ rounding, judged on samples it was not fit on: fit on the selection samples
+    and judged on the calibration samples after them (``later``), or, without those, fit on the
+    first half of the selection samples and judged on the second (then refit on all of them).
+    Kept only when it scores better than the current weights both there and on the selection
+    samples. Returns a record: ``kept``, ``judged_on``, ``sqnr_db`` (the two on the judging
+    samples), the rounding's per-layer errors and, when kept, ``label`` and ``values`` (taken by
+    the caller) with ``scores[label]`` set."""
+    from trtcal.core.progress import Progress
+    from trtcal.data.sources import samples_in, take
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.sensitivity import reference_outputs, score_model
+    from trtcal.ort.weight_rounding import round_weights
+
+    amaxes = {n: ranges[n].amax for n in tensors if n in ranges}
+    label = f"{chosen.removesuffix(' + weights')} + gptq"  # on the max scales, not the searched ones
+    total = sum(samples_in(b, specs) for b in selection)
+    if later:
+        fit_on, judge_on = selection, later
+        judged_on = f"{sum(samples_in(b, specs) for b in later)} calibration samples after the selection samples"
+    elif total >= 2:
+        fit_on, judge_on, seen = _first_samples(selection, specs, total // 2), [], 0
+        for batch in selection:
+            k = samples_in(batch, specs)
+            if seen + k > total // 2:
+                judge_on.append(take(batch, specs, max(0, total // 2 - seen), k))
+            seen += k
+        judged_on = f"the last {total - total // 2} selection samples (fit on the first {total // 2})"
+    else:
+        return {"kept": False, "reason": "one calibration sample: nothing to judge the rounding on"}
+
+    def fit(batches):
+        with Progress(len(tensors), "rounding weights", enabled=progress) as bar:
+            return round_weights(model, amaxes, batches, unsigned=unsigned, inputs=specs, progress=bar)[0]
+
+    say(f"rounding weights by GPTQ on the max weight scales, judged on {judged_on}")
+    found = fit(fit_on)
+    if not found.values:
+        return {"kept": False, "reason": "no layer to round", **found.to_dict()}
+    judge_refs, _ = reference_outputs(fp32, judge_on, choice, batch_axes=batch_axes)
+
+    def model_with(**opts):
+        return write_qdq(fp32, ranges, target=target, attention=attention, check_onnxruntime=False, **opts).model
+
+    before = score_model(model_with(**weights), judge_on, judge_refs, choice, sqnr_only=True).sqnr_db
+    after = score_model(model_with(weight_values=found.values), judge_on, judge_refs, choice, sqnr_only=True).sqnr_db
+    record = {"kept": False, "judged_on": judged_on, "sqnr_db": {chosen: before, label: after}}
+    if not _finite(after) > _finite(before):
+        say(f"GPTQ rounding: {after:.2f} dB against {before:.2f} on {judged_on}: not kept")
+        return {**record, **found.to_dict()}
+    if fit_on is not selection:
+        found = fit(selection)
+    scores[label] = score_model(model_with(weight_values=found.values), selection, refs, choice, sqnr_only=True).sqnr_db
+    kept = _finite(scores[label]) > _finite(scores[chosen])
+    say(f"GPTQ rounding: {after:.2f} dB against {before:.2f} on {judged_on}; {scores[label]:.2f} against "
+        f"{scores[chosen]:.2f} on the selection samples: {'kept' if kept else 'not kept'}")
+    record.update(kept=kept, **found.to_dict())
+    if kept:
+        record.update(label=label, values=found.values)
+    return record
+
+
 def _score_sets(fp32, sets: dict, batches, refs, choice, *, target: str, attention: str, progress=None) -> dict:
     """``{label: output SQNR}`` of each range set's Q/DQ model on ``batches``, all run in ONE model
     whose activation scales are inputs (:meth:`trtcal.ort.qdq_variants.QdqVariants.switched`: the
@@ -512,38 +599,47 @@ def _validation_scores(model, data, candidates: dict, options: dict, memo: dict 
     samples after the first ``select_samples`` (as many again; held-out batches excluded as
     quantize excludes them), or None when the data has none left. ``memo``: a dict kept between
     calls on the same model and data (the samples and FP32 outputs are computed once)."""
-    from trtcal.data.sources import samples_in, take
     from trtcal.onnx.model import load_model
     from trtcal.ort.evaluate import choose_outputs
-    from trtcal.ort.runner import first_batches
     from trtcal.ort.sensitivity import reference_outputs, score_model
 
     memo = {} if memo is None else memo
     if "later" not in memo:
-        n = options.get("select_samples", 64)
-        keep = None if options.get("eval_data") is not None else (lambda i: not _held_out(i))
-        batches, specs = first_batches(model, data, samples=2 * n, batch_size=options.get("batch_size"),
-                                       preprocess=options.get("preprocess"), batch_axes=options.get("batch_axes"),
-                                       shapes=options.get("shapes"), allow_nonfinite=options.get("allow_nonfinite", False),
-                                       keep_batch=keep)
-        later, seen = [], 0
-        for batch in batches:
-            k = samples_in(batch, specs)
-            if seen + k > n:
-                later.append(take(batch, specs, max(0, n - seen), k))
-            seen += k
-        memo["later"] = later
-        if later:
+        memo["later"] = _later_samples(model, data, options)
+        if memo["later"]:
             fp32 = load_model(model, load_weights=True, fp32=True)
             choice = choose_outputs(fp32, str(model), score=options.get("score"), classifiers=options.get("classifiers"))
             memo["choice"] = choice
-            memo["refs"], memo["samples"] = reference_outputs(fp32, later, choice, batch_axes=options.get("batch_axes"))
+            memo["refs"], memo["samples"] = reference_outputs(fp32, memo["later"], choice,
+                                                              batch_axes=options.get("batch_axes"))
     later = memo["later"]
     if not later:
         return None
     refs, samples, choice = memo["refs"], memo["samples"], memo["choice"]
     scores = {label: score_model(m, later, refs, choice, sqnr_only=True).sqnr_db for label, m in candidates.items()}
     return scores, f"{samples} calibration samples after the selection samples"
+
+
+def _later_samples(model, data, options: dict) -> list[dict]:
+    """The calibration samples after the first ``select_samples`` (as many again; the batches
+    quantize holds out excluded when there is no ``eval_data``): samples no search of quantize fit
+    on, to judge a search by. Empty when the data has none."""
+    from trtcal.data.sources import samples_in, take
+    from trtcal.ort.runner import first_batches
+
+    n = options.get("select_samples", 64)
+    keep = None if options.get("eval_data") is not None else (lambda i: not _held_out(i))
+    batches, specs = first_batches(model, data, samples=2 * n, batch_size=options.get("batch_size"),
+                                   preprocess=options.get("preprocess"), batch_axes=options.get("batch_axes"),
+                                   shapes=options.get("shapes"), allow_nonfinite=options.get("allow_nonfinite", False),
+                                   keep_batch=keep)
+    later, seen = [], 0
+    for batch in batches:
+        k = samples_in(batch, specs)
+        if seen + k > n:
+            later.append(take(batch, specs, max(0, n - seen), k))
+        seen += k
+    return later
 
 
 def _first_samples(batches: list[dict], specs, n: int) -> list[dict]:

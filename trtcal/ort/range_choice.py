@@ -137,6 +137,16 @@ def quantize_values(x: np.ndarray, amax: float, unsigned: bool) -> np.ndarray:
     return q
 
 
+def quantize_codes(x: np.ndarray, amax: float, unsigned: bool) -> tuple[np.ndarray, np.float32]:
+    """``(codes, step)``: the integer codes of :func:`quantize_values` (float32; ``codes * step``
+    are its values)."""
+    s = np.float32(amax / (255 if unsigned else 127))
+    q = np.divide(x, s, dtype=np.float32)
+    np.rint(q, out=q)
+    np.clip(q, 0 if unsigned else -128, 255 if unsigned else 127, out=q)
+    return q, s
+
+
 def _relative_error(ref: np.ndarray, got: np.ndarray) -> float:
     """Noise power over signal power (float32 dot products: a ranking, not a report)."""
     r = np.ravel(ref).astype(np.float32, copy=False)

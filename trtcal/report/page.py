@@ -123,7 +123,7 @@ def read_range_choice(record: dict, source: str, cache=None) -> RangeChoice:
     if not isinstance(record, dict) or not isinstance(record.get("tensors"), dict):
         raise bad("expected an object with a 'tensors' object")
     chosen = str(record.get("chosen", "?"))
-    range_set = chosen.removesuffix(" + weights").removesuffix(" + refined")
+    range_set = chosen.split(" + ")[0]  # quantize appends its steps as " + step"
     scores = record.get("scores") or {}
     if not isinstance(scores, dict):
         raise bad("'scores' is not an object")
