@@ -40,6 +40,20 @@ def test_quantize_json(tmp_path):
     assert doc["chosen"] in doc["selection_sqnr_db"]
 
 
+def test_quantize_weight_rounding_option(tmp_path):
+    common = ["--data", CALIB, "--eval-data", EVAL, "--cache", tmp_path / "c", "--stats", tmp_path / "s.npz", "--force"]
+    rc, text, err = run_cli("quantize", MODEL, "-o", tmp_path / "n.onnx", "--weight-rounding", "nearest", *common)
+    assert rc == 0, err
+    assert "rounding nearest" in text and "GPTQ" not in text
+    rc, text, err = run_cli("quantize", MODEL, "-o", tmp_path / "g.onnx", "--json", *common)
+    assert rc == 0, err
+    doc = json.loads(text)
+    assert doc["summary"]["weight_rounding"].startswith("gptq") and doc["chosen"].endswith(" + gptq")
+    assert doc["metadata"]["weight_rounding"]["kept"] is True
+    rc, _, err = run_cli("quantize", MODEL, "--data", CALIB, "--weight-rounding", "0")
+    assert rc == 2 and "--weight-rounding" in err and "Traceback" not in err
+
+
 def test_quantize_refuses_without_overwriting(tmp_path):
     out = tmp_path / "m.int8.onnx"
     out.write_bytes(b"keep")

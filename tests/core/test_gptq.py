@@ -62,6 +62,15 @@ def test_equals_the_literal_optimal_brain_quantizer(act_order, block):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_large_layers_equal_the_literal_quantizer_too():
+    """Past 128 inputs the inverse factor is built by halves: the same codes."""
+    rng = np.random.default_rng(6)
+    w, s, h = problem(rng, 300, 4, 900)
+    diag = np.diag(h)
+    order = np.argsort(-np.where(diag == 0, -1, diag), kind="stable")
+    np.testing.assert_array_equal(gptq_codes(w, s, h), obq(w, s, h, 0.01, order))
+
+
 def test_beats_round_to_nearest_and_nears_the_brute_force_optimum():
     rng = np.random.default_rng(2)
     ratios, gaps = [], []

@@ -68,22 +68,38 @@ def round_to_nearest(rows: np.ndarray, scales: np.ndarray, qmax: int = 127) -> n
     return q.astype(np.int8 if qmax <= 127 else np.int32)
 
 
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """The inverse of lower-triangular matrices ``[g, n, n]``, by halves (two half-size inverses
+    and two products: about half the work of a general inverse)."""
+    n = lower.shape[-1]
+    if n <= 128:
+        return np.linalg.inv(lower)
+    m = n // 2
+    top, bottom = _lower_inverse(lower[:, :m, :m]), _lower_inverse(lower[:, m:, m:])
+    out = np.zeros_like(lower)
+    out[:, :m, :m] = top
+    out[:, m:, m:] = bottom
+    out[:, m:, :m] = -(bottom @ (lower[:, m:, :m] @ top))
+    return out
+
+
 def _inverse_factor(h: np.ndarray, mean: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + damp * mean I)^-1`` per group (``U^T U``), the
     dampening raised tenfold until every group's matrix factors. With ``J`` the order reversal and
     ``J H J = L L^T``, ``U = J L^-1 J`` (one factorisation and one triangular inverse, no inverse
     of ``H`` formed)."""
     k = h.shape[-1]
-    eye = np.eye(k)
-    rev = np.arange(k)[::-1]
+    diagonal = np.arange(k)
     d = damp
     for _ in range(8):
-        damped = h + (d * np.maximum(mean, 1e-300))[:, None, None] * eye
+        damped = h[:, ::-1, ::-1].copy()  # J H J
+        damped[:, diagonal, diagonal] += (d * np.maximum(mean, 1e-300))[:, None]
         try:
-            lower = np.linalg.cholesky(damped[:, rev][:, :, rev])
-            return np.linalg.inv(lower)[:, rev][:, :, rev]
+            lower = np.linalg.cholesky(damped)
         except np.linalg.LinAlgError:
             d = max(d * 10, 1e-6)
+            continue
+        return np.ascontiguousarray(_lower_inverse(lower)[:, ::-1, ::-1])
     raise TrtcalError("weight rounding: the input matrix does not factor even with strong dampening")
 
 
@@ -101,7 +117,6 @@ def gptq_codes(rows: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, gro
         raise TrtcalError(f"weight rounding: {s.size} scales for {g * cg} channels (finite, >= 0)")
     s = s.reshape(g, cg, 1)
     live = s > 0
-    safe = np.where(live, s, 1.0)
     h = h.copy()
     diag = np.einsum("gkk->gk", h)
     dead = ~(diag > 0)  # inputs that are zero on every sample: isolated, round to nearest
@@ -115,22 +130,28 @@ def gptq_codes(rows: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, gro
     gsel = np.arange(g)[:, None, None]
     h = h[gsel, order[:, :, None], order[:, None, :]]
     u = _inverse_factor(h, mean, damp)
-    work = np.take_along_axis(w, order[:, None, :], axis=2).copy()
-    codes = np.zeros_like(work)
+    work = np.take_along_axis(w, order[:, None, :], axis=2).transpose(0, 2, 1).copy()  # [g, K, Cg]: a column a row
+    codes = np.empty_like(work)
+    step = s[:, :, 0]  # [g, Cg]
+    safe = np.where(live[:, :, 0], step, np.inf)  # a scale of 0: codes 0
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
-        part = work[:, :, i1:i2].copy()
-        errs = np.zeros_like(part)
+        part = work[:, i1:i2, :]  # updated in place: these rows are not read after the block
+        errs = np.empty_like(part)
         ub = u[:, i1:i2, i1:i2]
         for j in range(i2 - i1):
-            col = part[:, :, j]
-            q = np.clip(np.rint(col / safe[:, :, 0]), -qmax, qmax)
-            q = np.where(live[:, :, 0], q, 0.0)
-            codes[:, :, i1 + j] = q
-            err = (col - q * s[:, :, 0]) / ub[:, j, j][:, None]
-            errs[:, :, j] = err
-            part[:, :, j:] -= err[:, :, None] * ub[:, None, j, j:]
+            col = part[:, j, :]
+            q = np.rint(col / safe)
+            np.clip(q, -qmax, qmax, out=q)
+            codes[:, i1 + j, :] = q
+            err = errs[:, j, :]
+            np.multiply(q, step, out=err)
+            np.subtract(col, err, out=err)
+            err /= ub[:, j, j][:, None]
+            if j + 1 < i2 - i1:
+                part[:, j + 1:, :] -= ub[:, j, j + 1:, None] * err[:, None, :]
         if i2 < k:
-            work[:, :, i2:] -= errs @ u[:, i1:i2, i2:]
+            work[:, i2:, :] -= u[:, i1:i2, i2:].transpose(0, 2, 1) @ errs
+    codes = codes.transpose(0, 2, 1)
     codes = np.take_along_axis(codes, back[:, None, :], axis=2)
     return codes.reshape(g * cg, k).astype(np.int8 if qmax <= 127 else np.int32)
