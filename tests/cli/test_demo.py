@@ -60,11 +60,15 @@ def test_demo_writes_cache_sidecar_and_stats(demo):
     assert side["fake_data"] is False and side["samples"] == 512
     assert "$ trtcal quantize" in out and "$ trtcal cache lint" in out and "no findings" in out
     assert side["algorithm"] == "quantize" and "$ trtcal thresholds" in out
-    # the Q/DQ model holds the cache's ranges for the tensors it quantizes
+    # the Q/DQ model holds the cache's ranges for the tensors it quantizes; a one-sided tensor shifted
+    # into its readers' biases (the sidecar says which) is quantized as <name>_shifted at half its amax
     from trtcal.onnx.qdq import read_qdq_scales
 
     qdq = read_qdq_scales(onnx.load(out_dir / "fashion_cnn.int8.onnx"))
-    assert qdq.names() and all(qdq.amax(n) == pytest.approx(entries[n], rel=1e-6) for n in qdq.names())
+    shifted = {v["reads_as"]: n for n, v in side["shift"]["tensors"].items()} if side["shift"]["kept"] else {}
+    assert shifted  # the two Gemm inputs, ReLU outputs
+    assert qdq.names() and all(qdq.amax(n) * (2 if n in shifted else 1) == pytest.approx(entries[shifted.get(n, n)], rel=1e-6)
+                               for n in qdq.names())
 
 
 def test_demo_reports_one_sided_tensors_from_the_graph(demo):

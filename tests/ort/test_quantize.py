@@ -43,8 +43,13 @@ def test_quantize_writes_the_chosen_ranges_everywhere(fashion):
     base = r.chosen.split(" + ")[0]
     chosen = r.choice.amaxes if base == "per-tensor" else {
         n: c.amaxes.get(base, c.amaxes["entropy2"]) for n, c in r.choice.choices.items()}
+    shifted = r.metadata["shift"]["tensors"] if r.metadata["shift"]["kept"] else {}
     for name, amax in chosen.items():
-        assert qdq.amax(name) == pytest.approx(amax, rel=1e-6)
+        if name in shifted:  # quantized as name - amax/2 in [-amax/2, amax/2]
+            assert shifted[name]["shift"] == pytest.approx(amax / 2, rel=1e-6)
+            assert qdq.amax(shifted[name]["reads_as"]) == pytest.approx(amax / 2, rel=1e-6)
+        else:
+            assert qdq.amax(name) == pytest.approx(amax, rel=1e-6)
         assert cache.amax(name) == pytest.approx(amax, rel=1e-6)
     hists, meta = load_stats(out / "f.stats.npz")
     assert set(r.choice.choices) <= set(hists) and meta["algorithm"] == "entropy2"
@@ -166,6 +171,28 @@ def test_gptq_is_judged_on_samples_it_was_not_fit_on(fashion, tmp_path):
     assert labels[1].endswith(" + gptq")
     if record["kept"]:  # kept only where it scored better on the judging samples
         assert record["sqnr_db"][labels[1]] > record["sqnr_db"][labels[0]]
+
+
+def test_one_sided_gemm_inputs_are_shifted_into_the_biases(fashion, tmp_path):
+    """The Fashion CNN's two Gemm inputs are ReLU outputs: quantized as x - amax/2, the shift in
+    the Gemm biases (computed with the quantized weights), they cost a quarter of the rounding
+    noise; measured held out 42.5 -> 46.0 dB. pool1 feeds a padded Conv: not shifted."""
+    out, r = fashion
+    record = r.metadata["shift"]
+    assert record["kept"] and set(record["tensors"]) == {"/flatten/Flatten_output_0", "/relu3/Relu_output_0"}
+    before, after = record["selection_sqnr_db"]
+    assert after > before + 1 and r.final_db == after
+    model = onnx.load(out / "f.int8.onnx")
+    subs = [n for n in model.graph.node if n.op_type == "Sub"]
+    assert sorted(n.input[0] for n in subs) == sorted(record["tensors"])
+    side = json.loads((out / "f.int8.onnx.trtcal.json").read_text())
+    assert side["shift"]["tensors"] == record["tensors"]
+    off = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz",
+                   eval_data=EXAMPLES / "fashion_eval.npz", output=tmp_path / "n.onnx", cache=tmp_path / "n.cache",
+                   stats=tmp_path / "n.npz", progress=False, shift_one_sided=False)
+    assert "shift" not in off.metadata
+    assert not any(n.op_type == "Sub" for n in onnx.load(tmp_path / "n.onnx").graph.node)
+    assert r.summary["sqnr_db"] > off.summary["sqnr_db"] + 2  # held out
 
 
 def test_weight_rounding_option_is_checked(tmp_path):

@@ -53,7 +53,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     result = quantize(args.model, output=output.path, cache=args.cache, stats=args.stats, target=args.target,
                       eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
                       max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine, attention=args.attention,
-                      weight_rounding=args.weight_rounding,
+                      weight_rounding=args.weight_rounding, shift_one_sided=not args.no_shift,
                       smoothquant=args.smoothquant, smoothed=args.smoothed,
                       trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
                       log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
@@ -71,6 +71,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if result.float_tensors:
         print(f"left in float: {', '.join(result.float_tensors)}")
     print(f"weights: {s['weight_scales']} scales, rounding {s['weight_rounding']}")
+    shift = result.metadata.get("shift")
+    if shift and shift["kept"]:
+        print(f"shifted by half their range into their readers' biases (one-sided, in the Q/DQ model only): "
+              f"{', '.join(shift['tensors'])}")
     print(f"\nheld out: {s['samples']} samples from {s['data']}")
     rows = [("this model", _db(s["sqnr_db"]), f"{s['cosine_mean']:.4f}", _pct(s.get("top1_agreement"))),
             ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), f"{s['entropy2_cosine_mean']:.4f}",
@@ -119,6 +123,11 @@ def register(sub) -> None:
                    help="gptq (default): also round each layer's weights by GPTQ (codes chosen for the layer's output, "
                         "on the max weight scales; in the Q/DQ model only) and keep it where the model "
                         "scores better at the outputs; nearest: round to nearest only, as TensorRT does")
+    p.add_argument("--no-shift", action="store_true",
+                   help="do not shift one-sided activations (ReLU outputs read only by Gemm, MatMul or unpadded Conv "
+                        "layers) by half their range into those layers' biases; by default, with --target tensorrt, "
+                        "they are quantized as x - amax/2 in [-amax/2, amax/2] (symmetric int8 then uses all its codes: "
+                        "one bit more) where the model scores better so (in the Q/DQ model only)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
     p.add_argument("--smoothquant", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),

@@ -117,7 +117,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
              batch_axes: dict | None = None, shapes: dict | None = None, allow_nonfinite: bool = False,
              score=None, classifiers=None, candidates=None, refine: bool = False, search_weights: bool = True,
              attention: str = "int8",
-             weight_samples: int = 16, weight_rounding: str = "gptq",
+             weight_samples: int = 16, weight_rounding: str = "gptq", shift_one_sided: bool = True,
              force: bool = False,
              progress: bool | None = None, log=None, commit: bool = True, extra_meta: dict | None = None
              ) -> QuantizeResult:
@@ -306,6 +306,14 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     else:
         final = write_qdq(fp32, ranges, target=target, attention=attention, **weights)
 
+    # 4b. shift one-sided activations into their readers' biases, if it scores better
+    shift_record = None
+    if shift_one_sided and target == "tensorrt":
+        final, shift_record = _shift_one_sided(fp32, final, ranges, float_tensors, weights, selection, refs,
+                                               choice_of_outputs, final_db=(fallback["selection_sqnr_db"][1]
+                                                                            if fallback is not None else scores[chosen]),
+                                               attention=attention, say=say)
+
     # 5. score on held-out samples (only the model kept: quantize(smoothquant=...) quantizes two), then write
     def summarize() -> dict:
         held_refs, held_samples = reference_outputs(fp32, held, choice_of_outputs, batch_axes=batch_axes)
@@ -342,6 +350,8 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     from trtcal.ort.choice_record import SIDECAR_KEY, choice_record
 
     meta[SIDECAR_KEY] = choice_record(choice, ranges, chosen, scores, float_tensors)  # per tensor: what and why
+    if shift_record is not None:  # the Q/DQ model quantizes <tensor>_shifted at amax / 2 where this says so
+        meta["shift"] = shift_record
     meta.update(extra_meta or {})
 
     def write() -> None:
@@ -354,9 +364,12 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         write_sidecar(output, {**meta, "cache": str(cache), "stats": str(stats)}, force=force)
 
     final_db = fallback["selection_sqnr_db"][1] if fallback is not None else scores[chosen]
+    if shift_record is not None and shift_record["kept"]:
+        final_db = shift_record["selection_sqnr_db"][1]
     result = QuantizeResult(output, cache, stats, chosen, choice, scores, None, float_tensors,
                             {"version": format_version(trt_version), "batch_size": bs, "calibration": cal.metadata,
-                             **({"weight_rounding": rounding} if rounding is not None else {})},
+                             **({"weight_rounding": rounding} if rounding is not None else {}),
+                             **({"shift": shift_record} if shift_record is not None else {})},
                             warnings, final_db=final_db, _commit=write, _qdq=final.model)
     if commit:
         write()
@@ -572,6 +585,60 @@ def _round_by_gptq(model, fp32, ranges, tensors, chosen: str, weights: dict, sel
     if kept:
         record.update(label=label, values=found.values)
     return record
+
+
+def _shift_one_sided(fp32, final, ranges: dict, float_tensors, weights: dict, selection, refs, choice, *,
+                     final_db: float, attention: str, say):
+    """Step 4b: the one-sided activations the written model quantizes whose readers can take a
+    shift (:func:`trtcal.onnx.shift.shiftable`) are quantized as ``x - amax/2`` in ``[-amax/2,
+    amax/2]``, the shift in their readers' biases computed with the weights as the Q/DQ model
+    holds them; kept when the model scores better on the selection samples. Returns ``(the final
+    Q/DQ result, a record)``; the record is None when no activation qualifies."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from trtcal.core.ranges import Range
+    from trtcal.core.weight_scales import per_channel_int8
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.onnx.shift import apply_shift, shiftable, weight_axis
+    from trtcal.ort.sensitivity import score_model
+
+    quantized = {q.name for q in final.activations}
+    one_sided = [n for n, r in ranges.items() if n in quantized and n not in float_tensors and r.low == 0 and r.amax > 0]
+    groups = shiftable(fp32, one_sided)
+    if not groups:
+        return final, None
+    inits = {t.name: t for t in fp32.graph.initializer}
+    held: dict[str, np.ndarray] = {}  # the weights as the Q/DQ model holds them
+    for nodes in groups.values():
+        for i in nodes:
+            node = fp32.graph.node[i]
+            w_name = node.input[1]
+            if w_name in held:
+                continue
+            w = weights.get("weight_values", {}).get(w_name)
+            w = numpy_helper.to_array(inits[w_name]).astype(np.float32) if w is None else np.asarray(w, np.float32)
+            scales = weights.get("weight_scales", {}).get(w_name)
+            axis = weight_axis(node)
+            amax = None if scales is None else np.asarray(scales, np.float64).reshape(-1) * 127.0
+            codes, scale, _ = per_channel_int8(w, axis, amax)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            held[w_name] = codes.astype(np.float32) * scale.reshape(shape)
+    shifted = apply_shift(fp32, {n: ranges[n].amax / 2 for n in groups}, weights=held)
+    moved = dict(ranges)
+    for name, new in shifted.tensors.items():
+        moved[new] = Range.symmetric(ranges[name].amax / 2, source=f"{ranges[name].source}, shifted")
+        del moved[name]
+    trial = write_qdq(shifted.model, {n: r for n, r in moved.items() if n not in float_tensors}, target="tensorrt",
+                      attention=attention, **weights)
+    got = score_model(trial.model, selection, refs, choice, sqnr_only=True).sqnr_db
+    kept = _finite(got) > _finite(final_db)
+    say(f"shifting {len(groups)} one-sided activation(s) into their readers' biases: {got:.2f} dB against "
+        f"{final_db:.2f} on the selection samples: {'kept' if kept else 'not kept'}")
+    record = {"kept": kept, "tensors": {n: {"shift": shifted.shifts[n], "reads_as": shifted.tensors[n]} for n in groups},
+              "selection_sqnr_db": [final_db, got]}
+    return (trial if kept else final), record
 
 
 def _score_sets(fp32, sets: dict, batches, refs, choice, *, target: str, attention: str, progress=None) -> dict:

@@ -1,0 +1,218 @@
+"""Shifting one-sided activations for symmetric int8: ``x`` in ``[0, amax]`` is quantized as ``x - c``
+with ``c = amax / 2`` in ``[-amax/2, amax/2]``, and the shift goes back in through the bias of
+the layers that read it.
+
+TensorRT's Q/DQ is symmetric int8 (zero point 0): a ReLU output quantized as is uses the codes 0..127
+only, half of them, at step ``amax / 127``. Shifted, it uses -127..127 at step ``amax / 254``: a
+quarter of the rounding noise, the same clipping. A layer ``y = W' x + b`` that reads it (``W'``
+the weights as the INT8 model holds them: quantized, dequantized) computes the same from the
+shifted input with bias ``b + W' c``: ``W' (x - c) + (b + W' c) = W' x + b``. With the weights
+in float the rewritten model equals the original up to float rounding; with quantized weights
+its INT8 model differs from the unshifted one by the activation's rounding alone (the same
+trade as Outlier Suppression+'s channel shifts, Wei et al. 2023, per tensor and for ReLU outputs).
+
+:func:`shiftable` contract: an activation qualifies when every node that reads it is a layer it
+can be shifted into: a Gemm (any ``transA``/``transB``/``alpha``/``beta``, constant 2-D ``B``, a
+constant ``C`` of shape ``[N]`` or ``[1, N]`` or none), a MatMul with a constant 2-D ``B`` (its
+bias becomes an ``Add`` after it, or goes into the constant of the ``Add`` that alone reads it),
+or a Conv with a constant weight and no padding (padding would read zeros, not ``-c``), reading it
+as input 0; and it is no graph output's only reader's concern (a graph output keeps its values).
+
+:func:`apply_shift` rewrites a copy: a ``Sub`` of the constant ``c`` before the first reader,
+output ``<x>_shifted``, which the readers read instead; each reader's bias raised by ``W' c``
+summed over its inputs, ``W'`` given per weight (the values the Q/DQ writer will store; the
+float weights where none is given). Graph work only (onnx protos and numpy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtcal.core.errors import TrtcalError
+
+
+@dataclass
+class Shifted:
+    """The rewritten model and where each shifted activation now is."""
+
+    model: object  # onnx.ModelProto
+    tensors: dict[str, str] = field(default_factory=dict)  # original activation -> the shifted tensor the layers read
+    shifts: dict[str, float] = field(default_factory=dict)  # original activation -> c
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return a.i if a.type == 2 else a.f if a.type == 1 else list(a.ints) if a.type == 7 else a.s.decode()
+    return default
+
+
+def _readers(model) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, node in enumerate(model.graph.node):
+        for name in dict.fromkeys(node.input):
+            if name:
+                out.setdefault(name, []).append(i)
+    return out
+
+
+def _input_sums(node, w: np.ndarray) -> np.ndarray | None:
+    """Per output channel, the sum of the weights over the layer's inputs (what a shift ``c`` of
+    every input adds, divided by ``c``), or None where the reader does not qualify."""
+    op = node.op_type
+    if op == "Conv":
+        pads = _attr(node, "pads", None)
+        if w.ndim < 3 or (pads and any(pads)) or _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            return None
+        return w.reshape(w.shape[0], -1).sum(1, dtype=np.float64)
+    if w.ndim != 2:
+        return None
+    if op == "MatMul":
+        return w.sum(0, dtype=np.float64)
+    if op == "Gemm":
+        alpha = float(_attr(node, "alpha", 1.0))
+        return (w.sum(1, dtype=np.float64) if _attr(node, "transB", 0) else w.sum(0, dtype=np.float64)) * alpha
+    return None
+
+
+def shiftable(model, tensors) -> dict[str, list[int]]:
+    """``{activation: the indices of the nodes that read it}`` for each of ``tensors`` that
+    qualifies (module doc)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    readers = _readers(model)
+    outputs = {o.name for o in model.graph.output}
+    out = {}
+    for name in tensors:
+        nodes = readers.get(name, [])
+        if not nodes or name in inits:
+            continue
+        ok = True
+        for i in nodes:
+            node = model.graph.node[i]
+            if node.op_type not in ("Gemm", "MatMul", "Conv") or node.input[0] != name or list(node.input).count(name) != 1 \
+                    or len(node.input) < 2 or node.input[1] not in inits:
+                ok = False
+                break
+            w = numpy_helper.to_array(inits[node.input[1]])
+            if _input_sums(node, w) is None:
+                ok = False
+                break
+            if node.op_type == "Gemm" and float(_attr(node, "beta", 1.0)) == 0.0:
+                ok = False  # no bias to carry the shift
+                break
+            if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+                c = inits.get(node.input[2])
+                n_out = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
+                if c is None or tuple(c.dims) not in ((n_out,), (1, n_out)):
+                    ok = False
+                    break
+            if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+                ok = False
+                break
+            if node.op_type == "MatMul" and node.output[0] in outputs:
+                ok = False  # its bias would need an Add after a graph output
+                break
+        if ok:
+            out[name] = nodes
+    return out
+
+
+def weight_axis(node) -> int:
+    """The output-channel axis of a reader's weight (as the Q/DQ writer quantizes it per channel)."""
+    if node.op_type == "Gemm":
+        return 0 if _attr(node, "transB", 0) else 1
+    return 0 if node.op_type == "Conv" else 1
+
+
+def apply_shift(model, shifts: dict[str, float], *, weights: dict[str, np.ndarray] | None = None) -> Shifted:
+    """A copy of ``model`` with each activation of ``shifts`` (``{tensor: c}``, tensors
+    :func:`shiftable` accepts) shifted by ``c`` into its readers' biases; ``weights``: ``{weight
+    initializer: the values the INT8 model holds}`` for the bias (default the float weights)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    groups = shiftable(m, list(shifts))
+    missing = [n for n in shifts if n not in groups]
+    if missing:
+        raise TrtcalError(f"cannot shift {missing[0]!r}: some node that reads it is no Gemm, MatMul or unpadded Conv "
+                          "with constant weights")
+    weights = weights or {}
+    graph = m.graph
+    inits = {t.name: t for t in graph.initializer}
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | set(inits) | {i.name for i in graph.input}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    result = Shifted(m)
+    before: dict[int, list] = {}
+    after: dict[int, list] = {}
+    for name, c in shifts.items():
+        if not np.isfinite(c):
+            raise TrtcalError(f"shift of {name!r}: {c!r} is not a finite number")
+        nodes = groups[name]
+        shifted = fresh(f"{name}_shifted")
+        c_name = fresh(f"{name}_shift")
+        graph.initializer.append(numpy_helper.from_array(np.array(c, np.float32), c_name))
+        before.setdefault(min(nodes), []).append(helper.make_node("Sub", [name, c_name], [shifted],
+                                                                  name=fresh(f"{name}_Sub")))
+        for i in nodes:
+            node = graph.node[i]
+            node.input[0] = shifted
+            w_name = node.input[1]
+            w = np.asarray(weights.get(w_name, numpy_helper.to_array(inits[w_name])), np.float64)
+            delta = _input_sums(node, w) * float(np.float32(c))
+            _raise_bias(m, node, i, delta, inits, fresh, after)
+        result.tensors[name] = shifted
+        result.shifts[name] = float(np.float32(c))
+    order = []
+    for i, node in enumerate(graph.node):
+        order += before.get(i, []) + [node] + after.get(i, [])
+    del graph.node[:]
+    graph.node.extend(order)
+    return result
+
+
+def _raise_bias(m, node, index: int, delta: np.ndarray, inits: dict, fresh, after: dict) -> None:
+    """Add ``delta`` (one per output channel) to the layer's bias, making one where it has none."""
+    from onnx import helper, numpy_helper
+
+    graph = m.graph
+    if node.op_type in ("Gemm", "Conv"):
+        k = 2
+        if len(node.input) > k and node.input[k]:
+            t = inits[node.input[k]]
+            b = numpy_helper.to_array(t).astype(np.float64)
+            beta = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+            new = (b + (delta / beta).reshape(b.shape)).astype(np.float32)
+            name = fresh(f"{t.name}_shifted")  # a new initializer: the old one may be shared
+            graph.initializer.append(numpy_helper.from_array(new, name))
+            inits[name] = graph.initializer[-1]
+            node.input[k] = name
+        else:
+            beta = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+            name = fresh(f"{node.output[0]}_bias")
+            graph.initializer.append(numpy_helper.from_array((delta / beta).astype(np.float32), name))
+            inits[name] = graph.initializer[-1]
+            while len(node.input) < k:
+                node.input.append("")
+            node.input.append(name)
+        return
+    # MatMul: an Add after it carries the bias
+    out = node.output[0]
+    name = fresh(f"{out}_bias")
+    graph.initializer.append(numpy_helper.from_array(delta.astype(np.float32), name))
+    inits[name] = graph.initializer[-1]
+    raw = fresh(f"{out}_unbiased")
+    node.output[0] = raw
+    after.setdefault(index, []).append(helper.make_node("Add", [raw, name], [out], name=fresh(f"{out}_Add")))
