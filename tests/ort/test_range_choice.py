@@ -135,8 +135,8 @@ def test_the_choice_lies_between_the_best_single_method_and_exhaustive_search(ml
     np.savez(tmp_path / "data.npz", x=x)
     r = quantize(path, tmp_path / "data.npz", eval_data=tmp_path / "data.npz", output=tmp_path / "q.onnx",
                  cache=tmp_path / "q.cache", stats=tmp_path / "q.npz", select_samples=96, progress=False,
-                 search_weights=False, weight_rounding="nearest")  # activation ranges only: the exhaustive
-    # search keeps max weights rounded to nearest
+                 search_weights=False, weight_rounding="nearest", shift_one_sided=False)  # activation ranges
+    # only: the exhaustive search keeps max weights rounded to nearest, the tensors unshifted
     model = mlp()
     ref = x @ W1
     ref = np.maximum(ref, 0) @ W2 * 2
@@ -164,7 +164,7 @@ def test_refine_keeps_only_changes_that_help_and_stays_below_the_optimum(mlp_cas
     path, x, h, y, hists = mlp_case
     np.savez(tmp_path / "data.npz", x=x)
     common = dict(eval_data=tmp_path / "data.npz", select_samples=96, progress=False, search_weights=False,
-                  weight_rounding="nearest")
+                  weight_rounding="nearest", shift_one_sided=False)
     plain = quantize(path, tmp_path / "data.npz", output=tmp_path / "a.onnx", cache=tmp_path / "a.cache",
                      stats=tmp_path / "a.npz", **common)
     refined = quantize(path, tmp_path / "data.npz", output=tmp_path / "b.onnx", cache=tmp_path / "b.cache",
