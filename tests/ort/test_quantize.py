@@ -195,36 +195,34 @@ def test_one_sided_gemm_inputs_are_shifted_into_the_biases(fashion, tmp_path):
     assert r.summary["sqnr_db"] > off.summary["sqnr_db"] + 2  # held out
 
 
-def test_an_asymmetric_activation_is_shifted_by_the_middle_of_its_range(tmp_path):
-    """A SiLU output (minimum about -0.28) read by a Gemm: shifted by (amax + min) / 2, quantized in
-    [-(amax - min) / 2, (amax - min) / 2]; the written model matches the FP32 one closer than
-    without the shift."""
+def test_an_asymmetric_activation_is_not_shifted(tmp_path):
+    """A SiLU output (minimum about -0.28) read by a Gemm is left as it is (see _shift_one_sided),
+    a ReLU output in its place is shifted by half its amax."""
     from onnx import TensorProto, helper
-
-    from trtcal.core.stats import load_stats
 
     rng = np.random.default_rng(0)
     w1, w2 = rng.normal(size=(16, 12)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w1"], ["h"]), helper.make_node("Sigmoid", ["h"], ["g"]),
-         helper.make_node("Mul", ["h", "g"], ["a"]), helper.make_node("Gemm", ["a", "w2"], ["y"])], "silu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(640, 16)).astype(np.float32))
     common = dict(cache=tmp_path / "m.cache", stats=tmp_path / "m.npz", progress=False, force=True, select_samples=64)
-    r = quantize(tmp_path / "m.onnx", tmp_path / "d.npz", output=tmp_path / "q.onnx", **common)
-    record = r.metadata["shift"]
-    assert record["kept"] and set(record["tensors"]) == {"a"}
-    hists, _ = load_stats(tmp_path / "m.npz")
-    amax = read(tmp_path / "m.cache").amax("a")
-    low = hists["a"].min
-    assert -0.3 < low < -0.2
-    assert record["tensors"]["a"]["shift"] == pytest.approx((amax + low) / 2, rel=1e-6)
-    assert read_qdq_scales(onnx.load(tmp_path / "q.onnx")).amax("a_shifted") == pytest.approx((amax - low) / 2, rel=1e-6)
-    off = quantize(tmp_path / "m.onnx", tmp_path / "d.npz", output=tmp_path / "o.onnx", shift_one_sided=False, **common)
-    assert r.summary["sqnr_db"] > off.summary["sqnr_db"] + 1  # held out (every fifth batch)
+    for act, nodes in (("silu", [helper.make_node("Sigmoid", ["h"], ["g"]), helper.make_node("Mul", ["h", "g"], ["a"])]),
+                       ("relu", [helper.make_node("Relu", ["h"], ["a"])])):
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", ["x", "w1"], ["h"]), *nodes, helper.make_node("Gemm", ["a", "w2"], ["y"])], act,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / f"{act}.onnx")
+        r = quantize(tmp_path / f"{act}.onnx", tmp_path / "d.npz", output=tmp_path / f"{act}.q.onnx", **common)
+        if act == "silu":
+            assert "shift" not in r.metadata
+            assert not any(n.op_type == "Sub" for n in onnx.load(tmp_path / "silu.q.onnx").graph.node)
+        else:
+            record = r.metadata["shift"]
+            assert set(record["tensors"]) == {"a"}
+            amax = read(tmp_path / "m.cache").amax("a")
+            assert record["tensors"]["a"]["shift"] == pytest.approx(amax / 2, rel=1e-6)
+            if record["kept"]:
+                assert read_qdq_scales(onnx.load(tmp_path / "relu.q.onnx")).amax("a_shifted") == pytest.approx(amax / 2, rel=1e-6)
 
 
 def test_weight_rounding_option_is_checked(tmp_path):

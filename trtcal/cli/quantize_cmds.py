@@ -124,11 +124,10 @@ def register(sub) -> None:
                         "on the max weight scales; in the Q/DQ model only) and keep it where the model "
                         "scores better at the outputs; nearest: round to nearest only, as TensorRT does")
     p.add_argument("--no-shift", action="store_true",
-                   help="do not shift one-sided activations (ReLU outputs, or GELU/SiLU ones whose minimum is above "
-                        "-amax/2, read only by Gemm, MatMul or unpadded Conv layers) into those layers' biases; by "
-                        "default, with --target tensorrt, one in [low, amax] is quantized as x - (amax + low)/2 "
-                        "(symmetric int8 then uses all its codes: up to one bit more) where the model scores better "
-                        "so (in the Q/DQ model only)")
+                   help="do not shift one-sided activations (ReLU outputs read only by Gemm, MatMul or unpadded Conv "
+                        "layers) by half their range into those layers' biases; by default, with --target tensorrt, "
+                        "they are quantized as x - amax/2 in [-amax/2, amax/2] (symmetric int8 then uses all its codes: "
+                        "one bit more) where the model scores better so (in the Q/DQ model only)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
     p.add_argument("--smoothquant", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),

@@ -10,8 +10,8 @@ shifted input with bias ``b + W' c``: ``W' (x - c) + (b + W' c) = W' x + b``. Wi
 in float the rewritten model equals the original up to float rounding; with quantized weights
 its INT8 model differs from the unshifted one by the activation's rounding alone (the same
 trade as Outlier Suppression+'s channel shifts, Wei et al. 2023, per tensor). Any ``c`` works the
-same way: an activation in ``[low, amax]`` (a GELU output, ``low`` about -0.17) is shifted by
-``(amax + low) / 2``; choosing ``c`` is the caller's (:mod:`trtcal.ort.quantize`).
+same way; choosing ``c`` is the caller's (:mod:`trtcal.ort.quantize` shifts one-sided
+activations by ``amax / 2``, which keeps 0 exact).
 
 :func:`shiftable` contract: an activation qualifies when every node that reads it is a layer it
 can be shifted into: a Gemm (any ``transA``/``transB``/``alpha``/``beta``, constant 2-D ``B``, a
