@@ -69,7 +69,7 @@ def test_codes_survive_the_writer_and_errors_match_onnxruntime(case, tmp_path):
     onnx.save(model, path)
     x = inputs(shape)
     amax = float(np.abs(x).max())
-    (found,) = round_weights(path, {"x": amax}, [{"x": x}])
+    found = round_weights(path, {"x": amax}, [{"x": x}])
     assert set(found.values) == {"w"} and not found.skipped
     values = found.values["w"]
     w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w"))
@@ -118,7 +118,8 @@ def test_given_grids_and_shared_weights(tmp_path):
     a = x @ w
     amaxes = {"x": float(np.abs(x).max()), "a": float(np.abs(a).max())}
     scales = {"w": (np.abs(w).max(0) / 127 * 0.8).astype(np.float32)}
-    by_max, by_given = round_weights(path, amaxes, [{"x": x}], grids=[None, scales])
+    by_max = round_weights(path, amaxes, [{"x": x}])
+    by_given = round_weights(path, amaxes, [{"x": x}], weight_scales=scales)
     assert by_max.skipped == by_given.skipped == {"v": "read by 2 layers"}
     assert set(by_max.values) == {"w", "w2"}
     for found, s in ((by_max, np.abs(w).max(0) / 127), (by_given, scales["w"])):

@@ -13,12 +13,13 @@ trade as Outlier Suppression+'s channel shifts, Wei et al. 2023, per tensor). An
 same way; choosing ``c`` is the caller's (:mod:`trtcal.ort.quantize` shifts one-sided
 activations by ``amax / 2``, which keeps 0 exact).
 
-:func:`shiftable` contract: an activation qualifies when every node that reads it is a layer it
-can be shifted into: a Gemm (any ``transA``/``transB``/``alpha``/``beta``, constant 2-D ``B``, a
-constant ``C`` of shape ``[N]`` or ``[1, N]`` or none), a MatMul with a constant 2-D ``B`` (its
-bias becomes an ``Add`` after it, or goes into the constant of the ``Add`` that alone reads it),
-or a Conv with a constant weight and no padding (padding would read zeros, not ``-c``), reading it
-as input 0; and it is no graph output's only reader's concern (a graph output keeps its values).
+:func:`shiftable` contract: an activation (not an initializer) qualifies when every node that
+reads it reads it once, as input 0, and is a layer it can be shifted into: a Gemm with a constant
+2-D ``B``, ``beta`` not 0 and a constant ``C`` of shape ``[N]`` or ``[1, N]`` or none (any
+``transA``/``transB``/``alpha``), a MatMul with a constant 2-D ``B`` whose output is no graph
+output (its bias becomes an ``Add`` after it), or a Conv with a constant weight, a constant bias or
+none, and no padding (padding would read zeros, not ``-c``). The activation itself may be a graph
+output: it keeps its values.
 
 :func:`apply_shift` rewrites a copy: a ``Sub`` of the constant ``c`` before the first reader,
 output ``<x>_shifted``, which the readers read instead; each reader's bias raised by ``W' c``
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtcal.core.errors import TrtcalError
+from trtcal.onnx.model import node_attr
 
 
 @dataclass
@@ -42,13 +44,6 @@ class Shifted:
     model: object  # onnx.ModelProto
     tensors: dict[str, str] = field(default_factory=dict)  # original activation -> the shifted tensor the layers read
     shifts: dict[str, float] = field(default_factory=dict)  # original activation -> c
-
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return a.i if a.type == 2 else a.f if a.type == 1 else list(a.ints) if a.type == 7 else a.s.decode()
-    return default
 
 
 def _readers(model) -> dict[str, list[int]]:
@@ -65,8 +60,8 @@ def _input_sums(node, w: np.ndarray) -> np.ndarray | None:
     every input adds, divided by ``c``), or None where the reader does not qualify."""
     op = node.op_type
     if op == "Conv":
-        pads = _attr(node, "pads", None)
-        if w.ndim < 3 or (pads and any(pads)) or _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        pads = node_attr(node, "pads")
+        if w.ndim < 3 or (pads and any(pads)) or node_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
             return None
         return w.reshape(w.shape[0], -1).sum(1, dtype=np.float64)
     if w.ndim != 2:
@@ -74,59 +69,47 @@ def _input_sums(node, w: np.ndarray) -> np.ndarray | None:
     if op == "MatMul":
         return w.sum(0, dtype=np.float64)
     if op == "Gemm":
-        alpha = float(_attr(node, "alpha", 1.0))
-        return (w.sum(1, dtype=np.float64) if _attr(node, "transB", 0) else w.sum(0, dtype=np.float64)) * alpha
+        alpha = float(node_attr(node, "alpha", 1.0))
+        return (w.sum(1, dtype=np.float64) if node_attr(node, "transB", 0) else w.sum(0, dtype=np.float64)) * alpha
     return None
+
+
+def _takes_shift(node, name: str, inits: dict, outputs: set) -> bool:
+    """Whether ``node`` reads ``name`` as a layer it can be shifted into (module doc)."""
+    from onnx import numpy_helper
+
+    if node.op_type not in ("Gemm", "MatMul", "Conv") or node.input[0] != name or list(node.input).count(name) != 1 \
+            or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    w = numpy_helper.to_array(inits[node.input[1]])
+    if _input_sums(node, w) is None:
+        return False
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if node.op_type == "Gemm":
+        if float(node_attr(node, "beta", 1.0)) == 0.0:
+            return False  # no bias to carry the shift
+        n_out = w.shape[0] if node_attr(node, "transB", 0) else w.shape[1]
+        return bias is None or (bias in inits and tuple(inits[bias].dims) in ((n_out,), (1, n_out)))
+    if node.op_type == "Conv":
+        return bias is None or bias in inits
+    return node.output[0] not in outputs  # MatMul: its bias would need an Add after a graph output
 
 
 def shiftable(model, tensors) -> dict[str, list[int]]:
     """``{activation: the indices of the nodes that read it}`` for each of ``tensors`` that
     qualifies (module doc)."""
-    from onnx import numpy_helper
-
     inits = {t.name: t for t in model.graph.initializer}
     readers = _readers(model)
     outputs = {o.name for o in model.graph.output}
-    out = {}
-    for name in tensors:
-        nodes = readers.get(name, [])
-        if not nodes or name in inits:
-            continue
-        ok = True
-        for i in nodes:
-            node = model.graph.node[i]
-            if node.op_type not in ("Gemm", "MatMul", "Conv") or node.input[0] != name or list(node.input).count(name) != 1 \
-                    or len(node.input) < 2 or node.input[1] not in inits:
-                ok = False
-                break
-            w = numpy_helper.to_array(inits[node.input[1]])
-            if _input_sums(node, w) is None:
-                ok = False
-                break
-            if node.op_type == "Gemm" and float(_attr(node, "beta", 1.0)) == 0.0:
-                ok = False  # no bias to carry the shift
-                break
-            if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-                c = inits.get(node.input[2])
-                n_out = w.shape[0] if _attr(node, "transB", 0) else w.shape[1]
-                if c is None or tuple(c.dims) not in ((n_out,), (1, n_out)):
-                    ok = False
-                    break
-            if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
-                ok = False
-                break
-            if node.op_type == "MatMul" and node.output[0] in outputs:
-                ok = False  # its bias would need an Add after a graph output
-                break
-        if ok:
-            out[name] = nodes
-    return out
+    return {name: readers[name] for name in tensors
+            if name not in inits and readers.get(name)
+            and all(_takes_shift(model.graph.node[i], name, inits, outputs) for i in readers[name])}
 
 
 def weight_axis(node) -> int:
     """The output-channel axis of a reader's weight (as the Q/DQ writer quantizes it per channel)."""
     if node.op_type == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
+        return 0 if node_attr(node, "transB", 0) else 1
     return 0 if node.op_type == "Conv" else 1
 
 
@@ -190,25 +173,20 @@ def _raise_bias(m, node, index: int, delta: np.ndarray, inits: dict, fresh, afte
     from onnx import helper, numpy_helper
 
     graph = m.graph
-    if node.op_type in ("Gemm", "Conv"):
-        k = 2
-        if len(node.input) > k and node.input[k]:
-            t = inits[node.input[k]]
+    if node.op_type in ("Gemm", "Conv"):  # the bias is input 2 (Gemm's C is scaled by beta)
+        delta = delta / (float(node_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0)
+        if len(node.input) > 2 and node.input[2]:
+            t = inits[node.input[2]]
             b = numpy_helper.to_array(t).astype(np.float64)
-            beta = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
-            new = (b + (delta / beta).reshape(b.shape)).astype(np.float32)
-            name = fresh(f"{t.name}_shifted")  # a new initializer: the old one may be shared
-            graph.initializer.append(numpy_helper.from_array(new, name))
-            inits[name] = graph.initializer[-1]
-            node.input[k] = name
+            new, name = b + delta.reshape(b.shape), fresh(f"{t.name}_shifted")  # a new initializer: the old may be shared
         else:
-            beta = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
-            name = fresh(f"{node.output[0]}_bias")
-            graph.initializer.append(numpy_helper.from_array((delta / beta).astype(np.float32), name))
-            inits[name] = graph.initializer[-1]
-            while len(node.input) < k:
-                node.input.append("")
-            node.input.append(name)
+            new, name = delta, fresh(f"{node.output[0]}_bias")
+        graph.initializer.append(numpy_helper.from_array(new.astype(np.float32), name))
+        inits[name] = graph.initializer[-1]
+        if len(node.input) > 2:
+            node.input[2] = name
+        else:
+            node.input.append(name)  # a Gemm or Conv has inputs 0 and 1 here: the bias is the third
         return
     # MatMul: an Add after it carries the bias
     out = node.output[0]

@@ -534,7 +534,7 @@ def _round_by_gptq(model, fp32, ranges, tensors, chosen: str, weights: dict, sel
     samples), the rounding's per-layer errors and, when kept, ``label`` and ``values`` (taken by
     the caller) with ``scores[label]`` set."""
     from trtcal.core.progress import Progress
-    from trtcal.data.sources import samples_in, take
+    from trtcal.data.sources import samples_in
     from trtcal.onnx.qdq import write_qdq
     from trtcal.ort.sensitivity import reference_outputs, score_model
     from trtcal.ort.weight_rounding import round_weights
@@ -546,19 +546,14 @@ def _round_by_gptq(model, fp32, ranges, tensors, chosen: str, weights: dict, sel
         fit_on, judge_on = selection, later
         judged_on = f"{sum(samples_in(b, specs) for b in later)} calibration samples after the selection samples"
     elif total >= 2:
-        fit_on, judge_on, seen = _first_samples(selection, specs, total // 2), [], 0
-        for batch in selection:
-            k = samples_in(batch, specs)
-            if seen + k > total // 2:
-                judge_on.append(take(batch, specs, max(0, total // 2 - seen), k))
-            seen += k
+        fit_on, judge_on = _first_samples(selection, specs, total // 2), _samples_after(selection, specs, total // 2)
         judged_on = f"the last {total - total // 2} selection samples (fit on the first {total // 2})"
     else:
         return {"kept": False, "reason": "one calibration sample: nothing to judge the rounding on"}
 
     def fit(batches):
         with Progress(len(tensors), "rounding weights", enabled=progress) as bar:
-            return round_weights(model, amaxes, batches, unsigned=unsigned, inputs=specs, progress=bar)[0]
+            return round_weights(model, amaxes, batches, unsigned=unsigned, inputs=specs, progress=bar)
 
     say(f"rounding weights by GPTQ on the max weight scales, judged on {judged_on}")
     found = fit(fit_on)
@@ -697,7 +692,6 @@ def _later_samples(model, data, options: dict) -> list[dict]:
     """The calibration samples after the first ``select_samples`` (as many again; the batches
     quantize holds out excluded when there is no ``eval_data``): samples no search of quantize fit
     on, to judge a search by. Empty when the data has none."""
-    from trtcal.data.sources import samples_in, take
     from trtcal.ort.runner import first_batches
 
     n = options.get("select_samples", 64)
@@ -706,13 +700,7 @@ def _later_samples(model, data, options: dict) -> list[dict]:
                                    preprocess=options.get("preprocess"), batch_axes=options.get("batch_axes"),
                                    shapes=options.get("shapes"), allow_nonfinite=options.get("allow_nonfinite", False),
                                    keep_batch=keep)
-    later, seen = [], 0
-    for batch in batches:
-        k = samples_in(batch, specs)
-        if seen + k > n:
-            later.append(take(batch, specs, max(0, n - seen), k))
-        seen += k
-    return later
+    return _samples_after(batches, specs, n)
 
 
 def _first_samples(batches: list[dict], specs, n: int) -> list[dict]:
@@ -726,6 +714,19 @@ def _first_samples(batches: list[dict], specs, n: int) -> list[dict]:
         seen += k
         if seen >= n:
             break
+    return out
+
+
+def _samples_after(batches: list[dict], specs, n: int) -> list[dict]:
+    """The samples of ``batches`` after the first ``n`` (:func:`_first_samples`' complement)."""
+    from trtcal.data.sources import samples_in, take
+
+    out, seen = [], 0
+    for batch in batches:
+        k = samples_in(batch, specs)
+        if seen + k > n:
+            out.append(take(batch, specs, max(0, n - seen), k))
+        seen += k
     return out
 
 

@@ -129,18 +129,20 @@ def quantize_values(x: np.ndarray, amax: float, unsigned: bool) -> np.ndarray:
     on ``[0, amax]``, zero point 0) at ``amax / 255``."""
     if not unsigned:
         return fake_quant(x, amax / 127)
-    s = np.float32(amax / 255)
-    q = np.divide(x, s, dtype=np.float32)
-    np.rint(q, out=q)
-    np.clip(q, 0, 255, out=q)
+    q, s = quantize_codes(x, amax, True)
     q *= s
     return q
+
+
+def input_step(amax: float, unsigned: bool) -> np.float32:
+    """The quantization step of an activation at ``amax``: ``amax / 127``, unsigned ``amax / 255``."""
+    return np.float32(amax / (255 if unsigned else 127))
 
 
 def quantize_codes(x: np.ndarray, amax: float, unsigned: bool) -> tuple[np.ndarray, np.float32]:
     """``(codes, step)``: the integer codes of :func:`quantize_values` (float32; ``codes * step``
     are its values)."""
-    s = np.float32(amax / (255 if unsigned else 127))
+    s = input_step(amax, unsigned)
     q = np.divide(x, s, dtype=np.float32)
     np.rint(q, out=q)
     np.clip(q, 0 if unsigned else -128, 255 if unsigned else 127, out=q)
@@ -255,7 +257,7 @@ def search_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
         for layer, session, ref, _ in layers.runs(name, x):
             out[layer.w] = search_weight_scales(layer, session, name, xq, ref, max_scale(layer.weight, layer.axis),
                                                 WEIGHT_FACTORS, metric="mse", search=WEIGHT_SEARCH,
-                                                x_step=np.float32(amaxes[name] / (255 if name in unsigned else 127)))
+                                                x_step=input_step(amaxes[name], name in unsigned))
         if progress is not None:
             progress.update()
     return out

@@ -52,13 +52,12 @@ class WeightRounding:
 
 
 def round_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
-                  grids: list[dict[str, np.ndarray] | None] = (None,), unsigned=frozenset(), inputs=None,
+                  weight_scales: dict[str, np.ndarray] | None = None, unsigned=frozenset(), inputs=None,
                   threads: int | None = None, memory_mb: float = MEMORY_MB, damp: float = DAMP,
-                  act_order: bool = True, progress=None) -> list[WeightRounding]:
-    """GPTQ-rounded weights for every layer fed by a tensor of ``amaxes``, one
-    :class:`WeightRounding` per grid of ``grids`` (``None``: max per channel; else ``{weight:
-    scales}``, max for a weight it lacks), each layer's ``H`` gathered once for all; see the
-    module doc. ``progress`` gets one update per input tensor."""
+                  act_order: bool = True, progress=None) -> WeightRounding:
+    """GPTQ-rounded weights for every layer fed by a tensor of ``amaxes``, on the grids of
+    ``weight_scales`` (``{weight: scales}``; max per channel for a weight it lacks); see the module
+    doc. ``progress`` gets one update per input tensor."""
     from trtcal.ort.layers import GRAM_BYTES, linear_form
 
     layers = _Layers(model_path, batches, inputs, threads, memory_mb)
@@ -66,7 +65,7 @@ def round_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
     for group in layers.consumers.values():
         for layer in group:
             readers[layer.w] = readers.get(layer.w, 0) + 1
-    outs = [WeightRounding() for _ in grids]
+    out = WeightRounding()
     names = [n for n in amaxes if n in layers.consumers and amaxes[n] > 0]
     for name, x in layers.values(names):
         xq, step = quantize_codes(x, amaxes[name], name in unsigned)  # the input's integer codes
@@ -78,16 +77,14 @@ def round_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
                    f"{form.k} inputs per channel: its input matrix would exceed {GRAM_BYTES >> 20} MB"
                    if form.groups * form.k * form.k * 8 > GRAM_BYTES else None)
             if why is not None:
-                for out in outs:
-                    out.skipped[layer.w] = why
+                out.skipped[layer.w] = why
                 continue
             h = _input_matrix(form, xq) * (float(step) * float(step))
-            for grid, out in zip(grids, outs):
-                _round_layer(layer, form, h, (grid or {}).get(layer.w), out, damp, act_order)
+            _round_layer(layer, form, h, (weight_scales or {}).get(layer.w), out, damp, act_order)
         del xq
         if progress is not None:
             progress.update()
-    return outs
+    return out
 
 
 def _input_matrix(form, codes: np.ndarray) -> np.ndarray:
@@ -102,7 +99,7 @@ def _input_matrix(form, codes: np.ndarray) -> np.ndarray:
     n = form.samples(codes)
     first = form.unfold(codes, 0, 1)  # one sample (conv) or row (matmul), unfolded
     spare = first.shape[0] * n / max(GRAM_MIN_ROWS, GRAM_ROWS_PER_INPUT * form.k)
-    axes = form.geom and len(form.geom.kernel) if form.kind == "conv" else 1
+    axes = len(form.geom.kernel) if form.kind == "conv" else 1
     every = max(1, round(spare ** (1 / axes))) if spare > 1 else 1
     chunk = max(1, int(CHUNK_BYTES // max(1, first.size * 4)))
     h = np.zeros((form.groups, form.k, form.k))
