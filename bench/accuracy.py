@@ -216,7 +216,8 @@ def write_method_model(name: str, spec: dict, work: Path, calib, label: str, opt
 
 
 def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool, eq_steps: int = 100,
-              methods: list[str] | None = None, no_ort: bool = False, eq_init: str = "entropy2") -> list[dict]:
+              methods: list[str] | None = None, no_ort: bool = False, eq_init: str = "entropy2",
+              bias_correction: str | None = None) -> list[dict]:
     from trtcal.core import thresholds
     from trtcal.onnx.qdq import write_qdq
     from trtcal.ort.pipeline import ranges_to_cache
@@ -233,7 +234,7 @@ def run_model(name: str, spec: dict, work: Path, ort_samples: int, with_eq: bool
                      "peak_rss_mb": peak, "samples": calib.metadata["samples"], **score(spec, out)})
         print(f"[{name}] trtcal {label}: {rows[-1]}", flush=True)
     if methods is None or "quantize" in methods:
-        rows += quantize_rows(name, spec, work, seconds)
+        rows += quantize_rows(name, spec, work, seconds, bias_correction)
     if with_eq:
         from trtcal.ort import eq
         from trtcal.ort.runner import first_samples
@@ -286,14 +287,18 @@ def run_script(script: str, rows: list[dict], row: dict) -> dict | None:
     return None
 
 
-def quantize_rows(name: str, spec: dict, work: Path, calib_seconds: float) -> list[dict]:
+def quantize_rows(name: str, spec: dict, work: Path, calib_seconds: float, bias_correction: str | None = None
+                  ) -> list[dict]:
     """``trtcal quantize`` all-INT8 and with 5 tensors in float, each in its own process (wall time
     and peak memory measured there, ``calibrate_s``: one calibration pass in this run, the ratio's
-    baseline)."""
+    baseline). ``bias_correction``: quantize's mode for every variant (labels say so), else its default."""
     rows = []
     variants = [("quantize", ""), ("quantize --max-float 5", ", max_float=5")]
     if spec.get("smoothquant"):  # transformers: quantize smooths them by default; the column without it too
         variants.append(("quantize --smoothquant off", ", smoothquant='off'"))
+    if bias_correction is not None:
+        variants = [(f"{label} --bias-correction {bias_correction}", f"{extra}, bias_correction={bias_correction!r}")
+                    for label, extra in variants]
     for label, extra in variants:
         out = work / f"{name}-{label.replace(' ', '').replace('-', '')}.onnx"
         pre = f"Preprocess.parse({spec['preprocess']!r})" if spec.get("preprocess") else "None"
@@ -366,6 +371,8 @@ def main() -> None:
     parser.add_argument("--modelopt-python", metavar="PYTHON",
                         help="a Python with nvidia-modelopt[onnx] installed: adds ModelOpt's entropy and max columns")
     parser.add_argument("--modelopt-samples", type=int, default=512, help="calibration samples for ModelOpt")
+    parser.add_argument("--bias-correction", choices=("off", "auto", "on"),
+                        help="quantize's --bias-correction for its columns (default: quantize's own default)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     if args.prepare_yolo:
@@ -380,7 +387,7 @@ def main() -> None:
                 continue
             methods = None if args.methods is None else [m for m in args.methods.split(",") if m and m != "none"]
             rows += run_model(name, spec, Path(tmp), args.ort_samples, not args.no_eq, args.eq_steps, methods=methods,
-                              no_ort=args.no_ort, eq_init=args.eq_init)
+                              no_ort=args.no_ort, eq_init=args.eq_init, bias_correction=args.bias_correction)
             if args.modelopt_python:
                 rows += modelopt_rows(name, spec, Path(tmp), args.modelopt_samples, args.modelopt_python)
     write_json(args.json, rows)

@@ -57,6 +57,22 @@ def test_quantize_weight_rounding_option(tmp_path):
     assert rc == 2 and "--weight-rounding" in err and "Traceback" not in err
 
 
+def test_quantize_bias_correction_option(tmp_path):
+    common = ["--data", CALIB, "--eval-data", EVAL, "--cache", tmp_path / "c", "--stats", tmp_path / "s.npz", "--force"]
+    rc, text, err = run_cli("quantize", MODEL, "-o", tmp_path / "b.onnx", "--bias-correction", "on", *common)
+    assert rc == 0, err
+    assert re.search(r"biases corrected for the mean output error of \d+ layers", text)
+    rc, text, err = run_cli("quantize", MODEL, "-o", tmp_path / "b.onnx", "--bias-correction", "on", "--json", *common)
+    doc = json.loads(text)
+    record = doc["metadata"]["bias_correction"]
+    assert record["kept"] and record["layers"] >= 1 and "deltas" not in record
+    assert doc["summary"]["bias_correction"].endswith("layers (in the Q/DQ model only)")
+    rc, text, err = run_cli("quantize", MODEL, "-o", tmp_path / "n.onnx", *common)
+    assert rc == 0 and "biases corrected" not in text
+    rc, _, err = run_cli("quantize", MODEL, "--data", CALIB, "--bias-correction", "yes")
+    assert rc == 2 and "--bias-correction" in err and "Traceback" not in err
+
+
 def test_quantize_refuses_without_overwriting(tmp_path):
     out = tmp_path / "m.int8.onnx"
     out.write_bytes(b"keep")

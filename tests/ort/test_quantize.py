@@ -290,3 +290,89 @@ def test_range_sets_scored_in_one_model_score_as_their_written_models(which):
         written = write_qdq(model, ranges, check_onnxruntime=False).model
         assert got[label] == score_model(written, batches, refs, choice, sqnr_only=True).sqnr_db, label
     assert len(set(got.values())) == len(sets)  # the sets differ: a mix-up of feeds would show
+
+
+def _dequantized_weights(model) -> dict:
+    """``{weight: values}`` read back from a Q/DQ model's weight DequantizeLinear nodes."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith("_quantized") and node.input[0] in inits:
+            codes, scale = inits[node.input[0]].astype(np.float32), inits[node.input[1]].astype(np.float32)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * codes.ndim
+            shape[axis] = -1
+            out[node.input[0].removesuffix("_quantized")] = codes * scale.reshape(shape)
+    return out
+
+
+def test_the_weights_shift_and_bias_correction_compute_with_are_the_written_ones():
+    """GPTQ-like values whose largest weight per channel moved by a step stay on the float weights'
+    max grid in the writer; ``_held_weights`` must give exactly what the Q/DQ model holds (the shift
+    took the values' own max grid before: biases off by up to a step times the shift)."""
+    from trtcal.core.ranges import from_thresholds
+    from trtcal.core.weight_scales import per_channel_int8
+    from trtcal.onnx.model import load_model
+    from trtcal.onnx.qdq import write_qdq
+    from trtcal.ort.layers import weighted_layers
+    from trtcal.ort.pipeline import calibrate
+    from trtcal.ort.quantize import _held_weights
+
+    fp32 = load_model(EXAMPLES / "fashion_cnn.onnx", load_weights=True, fp32=True)
+    cal = calibrate(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", max_batches=2, progress=False)
+    ranges = from_thresholds(cal.thresholds, cal.histograms, source="entropy2")
+    values, scales = {}, {}
+    for layer in weighted_layers(fp32):
+        codes, scale, _ = per_channel_int8(layer.weight, layer.axis)
+        moved = np.where(np.abs(codes) == 127, codes - np.sign(codes), codes)  # every channel's extreme code moves in
+        shape = [1] * codes.ndim
+        shape[layer.axis] = -1
+        values[layer.w] = (moved * scale.reshape(shape)).astype(np.float32)
+        scales[layer.w] = scale * 0.9
+    for weights in ({}, {"weight_values": values}, {"weight_scales": scales}):
+        written = _dequantized_weights(write_qdq(fp32, ranges, **weights).model)
+        held = _held_weights(fp32, weights)
+        assert set(written) <= set(held)
+        for name, v in written.items():
+            assert np.array_equal(held[name], v), (list(weights), name)
+
+
+def test_bias_correction_writes_the_recorded_deltas(tmp_path):
+    """``bias_correction="on"``: the Q/DQ model's biases are the FP32 model's plus the recorded
+    deltas (the Gemms read shifted inputs: their biases also carry the shift, so only the Conv biases
+    are compared exactly); ``"auto"`` judges it; the option is checked."""
+    common = dict(eval_data=EXAMPLES / "fashion_eval.npz", cache=tmp_path / "m.cache", stats=tmp_path / "m.npz",
+                  progress=False, force=True)
+    on = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "on.onnx",
+                  bias_correction="on", **common)
+    record = on.metadata["bias_correction"]
+    assert record["kept"] and record["layers"] >= 1 and record["channels"] >= 1
+    assert record["judged_on"] == "64 calibration samples after the selection samples"
+    side = json.loads((tmp_path / "on.onnx.trtcal.json").read_text())
+    assert side["bias_correction"]["layers"] == record["layers"] and "deltas" not in side["bias_correction"]
+    fp32 = onnx.load(EXAMPLES / "fashion_cnn.onnx")
+    fp_inits = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    q = onnx.load(tmp_path / "on.onnx")
+    q_inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    prod = {o: n for n in q.graph.node for o in n.output}
+    checked = 0
+    for node in q.graph.node:
+        if node.op_type != "Conv":
+            continue
+        weight = prod[node.input[1]].input[0].removesuffix("_quantized")
+        fp_node = next(n for n in fp32.graph.node if len(n.input) > 1 and n.input[1] == weight)
+        delta = np.asarray(record["deltas"].get(weight, np.zeros(len(fp_inits[fp_node.input[2]]))))
+        assert q_inits[node.input[2]] == pytest.approx(fp_inits[fp_node.input[2]] + delta, abs=1e-6)
+        checked += 1
+    assert checked == 2
+    auto = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "auto.onnx",
+                    bias_correction="auto", **common)
+    judged = auto.metadata["bias_correction"]
+    before, after = judged["sqnr_db"]["before"], judged["sqnr_db"]["after"]
+    assert judged["kept"] == (after > before and judged["selection_sqnr_db"][1] > judged["selection_sqnr_db"][0]) \
+        if "selection_sqnr_db" in judged else not judged["kept"]
+    off = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "off.onnx", **common)
+    assert "bias_correction" not in off.metadata
+    with pytest.raises(TrtcalError, match="--bias-correction 'yes'"):
+        quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "x.onnx",
+                 bias_correction="yes", **common)

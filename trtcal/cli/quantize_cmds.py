@@ -54,6 +54,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                       eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
                       max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine, attention=args.attention,
                       weight_rounding=args.weight_rounding, shift_one_sided=not args.no_shift,
+                      bias_correction=args.bias_correction,
                       smoothquant=args.smoothquant, smoothed=args.smoothed,
                       trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
                       log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
@@ -75,6 +76,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if shift and shift["kept"]:
         print(f"shifted by half their range into their readers' biases (one-sided, in the Q/DQ model only): "
               f"{', '.join(shift['tensors'])}")
+    bias = result.metadata.get("bias_correction")
+    if bias and bias["kept"]:
+        print(f"biases corrected for the mean output error of {bias['layers']} layers ({bias['channels']} channels; "
+              "in the Q/DQ model only)")
     print(f"\nheld out: {s['samples']} samples from {s['data']}")
     rows = [("this model", _db(s["sqnr_db"]), f"{s['cosine_mean']:.4f}", _pct(s.get("top1_agreement"))),
             ("entropy2 (TensorRT's default)", _db(s["entropy2_sqnr_db"]), f"{s['entropy2_cosine_mean']:.4f}",
@@ -123,6 +128,11 @@ def register(sub) -> None:
                    help="gptq (default): also round each layer's weights by GPTQ (codes chosen for the layer's output, "
                         "on the max weight scales; in the Q/DQ model only) and keep it where the model "
                         "scores better at the outputs; nearest: round to nearest only, as TensorRT does")
+    p.add_argument("--bias-correction", choices=("off", "auto", "on"), default="off",
+                   help="correct each layer's bias for the mean output error its quantization causes, measured "
+                        "layer by layer per output channel (only where it exceeds 3 standard errors over the "
+                        "samples): auto keeps it only if the model then scores better on samples it was not "
+                        "measured on; on always keeps it (in the Q/DQ model only; default: off)")
     p.add_argument("--no-shift", action="store_true",
                    help="do not shift one-sided activations (ReLU outputs read only by Gemm, MatMul or unpadded Conv "
                         "layers) by half their range into those layers' biases; by default, with --target tensorrt, "

@@ -24,7 +24,8 @@ output: it keeps its values.
 :func:`apply_shift` rewrites a copy: a ``Sub`` of the constant ``c`` before the first reader,
 output ``<x>_shifted``, which the readers read instead; each reader's bias raised by ``W' c``
 summed over its inputs, ``W'`` given per weight (the values the Q/DQ writer will store; the
-float weights where none is given). Graph work only (onnx protos and numpy).
+float weights where none is given; :func:`trtcal.onnx.bias.add_to_bias`: a MatMul's bias Add
+takes it, else a new Add after the MatMul). Graph work only (onnx protos and numpy).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtcal.core.errors import TrtcalError
+from trtcal.onnx.bias import Names, add_to_bias
 from trtcal.onnx.model import node_attr
 
 
@@ -130,14 +132,7 @@ def apply_shift(model, shifts: dict[str, float], *, weights: dict[str, np.ndarra
     weights = weights or {}
     graph = m.graph
     inits = {t.name: t for t in graph.initializer}
-    taken = {n for node in graph.node for n in (*node.input, *node.output)} | set(inits) | {i.name for i in graph.input}
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = Names(m)
 
     result = Shifted(m)
     before: dict[int, list] = {}
@@ -157,7 +152,7 @@ def apply_shift(model, shifts: dict[str, float], *, weights: dict[str, np.ndarra
             w_name = node.input[1]
             w = np.asarray(weights.get(w_name, numpy_helper.to_array(inits[w_name])), np.float64)
             delta = _input_sums(node, w) * float(np.float32(c))
-            _raise_bias(m, node, i, delta, inits, fresh, after)
+            add_to_bias(m, node, i, delta, inits, fresh, after)
         result.tensors[name] = shifted
         result.shifts[name] = float(np.float32(c))
     order = []
@@ -167,32 +162,3 @@ def apply_shift(model, shifts: dict[str, float], *, weights: dict[str, np.ndarra
     graph.node.extend(order)
     return result
 
-
-def _raise_bias(m, node, index: int, delta: np.ndarray, inits: dict, fresh, after: dict) -> None:
-    """Add ``delta`` (one per output channel) to the layer's bias, making one where it has none."""
-    from onnx import helper, numpy_helper
-
-    graph = m.graph
-    if node.op_type in ("Gemm", "Conv"):  # the bias is input 2 (Gemm's C is scaled by beta)
-        delta = delta / (float(node_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0)
-        if len(node.input) > 2 and node.input[2]:
-            t = inits[node.input[2]]
-            b = numpy_helper.to_array(t).astype(np.float64)
-            new, name = b + delta.reshape(b.shape), fresh(f"{t.name}_shifted")  # a new initializer: the old may be shared
-        else:
-            new, name = delta, fresh(f"{node.output[0]}_bias")
-        graph.initializer.append(numpy_helper.from_array(new.astype(np.float32), name))
-        inits[name] = graph.initializer[-1]
-        if len(node.input) > 2:
-            node.input[2] = name
-        else:
-            node.input.append(name)  # a Gemm or Conv has inputs 0 and 1 here: the bias is the third
-        return
-    # MatMul: an Add after it carries the bias
-    out = node.output[0]
-    name = fresh(f"{out}_bias")
-    graph.initializer.append(numpy_helper.from_array(delta.astype(np.float32), name))
-    inits[name] = graph.initializer[-1]
-    raw = fresh(f"{out}_unbiased")
-    node.output[0] = raw
-    after.setdefault(index, []).append(helper.make_node("Add", [raw, name], [out], name=fresh(f"{out}_Add")))

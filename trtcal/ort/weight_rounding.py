@@ -32,11 +32,6 @@ import numpy as np
 from trtcal.core.weight_rounding import DAMP, gptq_codes, output_error
 from trtcal.ort.range_choice import MEMORY_MB, _Layers, quantize_codes
 
-#: :func:`round_weights` sums a layer's input matrix over at most ``max(GRAM_MIN_ROWS,
-#: GRAM_ROWS_PER_INPUT * K)`` output positions, evenly strided.
-GRAM_MIN_ROWS = 16384
-GRAM_ROWS_PER_INPUT = 256
-
 
 @dataclass
 class WeightRounding:
@@ -88,19 +83,15 @@ def round_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
 
 
 def _input_matrix(form, codes: np.ndarray) -> np.ndarray:
-    """``H / step^2`` ``[groups, K, K]``: the unfolded codes' Gram matrix over about
-    ``max(GRAM_MIN_ROWS, GRAM_ROWS_PER_INPUT * K)`` output positions or more (every
-    ``every``-th along each spatial axis, or every ``every``-th row, when there are more: an early
-    convolution's hundreds of thousands of positions estimate a ``K x K`` matrix no better than
-    tens of thousands), unfolded in chunks of :data:`trtcal.ort.layers.CHUNK_BYTES`."""
+    """``H / step^2`` ``[groups, K, K]``: the unfolded codes' Gram matrix over the output positions
+    :meth:`trtcal.ort.layers.LinearForm.stride` keeps, unfolded in chunks of
+    :data:`trtcal.ort.layers.CHUNK_BYTES`."""
     from trtcal.core.layer_error import integer_gram
     from trtcal.ort.layers import CHUNK_BYTES
 
     n = form.samples(codes)
+    every = form.stride(codes)
     first = form.unfold(codes, 0, 1)  # one sample (conv) or row (matmul), unfolded
-    spare = first.shape[0] * n / max(GRAM_MIN_ROWS, GRAM_ROWS_PER_INPUT * form.k)
-    axes = len(form.geom.kernel) if form.kind == "conv" else 1
-    every = max(1, round(spare ** (1 / axes))) if spare > 1 else 1
     chunk = max(1, int(CHUNK_BYTES // max(1, first.size * 4)))
     h = np.zeros((form.groups, form.k, form.k))
     for start in range(0, n, chunk):
