@@ -340,7 +340,8 @@ def test_the_weights_shift_and_bias_correction_compute_with_are_the_written_ones
 def test_bias_correction_writes_the_recorded_deltas(tmp_path):
     """``bias_correction="on"``: the Q/DQ model's biases are the FP32 model's plus the recorded
     deltas (the Gemms read shifted inputs: their biases also carry the shift, so only the Conv biases
-    are compared exactly); ``"auto"`` judges it; the option is checked."""
+    are compared exactly); ``"auto"`` (the default) judges it; ``"off"`` does not try; the option
+    is checked."""
     common = dict(eval_data=EXAMPLES / "fashion_eval.npz", cache=tmp_path / "m.cache", stats=tmp_path / "m.npz",
                   progress=False, force=True)
     on = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "on.onnx",
@@ -371,7 +372,8 @@ def test_bias_correction_writes_the_recorded_deltas(tmp_path):
     before, after = judged["sqnr_db"]["before"], judged["sqnr_db"]["after"]
     assert judged["kept"] == (after > before and judged["selection_sqnr_db"][1] > judged["selection_sqnr_db"][0]) \
         if "selection_sqnr_db" in judged else not judged["kept"]
-    off = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "off.onnx", **common)
+    off = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "off.onnx",
+                   bias_correction="off", **common)
     assert "bias_correction" not in off.metadata
     with pytest.raises(TrtcalError, match="--bias-correction 'yes'"):
         quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "x.onnx",

@@ -260,4 +260,3 @@ def test_input_scale_scores_of_two_layers_reading_one_input():
     for have, (out, y) in zip(scores.cosines(x, amax, wq), (("y1", xq @ wq["w1"].T), ("y2", xq @ wq["w2"]))):
         want = float((y * refs[out]).sum() / (norms[out] * np.linalg.norm(y)))
         assert abs((1 - have) - (1 - want)) <= 1e-4 * (1 - want) + 1e-7
-

@@ -128,11 +128,11 @@ def register(sub) -> None:
                    help="gptq (default): also round each layer's weights by GPTQ (codes chosen for the layer's output, "
                         "on the max weight scales; in the Q/DQ model only) and keep it where the model "
                         "scores better at the outputs; nearest: round to nearest only, as TensorRT does")
-    p.add_argument("--bias-correction", choices=("off", "auto", "on"), default="off",
+    p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto",
                    help="correct each layer's bias for the mean output error its quantization causes, measured "
                         "layer by layer per output channel (only where it exceeds 3 standard errors over the "
                         "samples): auto keeps it only if the model then scores better on samples it was not "
-                        "measured on; on always keeps it (in the Q/DQ model only; default: off)")
+                        "measured on (the default); on always keeps it; off never tries it (in the Q/DQ model only)")
     p.add_argument("--no-shift", action="store_true",
                    help="do not shift one-sided activations (ReLU outputs read only by Gemm, MatMul or unpadded Conv "
                         "layers) by half their range into those layers' biases; by default, with --target tensorrt, "
