@@ -694,11 +694,14 @@ def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dic
     :func:`trtcal.core.bias_correction.bias_deltas`): each weighted layer's systematic output error
     per channel, its input quantized and its weights held as in the written model, subtracted from
     its bias in the model the Q/DQ model is written from (``source``: the FP32 model, or its
-    shifted copy, with ``source_ranges``; ``shifts``: tensor -> shift). Judged as GPTQ is: fit on
-    the selection samples and judged on the calibration samples after them (``later``), or fit on
-    the first half of the selection samples and judged on the second (then refit on all); kept
-    only when the model scores better both there and on the selection samples. Returns ``(the
-    final Q/DQ result, a record)``."""
+    shifted copy, with ``source_ranges``; ``shifts``: tensor -> (shift, the tensor its layers
+    read)). Judged as GPTQ is: fit on the selection samples and judged on the calibration samples
+    after them (``later``), or fit on the first half of the selection samples and judged on the
+    second (then refit on all); with ``mode="auto"`` kept only when the model scores better both
+    there and on the selection samples, with ``"on"`` kept whatever the scores (still measured
+    and recorded). Returns ``(the final Q/DQ result, a record)``."""
+    import numpy as np
+
     from trtcal.core.bias_correction import bias_deltas
     from trtcal.core.progress import Progress
     from trtcal.data.sources import samples_in
@@ -722,21 +725,19 @@ def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dic
         with Progress(len(inputs), "correcting biases", enabled=progress) as bar:
             return layer_errors(model, inputs, batches, held, specs=specs, progress=bar)
 
+    half = total // 2
     if later:
         judge_on = later
         judged_on = f"{sum(samples_in(b, specs) for b in later)} calibration samples after the selection samples"
-        errors = measure(selection)
-        fit = errors
     elif total >= 4:
-        half = total // 2
         judge_on = _samples_after(selection, specs, half)
         judged_on = f"the last {total - half} selection samples (fit on the first {half})"
-        errors = measure(selection)
-        if any(e.shape[0] != total for e in errors.values()):
-            return final, {"kept": False, "reason": "the layers' outputs do not hold one sample per row of axis 0"}
-        fit = {w: e[:half] for w, e in errors.items()}
     else:
         return final, {"kept": False, "reason": f"{total} calibration samples: too few to judge a bias correction on"}
+    errors = measure(selection)
+    if not later and any(e.shape[0] != total for e in errors.values()):
+        return final, {"kept": False, "reason": "the layers' outputs do not hold one sample per row of axis 0"}
+    fit = errors if later else {w: e[:half] for w, e in errors.items()}
 
     node_of = {n.input[1]: i for i, n in enumerate(source.graph.node)
                if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
@@ -748,6 +749,9 @@ def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dic
                               target=target, attention=attention, check_onnxruntime=False, **weights)
         return model_out, deltas
 
+    def channels(deltas: dict) -> int:
+        return int(sum(np.count_nonzero(d) for d in deltas.values()))
+
     trial, deltas = corrected(fit)
     if not deltas:
         say("bias correction: no layer's output error is significant")
@@ -758,15 +762,14 @@ def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dic
     record = {"kept": False, "judged_on": judged_on, "sqnr_db": {"before": before, "after": after}}
     if not _finite(after) > _finite(before) and mode == "auto":
         say(f"bias correction: {after:.2f} dB against {before:.2f} on {judged_on}: not kept")
-        return final, {**record, "layers": len(deltas), "channels": int(sum(int(d.astype(bool).sum()) for d in deltas.values()))}
+        return final, {**record, "layers": len(deltas), "channels": channels(deltas)}
     if not later:
         trial, deltas = corrected(errors)
     got = score_model(trial.model, selection, refs, choice, sqnr_only=True).sqnr_db
     kept = _finite(got) > _finite(final_db) or mode == "on"
     say(f"bias correction: {after:.2f} dB against {before:.2f} on {judged_on}; {got:.2f} against {final_db:.2f} on "
         f"the selection samples: {'kept' if kept else 'not kept'}")
-    record.update(kept=kept, selection_sqnr_db=[final_db, got], layers=len(deltas),
-                  channels=int(sum(int(d.astype(bool).sum()) for d in deltas.values())),
+    record.update(kept=kept, selection_sqnr_db=[final_db, got], layers=len(deltas), channels=channels(deltas),
                   deltas={w: d.tolist() for w, d in deltas.items()})
     return (trial if kept else final), record
 
