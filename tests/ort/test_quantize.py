@@ -378,3 +378,33 @@ def test_bias_correction_writes_the_recorded_deltas(tmp_path):
     with pytest.raises(TrtcalError, match="--bias-correction 'yes'"):
         quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "x.onnx",
                  bias_correction="yes", **common)
+
+
+def test_eval_shows_a_shifted_tensor_as_quantized(fashion):
+    """``trtcal eval``'s per-tensor "as quantized" view of a shifted tensor is the dequantized
+    shifted tensor plus the shift: numpy's rounding of the INT8 model's ``x - c`` at the written
+    scale, plus ``c``; its SQNR is that view's against FP32's ``x``."""
+    from trtcal.ort.evaluate import dequantized_views
+    from trtcal.ort.runner import cpu_session
+
+    out, r = fashion
+    name = "/relu3/Relu_output_0"
+    shift = r.metadata["shift"]["tensors"][name]["shift"]
+    model = onnx.load(out / "f.int8.onnx")
+    view, offset = dequantized_views(model)[name]
+    assert offset == pytest.approx(shift) and view.startswith(f"{name}_shifted")
+    images = {"images": np.load(EXAMPLES / "fashion_eval.npz")["images"]}
+
+    def values(m, names):
+        for n in names:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+        return cpu_session(m, "t", int8_kernels=False).run(names, images)
+
+    x_int8, seen = values(onnx.load(out / "f.int8.onnx"), [name, view])
+    scale = read_qdq_scales(model).amax(f"{name}_shifted") / 127
+    q = np.clip(np.rint((x_int8.astype(np.float64) - shift) / scale), -128, 127) * scale + shift
+    assert np.allclose(seen + np.float32(offset), q, atol=1e-5 * scale + 1e-6)
+    (x,) = values(onnx.load(EXAMPLES / "fashion_cnn.onnx"), [name])
+    want = 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((q - x) ** 2).sum())
+    ev = evaluate(EXAMPLES / "fashion_cnn.onnx", out / "f.int8.onnx", EXAMPLES / "fashion_eval.npz", progress=False)
+    assert ev.quantized[name].sqnr_db == pytest.approx(want, abs=0.01)

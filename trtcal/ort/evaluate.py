@@ -243,19 +243,31 @@ class _Session:
         return dict(zip(self.output_names, values))
 
 
-def dequantized_views(model) -> dict[str, str]:
-    """Tensor -> the output of a DequantizeLinear fed by QuantizeLinear(tensor) (the first one)."""
+def dequantized_views(model) -> dict[str, tuple[str, float]]:
+    """Tensor -> ``(view, offset)``: the output of a DequantizeLinear fed by QuantizeLinear(tensor)
+    (the first one), offset 0; or, for a tensor quantized shifted (:mod:`trtcal.onnx.shift`: a
+    ``Sub`` of a constant scalar ``c`` before the Q/DQ pair), the DequantizeLinear's output of the
+    shifted tensor, to which ``c`` is added back to compare it with the tensor."""
+    from onnx import numpy_helper
+
     producers = {}
     for node in model.graph.node:
         for out in node.output:
             producers[out] = node
-    views: dict[str, str] = {}
+    inits = {t.name: t for t in model.graph.initializer}
+    views: dict[str, tuple[str, float]] = {}
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear":
             continue
         q = producers.get(node.input[0])
-        if q is not None and q.op_type == "QuantizeLinear":
-            views.setdefault(q.input[0], node.output[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        views.setdefault(q.input[0], (node.output[0], 0.0))
+        sub = producers.get(q.input[0])
+        if sub is not None and sub.op_type == "Sub" and sub.input[1] in inits:
+            c = numpy_helper.to_array(inits[sub.input[1]])
+            if c.size == 1 and np.isfinite(c).all():
+                views.setdefault(sub.input[0], (node.output[0], float(c.reshape(()))))
     return views
 
 
@@ -316,8 +328,8 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
         views = {n: v for n, v in dequantized_views(test_model).items() if n in set(shared) | inputs}
     ref_session = _Session(reference, ref_model, shared + [n for n in views if n not in shared], threads, True)
     plain = _Session(test, test_model, [], threads, int8_kernels)
-    exposed = _Session(test, test_model, shared + list(views.values()), threads, int8_kernels) \
-        if (shared or views) else None
+    exposed = _Session(test, test_model, list(dict.fromkeys(shared + [v for v, _ in views.values()])), threads,
+                       int8_kernels) if (shared or views) else None
 
     specs = input_specs(ref_session.session)
     specs, batch_size = configure_inputs(specs, batch_axes=batch_axes, shapes=shapes, batch_size=batch_size)
@@ -360,7 +372,9 @@ def evaluate(reference: str | os.PathLike, test: str | os.PathLike, data: str | 
                     _update(c, ref[name] if name in ref else batch[name],
                             got[name] if name in got else batch[name], None)
                 for name, c in quantized.items():
-                    _update(c, ref[name] if name in ref else batch[name], got[views[name]], None)
+                    view, offset = views[name]
+                    _update(c, ref[name] if name in ref else batch[name],
+                            got[view] + np.float32(offset) if offset else got[view], None)
             seen += n
             batches += 1
             bar.update()
