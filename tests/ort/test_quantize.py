@@ -408,3 +408,40 @@ def test_eval_shows_a_shifted_tensor_as_quantized(fashion):
     want = 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((q - x) ** 2).sum())
     ev = evaluate(EXAMPLES / "fashion_cnn.onnx", out / "f.int8.onnx", EXAMPLES / "fashion_eval.npz", progress=False)
     assert ev.quantized[name].sqnr_db == pytest.approx(want, abs=0.01)
+
+
+def test_weights_held_in_constant_nodes_are_quantized_as_initializers(tmp_path):
+    """A model whose weights are Constant nodes (as paddle2onnx writes them) gets the layer-wise
+    steps as its initializer form does: the same ranges, GPTQ record and written weights; the
+    outputs and provenance name the model given, which is left as it was."""
+    import hashlib
+
+    from onnx import helper
+
+    fp32 = onnx.load(EXAMPLES / "fashion_cnn.onnx")
+    consts = onnx.ModelProto()
+    consts.CopyFrom(fp32)
+    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in consts.graph.initializer]
+    del consts.graph.initializer[:]
+    body = list(consts.graph.node)
+    del consts.graph.node[:]
+    consts.graph.node.extend(nodes + body)
+    path = tmp_path / "consts.onnx"
+    onnx.save(consts, path)
+    before = path.read_bytes()
+    common = dict(eval_data=EXAMPLES / "fashion_eval.npz", progress=False, select_samples=64)
+    lines = []
+    got = quantize(path, EXAMPLES / "fashion_calib.npz", output=tmp_path / "c.int8.onnx", cache=tmp_path / "c.cache",
+                   stats=tmp_path / "c.npz", log=lines.append, **common)
+    ref = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "r.int8.onnx",
+                   cache=tmp_path / "r.cache", stats=tmp_path / "r.npz", **common)
+    assert any("Constant nodes (its weights among them) taken as initializers" in line for line in lines)
+    assert path.read_bytes() == before
+    assert got.chosen == ref.chosen and got.chosen.endswith(" + gptq")
+    assert got.metadata["weight_rounding"]["rounded"] == ref.metadata["weight_rounding"]["rounded"] == 4
+    assert read(tmp_path / "c.cache").amaxes() == read(tmp_path / "r.cache").amaxes()
+    assert got.summary["sqnr_db"] == pytest.approx(ref.summary["sqnr_db"], abs=1e-6)
+    side = json.loads((tmp_path / "c.int8.onnx.trtcal.json").read_text())
+    assert side["model"] == str(path) and side["constants_as_initializers"] == 8
+    assert side["model_sha256"] == hashlib.sha256(before).hexdigest()
+    assert got.metadata["calibration"]["model"] == str(path)

@@ -3,10 +3,11 @@
 :func:`add_to_bias` contract, for a node of ``model`` (edited in place) and ``delta`` (one value per
 output channel):
 
-- Conv and Gemm: input 2 becomes a new initializer, the old bias plus ``delta`` (Gemm: divided by
-  ``beta``, which scales it), or ``delta`` alone where the node has no bias; the old initializer
-  is left as it is (another node may share it). The caller checks that a Gemm's bias is a
-  constant of shape ``[N]`` or ``[1, N]`` (as :func:`trtcal.onnx.shift.shiftable` does).
+- Conv and Gemm with a constant bias or none: input 2 becomes a new initializer, the old bias plus
+  ``delta`` (Gemm: divided by ``beta``, which scales it; a ``C`` of shape ``[N]``, ``[1, N]``,
+  ``[M, N]`` or a scalar takes it broadcast over its rows), or ``delta`` alone where the node has
+  no bias; the old initializer is left as it is (another node may share it). With a computed
+  bias, an ``Add`` after the node carries ``delta`` (on a Conv's channel axis).
 - MatMul: where its output is read by exactly one node, an ``Add`` of a constant initializer of
   ``N`` values (shape ``[N]`` or ones then ``N``), and is no graph output, that constant becomes a
   new one plus ``delta``; else an ``Add`` of ``delta`` is inserted after it (the MatMul's output
@@ -61,16 +62,16 @@ def _bias_add(model, node, inits: dict):
 def add_to_bias(model, node, index: int, delta: np.ndarray, inits: dict, fresh, after: dict) -> None:
     """Add ``delta`` to ``node``'s bias (module doc). ``inits``: name -> initializer (kept up to
     date); ``fresh``: a :class:`Names`; ``index``: the node's index, where an inserted Add goes."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     graph = model.graph
     delta = np.asarray(delta, np.float64).reshape(-1)
-    if node.op_type in ("Gemm", "Conv"):  # the bias is input 2 (Gemm's C is scaled by beta)
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if node.op_type in ("Gemm", "Conv") and (bias is None or bias in inits):  # input 2 (Gemm's C is scaled by beta)
         delta = delta / (float(node_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0)
-        if len(node.input) > 2 and node.input[2]:
-            t = inits[node.input[2]]
-            b = numpy_helper.to_array(t).astype(np.float64)
-            new, name = b + delta.reshape(b.shape), fresh(f"{t.name}_adjusted")  # a new initializer: the old may be shared
+        if bias is not None:  # a new initializer: the old may be shared
+            # a Gemm's C may be [N], [1, N], [M, N] or a scalar: the delta broadcasts over its rows
+            new, name = numpy_helper.to_array(inits[bias]).astype(np.float64) + delta, fresh(f"{bias}_adjusted")
         else:
             new, name = delta, fresh(f"{node.output[0]}_bias")
         graph.initializer.append(numpy_helper.from_array(new.astype(np.float32), name))
@@ -79,6 +80,13 @@ def add_to_bias(model, node, index: int, delta: np.ndarray, inits: dict, fresh, 
             node.input[2] = name
         else:
             node.input.append(name)  # a Gemm or Conv has inputs 0 and 1 here: the bias is the third
+        return
+    if node.op_type == "Conv":  # a computed bias: an Add after the Conv, on the channel axis
+        spatial = numpy_helper.to_array(inits[node.input[1]]).ndim - 2 if node.input[1] in inits else 2
+        _add_after(model, node, index, delta.reshape([-1] + [1] * spatial), inits, fresh, after)
+        return
+    if node.op_type == "Gemm":  # a computed C: an Add after the Gemm
+        _add_after(model, node, index, delta, inits, fresh, after)
         return
     found = _bias_add(model, node, inits)
     if found is not None:  # MatMul followed by its bias Add: the Add's constant takes the delta
@@ -89,10 +97,17 @@ def add_to_bias(model, node, index: int, delta: np.ndarray, inits: dict, fresh, 
         inits[name] = graph.initializer[-1]
         add.input[list(add.input).index(const)] = name
         return
-    out = node.output[0]  # MatMul: an Add after it carries the bias
+    _add_after(model, node, index, delta, inits, fresh, after)  # MatMul: an Add after it carries the bias
+
+
+def _add_after(model, node, index: int, delta: np.ndarray, inits: dict, fresh, after: dict) -> None:
+    """An ``Add`` of ``delta`` after ``node``: its output renamed, the Add writing the old name."""
+    from onnx import helper, numpy_helper
+
+    out = node.output[0]
     name = fresh(f"{out}_bias")
-    graph.initializer.append(numpy_helper.from_array(delta.astype(np.float32), name))
-    inits[name] = graph.initializer[-1]
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(delta, np.float32), name))
+    inits[name] = model.graph.initializer[-1]
     raw = fresh(f"{out}_unbiased")
     node.output[0] = raw
     after.setdefault(index, []).append(helper.make_node("Add", [raw, name], [out], name=fresh(f"{out}_Add")))

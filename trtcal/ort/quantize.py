@@ -132,7 +132,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
              score=None, classifiers=None, candidates=None, refine: bool = False, search_weights: bool = True,
              attention: str = "int8",
              weight_samples: int = 16, weight_rounding: str = "gptq", shift_one_sided: bool = True,
-             bias_correction: str = "auto", force: bool = False,
+             bias_correction: str = "auto", force: bool = False, _moved_from: str | None = None,
              progress: bool | None = None, log=None, commit: bool = True, extra_meta: dict | None = None
              ) -> QuantizeResult:
     """Quantize ``model`` with ``data`` (any :mod:`trtcal.data` source); see the module doc.
@@ -201,6 +201,8 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     keep = None if eval_data is not None else (lambda i: not _held_out(i))
     cal = calibrate(model, data, algorithm="entropy2", batch_size=batch_size, max_batches=max_batches,
                     trt_version=trt_version, preprocess=preprocess, progress=progress, keep_batch=keep, **feed)
+    if _moved_from is not None:  # quantize() converted the model's Constant weights: record the model given
+        cal.metadata.update({k: v for k, v in (extra_meta or {}).items() if k in ("model", "model_sha256")})
     bs = cal.metadata["batch_size"]
     warnings = list(cal.warnings)
     selection, specs = first_batches(model, data, samples=select_samples, batch_size=bs, preprocess=preprocess,
@@ -432,6 +434,10 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
     TensorRT <= 10 build must use it."""
     mode = requested = smoothquant_mode(smoothquant)
     say = options.get("log") or (lambda line: None)
+    moved = _with_initializer_weights(model, options, say)
+    if moved is not None:
+        with moved as converted:
+            return quantize(converted, data, smoothquant=smoothquant, smoothed=smoothed, alphas=alphas, **options)
     if mode == "auto":
         from trtcal.onnx.model import load_model
         from trtcal.onnx.smooth import transformer_groups
@@ -466,7 +472,8 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
                                     "classifiers") if options.get(k) is not None}
     with tempfile.TemporaryDirectory(prefix="trtcal-smooth-") as tmp:
         temp = Path(tmp) / smoothed.name
-        say(f"smoothquant: searching factors for {model} on {options.get('select_samples', 64)} calibration samples")
+        say(f"smoothquant: searching factors for {options.get('_moved_from') or model} on "
+            f"{options.get('select_samples', 64)} calibration samples")
         _, found = smooth_model(model, data, output=temp, alphas=alphas or ALPHAS,
                                 select_samples=options.get("select_samples", 64),
                                 target=options.get("target", "tensorrt"), attention=options.get("attention", "int8"),
@@ -483,7 +490,9 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
                                  "search_gain_db": gain if found.alphas else 0.0}
             plain._commit()
             return plain
-        info = {"smoothed_model": str(smoothed), "alphas": found.alphas, "original_model": str(model)}
+        base_meta = options.get("extra_meta") or {}
+        info = {"smoothed_model": str(smoothed), "alphas": found.alphas,
+                "original_model": options.get("_moved_from") or str(model)}
         # judged on calibration samples neither search saw (the next select_samples ones): both
         # searches fit the selection samples, the smoothing more so (Fashion CNN: +3 dB there, -4.5 dB held out)
         memo: dict = {}
@@ -497,7 +506,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
                 f"{judged['smoothed']:.2f} dB smoothed")
             if keep_smooth:
                 say(f"quantizing the smoothed model ({len(found.alphas)} activations smoothed)")
-                winner = _quantize(temp, data, **{**options, "commit": False, "extra_meta": {"smoothquant": info}})
+                winner = _quantize(temp, data, **{**options, "commit": False, "extra_meta": {**base_meta, "smoothquant": info}})
             else:
                 say("quantizing the original model")
                 winner = _quantize(model, data, **{**options, "commit": False})
@@ -505,7 +514,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
             say("quantizing the original model")
             plain = _quantize(model, data, **{**options, "commit": False})
             say(f"quantizing the smoothed model ({len(found.alphas)} activations smoothed)")
-            smooth = _quantize(temp, data, **{**options, "commit": False, "extra_meta": {"smoothquant": info}})
+            smooth = _quantize(temp, data, **{**options, "commit": False, "extra_meta": {**base_meta, "smoothquant": info}})
             judged = _validation_scores(model, data, {"original": plain._qdq, "smoothed": smooth._qdq}, options, memo)
             if judged is None:
                 judged, on = {"original": plain.final_db, "smoothed": smooth.final_db}, "the selection samples"
@@ -525,8 +534,62 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
         if keep_smooth:
             fileio.atomic_write(smoothed, temp.read_bytes(), force=force, inputs=[model, data])
             shutil.copyfile(sidecar_path(temp), sidecar_path(smoothed))
+            if options.get("_moved_from"):  # the smoothed model's provenance names the model the user gave
+                import json
+
+                side = json.loads(sidecar_path(smoothed).read_text())
+                side.update({k: base_meta[k] for k in ("model", "model_sha256") if k in base_meta})
+                fileio.atomic_write(sidecar_path(smoothed), (json.dumps(side, indent=1) + "\n").encode(), force=True)
         winner._commit()
         return winner
+
+
+def _with_initializer_weights(model, options: dict, say):
+    """Where ``model`` holds weights in Constant nodes (paddle2onnx and other exporters), a context
+    manager giving a copy with them as initializers (:func:`trtcal.onnx.model.constants_as_initializers`:
+    the same function), written to a temporary folder under the model's own file name, and
+    ``options`` set up so that ``quantize`` of it writes and records as for ``model``: the default
+    outputs named after ``model``, the provenance's ``model`` and ``model_sha256`` those of
+    ``model``, ``model`` never overwritten. Else None. Without it the layer-wise steps (the range
+    choice at each layer's output, GPTQ, the weight search, the shift, the bias correction) see no
+    weighted layer (PP-OCRv4 rec: 420 Constant nodes, 0 weighted layers found, 47 after)."""
+    import contextlib
+    import tempfile
+
+    from trtcal.cache.provenance import sidecar_path
+    from trtcal.core import fileio
+    from trtcal.onnx.model import constants_as_initializers, load_model
+    from trtcal.ort.pipeline import file_sha256
+
+    if options.get("_moved_from") is not None:
+        return None
+    loaded = load_model(model, load_weights=True)
+    converted = constants_as_initializers(loaded)
+    if converted is loaded:
+        return None
+    default = default_outputs(model)
+    if options.get("cache") is None or options.get("stats") is None:
+        default[1].parent.mkdir(exist_ok=True)
+    for key, path in zip(("output", "cache", "stats"), default):
+        options[key] = Path(options[key]) if options.get(key) is not None else path
+    for path in (options["output"], options["cache"], options["stats"], sidecar_path(options["output"]),
+                 sidecar_path(options["cache"])):
+        fileio.check_output(path, force=options.get("force", False), inputs=[model])
+    count = len(loaded.graph.node) - len(converted.graph.node)
+    say(f"{model}: {count} Constant nodes (its weights among them) taken as initializers (the same model)")
+    options["_moved_from"] = str(model)
+    options["extra_meta"] = {**(options.get("extra_meta") or {}), "model": str(model),
+                             "model_sha256": file_sha256(model), "constants_as_initializers": count}
+
+    @contextlib.contextmanager
+    def written():
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="trtcal-initializers-") as tmp:
+            path = Path(tmp) / Path(model).name
+            onnx.save(converted, path)
+            yield path
+    return written()
 
 
 def _quick_judge(model, smoothed_path, found, data, options: dict, memo: dict):
