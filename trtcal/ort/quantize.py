@@ -196,7 +196,7 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     feed = {"batch_axes": batch_axes, "shapes": shapes, "allow_nonfinite": allow_nonfinite}
 
     # 1. calibrate (held-out batches skipped when there is no evaluation data)
-    say(f"calibrating {model} on {data}" + ("" if eval_data is not None else
+    say(f"calibrating {_moved_from or model} on {data}" + ("" if eval_data is not None else
                                              f" (every {HOLDOUT_EVERY}th batch held out for the summary)"))
     keep = None if eval_data is not None else (lambda i: not _held_out(i))
     cal = calibrate(model, data, algorithm="entropy2", batch_size=batch_size, max_batches=max_batches,
