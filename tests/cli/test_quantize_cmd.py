@@ -73,6 +73,19 @@ def test_quantize_bias_correction_option(tmp_path):
     assert rc == 2 and "--bias-correction" in err and "Traceback" not in err
 
 
+def test_quantize_effort_option(tmp_path):
+    common = ["--data", CALIB, "--eval-data", EVAL, "--cache", tmp_path / "c", "--stats", tmp_path / "s.npz", "--force"]
+    rc, text, err = run_cli("quantize", MODEL, "-o", tmp_path / "f.onnx", "--effort", "fast", *common)
+    assert rc == 0, err
+    assert "rounding nearest" in text and "GPTQ" not in text and "searching per-channel" not in text
+    rc, text, err = run_cli("quantize", MODEL, "-o", tmp_path / "g.onnx", "--effort", "fast", "--weight-rounding",
+                            "gptq", "--json", *common)
+    assert rc == 0, err
+    assert json.loads(text)["metadata"]["weight_rounding"]["kept"] is True
+    rc, _, err = run_cli("quantize", MODEL, "--data", CALIB, "--effort", "quick")
+    assert rc == 2 and "--effort" in err and "Traceback" not in err
+
+
 def test_quantize_refuses_without_overwriting(tmp_path):
     out = tmp_path / "m.int8.onnx"
     out.write_bytes(b"keep")

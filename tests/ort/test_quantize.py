@@ -445,3 +445,22 @@ def test_weights_held_in_constant_nodes_are_quantized_as_initializers(tmp_path):
     assert side["model"] == str(path) and side["constants_as_initializers"] == 8
     assert side["model_sha256"] == hashlib.sha256(before).hexdigest()
     assert got.metadata["calibration"]["model"] == str(path)
+
+
+def test_effort_fast_leaves_out_the_costly_steps_unless_asked(tmp_path):
+    common = dict(eval_data=EXAMPLES / "fashion_eval.npz", cache=tmp_path / "m.cache", stats=tmp_path / "m.npz",
+                  progress=False, force=True)
+    lines = []
+    fast = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "f.onnx",
+                    effort="fast", log=lines.append, **common)
+    assert "weight_rounding" not in fast.metadata and "bias_correction" not in fast.metadata
+    assert not any("searching per-channel weight scales" in line for line in lines)
+    assert "+ gptq" not in fast.chosen and "+ weights" not in fast.chosen
+    assert fast.summary["weight_rounding"] == "nearest" and fast.summary["weight_scales"] == "max"
+    assert "shift" in fast.metadata  # the cheap steps stay
+    asked = quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "g.onnx",
+                     effort="fast", weight_rounding="gptq", **common)
+    assert asked.metadata["weight_rounding"]["kept"] and asked.chosen.endswith(" + gptq")
+    with pytest.raises(TrtcalError, match="--effort 'quick'"):
+        quantize(EXAMPLES / "fashion_cnn.onnx", EXAMPLES / "fashion_calib.npz", output=tmp_path / "x.onnx",
+                 effort="quick", **common)

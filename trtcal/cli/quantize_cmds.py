@@ -53,9 +53,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     result = quantize(args.model, output=output.path, cache=args.cache, stats=args.stats, target=args.target,
                       eval_data=args.eval_data, eval_samples=args.eval_samples, select_samples=args.select_samples,
                       max_float=args.max_float, target_sqnr=args.target_sqnr, refine=args.refine, attention=args.attention,
-                      weight_rounding=args.weight_rounding, shift_one_sided=not args.no_shift,
-                      bias_correction=args.bias_correction,
-                      smoothquant=args.smoothquant, smoothed=args.smoothed,
+                      shift_one_sided=not args.no_shift, effort=args.effort, smoothed=args.smoothed,
+                      **{k: v for k, v in (("weight_rounding", args.weight_rounding),
+                                           ("bias_correction", args.bias_correction),
+                                           ("smoothquant", args.smoothquant)) if v is not None},
                       trt_version=parse_version(args.trt_version), force=output.force, progress=output.progress,
                       log=lambda line: print(line, file=stream), **data, **SCORING.parse(args))
     for warning in result.warnings:
@@ -113,7 +114,7 @@ def _pct(x: float | None) -> str:
 
 def register(sub) -> None:
     from trtcal.cache.format import DEFAULT_TRT_VERSION, format_version
-    from trtcal.ort.quantize import WEIGHT_ROUNDINGS
+    from trtcal.ort.quantize import EFFORTS, WEIGHT_ROUNDINGS
 
     p = add_command(sub, "quantize", cmd_quantize, DATA, SCORING, OUTPUT)
     p.add_argument("model", help="FP32 ONNX model")
@@ -124,15 +125,21 @@ def register(sub) -> None:
     p.add_argument("--refine", action="store_true",
                    help="then try other ranges tensor by tensor at the model's outputs on the calibration samples, "
                         "keeping each change that helps (about four models scored per tensor: slower)")
-    p.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default="gptq",
-                   help="gptq (default): also round each layer's weights by GPTQ (codes chosen for the layer's output, "
-                        "on the max weight scales; in the Q/DQ model only) and keep it where the model "
-                        "scores better at the outputs; nearest: round to nearest only, as TensorRT does")
-    p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--effort", choices=EFFORTS, default="full",
+                   help="full (default): every step below; fast: the defaults become --smoothquant off, "
+                        "--weight-rounding nearest, --bias-correction off and no weight-scale search (about half "
+                        "the time on YOLOv8n; what is given explicitly is kept)")
+    p.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS, default=None,
+                   help="gptq (default; nearest with --effort fast): also round each layer's weights by GPTQ (codes "
+                        "chosen for the layer's output, on the max weight scales; in the Q/DQ model only) and keep "
+                        "it where the model scores better at the outputs; nearest: round to nearest only, as "
+                        "TensorRT does")
+    p.add_argument("--bias-correction", choices=("auto", "on", "off"), default=None,
                    help="correct each layer's bias for the mean output error its quantization causes, measured "
                         "layer by layer per output channel (only where it exceeds 3 standard errors over the "
-                        "samples): auto keeps it only if the model then scores better on samples it was not "
-                        "measured on (the default); on always keeps it; off never tries it (in the Q/DQ model only)")
+                        "samples): auto (default; off with --effort fast) keeps it only if the model then scores "
+                        "better on samples it was not measured on; on always keeps it; off never tries it (in the "
+                        "Q/DQ model only)")
     p.add_argument("--no-shift", action="store_true",
                    help="do not shift one-sided activations (ReLU outputs read only by Gemm, MatMul or unpadded Conv "
                         "layers) by half their range into those layers' biases; by default, with --target tensorrt, "
@@ -140,9 +147,10 @@ def register(sub) -> None:
                         "one bit more) where the model scores better so (in the Q/DQ model only)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt", help=TARGET_HELP)
     p.add_argument("--attention", choices=("int8", "float"), default="int8", help=ATTENTION_HELP)
-    p.add_argument("--smoothquant", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+    p.add_argument("--smoothquant", nargs="?", const="on", default=None, choices=("auto", "on", "off"),
                    help="also quantize a SmoothQuant-ed copy (trtcal smooth, alpha per layer) and keep whichever model "
-                        "scores better at the outputs on calibration samples neither search saw: auto (default) for "
+                        "scores better at the outputs on calibration samples neither search saw: auto (default; off "
+                        "with --effort fast) for "
                         "transformers (attention blocks, or LayerNorm outputs feeding weighted MatMul/Gemm layers), on "
                         "(also the bare flag) for any model with weighted MatMul/Gemm layers, off never (slower: "
                         "about two quantize runs and the search)")

@@ -413,8 +413,18 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     return result
 
 
-def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: bool | str = "auto",
-             smoothed: str | os.PathLike | None = None, alphas=None, **options) -> QuantizeResult:
+#: ``quantize``'s effort levels: ``"full"`` (the default: every step) and ``"fast"``, whose defaults
+#: leave out the steps that cost most for what they gain (an option given explicitly still counts).
+EFFORTS = ("full", "fast")
+#: The defaults ``effort="fast"`` changes: no SmoothQuant search, no GPTQ rounding, no weight-scale
+#: search, no bias correction. What remains: the calibration, the per-tensor range choice and its
+#: check against every single method at the outputs, the shift, the fallback if asked.
+FAST = {"smoothquant": "off", "weight_rounding": "nearest", "search_weights": False, "bias_correction": "off"}
+
+
+def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: bool | str | None = None,
+             smoothed: str | os.PathLike | None = None, alphas=None, effort: str = "full",
+             **options) -> QuantizeResult:
     """Quantize ``model`` with ``data``; see the module doc. ``options``: those of :func:`_quantize`
     (``output``, ``cache``, ``stats``, ``target``, ``eval_data``, ``select_samples``, ``max_float``,
     ``target_sqnr``, ``refine``, ``attention``, data options, ``force``, ``progress``, ``log``...).
@@ -431,8 +441,19 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
     blocks, or LayerNorm outputs read by weighted MatMul/Gemm layers), ``"off"`` (or False) never.
     When the smoothed one wins, its FP32 model is written to ``smoothed`` (default ``<model
     stem>.smooth.onnx`` beside the Q/DQ model): the TensorRT cache is of that model's tensors, so a
-    TensorRT <= 10 build must use it."""
-    mode = requested = smoothquant_mode(smoothquant)
+    TensorRT <= 10 build must use it.
+
+    ``effort``: ``"full"`` (the default) or ``"fast"`` (:data:`FAST`: the defaults of
+    ``smoothquant``, ``weight_rounding``, ``search_weights`` and ``bias_correction`` become the
+    cheap ones; those given explicitly are kept)."""
+    if effort not in EFFORTS:
+        raise TrtcalError(f"--effort {effort!r}: choose from {', '.join(EFFORTS)}")
+    if effort == "fast":
+        for key, value in FAST.items():
+            if key != "smoothquant":
+                options.setdefault(key, value)
+        smoothquant = FAST["smoothquant"] if smoothquant is None else smoothquant
+    mode = requested = smoothquant_mode("auto" if smoothquant is None else smoothquant)
     say = options.get("log") or (lambda line: None)
     moved = _with_initializer_weights(model, options, say)
     if moved is not None:
