@@ -185,3 +185,27 @@ def test_cli_eq_search_choices(tmp_path):
     rc, _, err = run_cli("calibrate", EXAMPLES / "fashion_cnn.onnx", "--data", EXAMPLES / "fashion_calib.npz",
                          "--algorithm", "eq", "--eq-search", "fast", "-o", tmp_path / "x.cache")
     assert rc == 2 and "--eq-search" in err
+
+
+def test_eq_sees_weights_held_in_constant_nodes(tmp_path):
+    """A model whose weights are Constant nodes (paddle2onnx) gets the same EQ as its initializer form."""
+    import onnx
+    from onnx import helper
+
+    import trtcal
+    from trtcal.ort.runner import first_samples
+
+    model = EXAMPLES / "fashion_cnn.onnx"
+    m = onnx.load(model)
+    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
+    del m.graph.initializer[:]
+    body = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes + body)
+    onnx.save(m, tmp_path / "consts.onnx")
+    batches = first_samples(model, EXAMPLES / "fashion_calib.npz", samples=32, batch_size=16)
+    amaxes = {n: r.amax for n, r in trtcal.calibrate(model, EXAMPLES / "fashion_calib.npz", progress=False,
+                                                       max_batches=2).thresholds.items()}
+    a = eq.refine(model, batches, amaxes, steps=8)
+    b = eq.refine(tmp_path / "consts.onnx", batches, amaxes, steps=8)
+    assert a.amaxes == b.amaxes and a.cosines == b.cosines and len(a.cosines) > 0

@@ -101,13 +101,14 @@ def refine(model_path: str | os.PathLike, batches: list[dict], amaxes: dict[str,
     """
     import onnx
 
-    from trtcal.onnx.model import load_model
+    from trtcal.onnx.model import constants_as_initializers, load_model
 
     if search not in SEARCHES:
         raise TrtcalError(f"EQ search {search!r}: {' or '.join(SEARCHES)}")
     if steps < 2 or not 0 < lo < 1 < hi:
         raise TrtcalError(f"EQ search: need steps >= 2 and 0 < lo < 1 < hi, not steps={steps}, lo={lo}, hi={hi}")
-    model = load_model(model_path, load_weights=True)
+    # weights held in Constant nodes (paddle2onnx) as initializers: the same function, layers EQ can see
+    model = constants_as_initializers(load_model(model_path, load_weights=True))
     layers = weighted_layers(model)
     if not layers:
         raise TrtcalError(f"{model_path}: no Conv/ConvTranspose/Gemm/MatMul with an initializer weight: nothing for EQ")
