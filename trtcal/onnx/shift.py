@@ -108,13 +108,6 @@ def shiftable(model, tensors) -> dict[str, list[int]]:
             and all(_takes_shift(model.graph.node[i], name, inits, outputs) for i in readers[name])}
 
 
-def weight_axis(node) -> int:
-    """The output-channel axis of a reader's weight (as the Q/DQ writer quantizes it per channel)."""
-    if node.op_type == "Gemm":
-        return 0 if node_attr(node, "transB", 0) else 1
-    return 0 if node.op_type == "Conv" else 1
-
-
 def apply_shift(model, shifts: dict[str, float], *, weights: dict[str, np.ndarray] | None = None) -> Shifted:
     """A copy of ``model`` with each activation of ``shifts`` (``{tensor: c}``, tensors
     :func:`shiftable` accepts) shifted by ``c`` into its readers' biases; ``weights``: ``{weight
