@@ -151,9 +151,10 @@ def test_report_reads_the_choice_beside_the_int8_model_without_a_cache(quantized
     from trtcal.cli.report_cmds import _range_choice
 
     tmp, _ = quantized
-    record, source = _range_choice(None, str(tmp / "q.onnx"))
+    record, source, steps = _range_choice(None, str(tmp / "q.onnx"))
     assert source == str(tmp / "q.onnx.trtcal.json") and set(record["tensors"]) >= {"images"}
-    assert _range_choice(str(tmp / "q.npz"), None) == (None, "")  # no sidecar there
+    assert set(steps) >= {"weight_scales", "weight_rounding"}
+    assert _range_choice(str(tmp / "q.npz"), None) == (None, "", {})  # no sidecar there
 
 
 def test_report_without_a_quantize_sidecar_shows_no_choice(report):
@@ -168,3 +169,18 @@ def test_a_malformed_range_choice_is_one_line(quantized):
     Path(str(bad) + ".trtcal.json").write_text(json.dumps({"range_choice": {"tensors": {"images": {"amax": "x"}}}}))
     rc, _, err = run_cli("report", MODEL, "--stats", tmp / "q.npz", "--cache", bad, "-o", tmp / "rep3", "--no-plots")
     assert rc == 2 and "bad.cache.trtcal.json: range_choice: images: amax" in err and err.count("\n") == 1
+
+
+def test_report_lists_quantizes_steps_after_the_ranges(quantized):
+    tmp, page = quantized
+    side = json.loads((tmp / "q.cache.trtcal.json").read_text())
+    steps = page.split("<ul id='choice-steps'>")[1].split("</ul>")[0]
+    items = re.findall(r"<li>(.*?)</li>", steps)
+    assert items[0] == f"weight scales: {side['weight_scales']}"
+    assert items[1] == f"weight rounding: {side['weight_rounding']}"
+    shift, bias = side["shift"], side["bias_correction"]
+    assert items[2].startswith(f"one-sided shift {'kept' if shift['kept'] else 'not kept'} (")
+    assert all(name in items[2] for name in shift["tensors"])
+    assert items[3].startswith(f"bias correction {'kept' if bias['kept'] else 'not kept'} (")
+    if "layers" in bias:
+        assert f"{bias['layers']} layers, {bias['channels']} channels" in items[3]

@@ -63,7 +63,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from trtcal.cache.convert import read_any
 
         cache = read_any(args.cache)
-    choice, choice_from = _range_choice(args.cache, args.int8)
+    choice, choice_from, steps = _range_choice(args.cache, args.int8)
     info = {"model": args.model, "statistics": stats, "data": meta.get("data", "?"),
             "samples": meta.get("samples", "?")}
     if cache is not None:
@@ -71,7 +71,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     with Progress(None, "plotting", enabled=output.progress) as bar:
         report = build_report(histograms, title=f"trtcal calibration report: {Path(args.model).name}",
                               producers=made, cache=cache, meta=info, plots=plots, progress=bar,
-                              range_choice=choice, range_choice_source=choice_from, draw=draw,
+                              range_choice=choice, range_choice_source=choice_from, quantize_steps=steps, draw=draw,
                               jobs=args.jobs, small=args.plot_size == "small")
     if args.int8:
         from trtcal.ort.evaluate import evaluate
@@ -100,9 +100,14 @@ def _plots_option(text: str | None):
     return names
 
 
-def _range_choice(*paths: str | None) -> tuple[dict | None, str]:
+#: What ``trtcal quantize`` records in its sidecars about its steps after the ranges (the report shows them).
+QUANTIZE_STEPS = ("weight_scales", "weight_rounding", "shift", "bias_correction")
+
+
+def _range_choice(*paths: str | None) -> tuple[dict | None, str, dict]:
     """The range choice ``trtcal quantize`` recorded in the sidecar of the first of ``paths``
-    that has one, and that sidecar's path; ``(None, "")`` when none has."""
+    that has one, that sidecar's path, and its records of the steps after the ranges
+    (:data:`QUANTIZE_STEPS`); ``(None, "", {})`` when none has."""
     from trtcal.cache.provenance import read_sidecar, sidecar_path
     from trtcal.ort.choice_record import SIDECAR_KEY
 
@@ -110,8 +115,9 @@ def _range_choice(*paths: str | None) -> tuple[dict | None, str]:
         if path:
             record = read_sidecar(path) or {}
             if record.get(SIDECAR_KEY) is not None:
-                return record[SIDECAR_KEY], str(sidecar_path(path))
-    return None, ""
+                return (record[SIDECAR_KEY], str(sidecar_path(path)),
+                        {k: record[k] for k in QUANTIZE_STEPS if k in record})
+    return None, "", {}
 
 
 def register(sub) -> None:

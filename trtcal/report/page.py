@@ -155,6 +155,7 @@ class Report:
     evaluation: object | None = None  # trtcal.ort.evaluate.Evaluation
     sqnr_plot: bytes | None = None
     choice: RangeChoice | None = None  # what trtcal quantize chose per tensor, and why
+    steps: dict = field(default_factory=dict)  # trtcal quantize's records of its steps after the ranges
     plots: str = "auto"  # which tensors got a full plot: "auto", "all", "named", "none"
 
 
@@ -234,7 +235,7 @@ def all_thresholds(histograms: dict, *, jobs: int = 1) -> dict[str, dict]:
 
 def build_report(histograms: dict, *, title: str, producers: dict[str, str] | None = None,
                  cache=None, meta: dict | None = None, plots: bool = True, progress=None,
-                 range_choice: dict | None = None, range_choice_source: str = "",
+                 range_choice: dict | None = None, range_choice_source: str = "", quantize_steps: dict | None = None,
                  draw: str | list[str] = "auto", jobs: int | None = None, small: bool = True) -> Report:
     """Compute every method's threshold per tensor and (with ``plots``) draw the tensors ``draw``
     asks for: ``"auto"`` (:func:`auto_plots`), ``"all"``, or names and globs
@@ -242,7 +243,8 @@ def build_report(histograms: dict, *, title: str, producers: dict[str, str] | No
     thresholds (:func:`~trtcal.report.plots.tensor_svg`). ``jobs``: processes for the
     thresholds and the plots (default: the CPUs, at most 8). ``small``: the report's plot size
     (False: the size ``trtcal plot`` draws). ``range_choice``: the record ``trtcal quantize``
-    keeps in its sidecars (read from ``range_choice_source``), shown per tensor."""
+    keeps in its sidecars (read from ``range_choice_source``), shown per tensor; ``quantize_steps``:
+    that sidecar's records of the steps after the ranges (weights, shift, bias correction)."""
     from trtcal.report.parallel import default_jobs
 
     jobs = default_jobs() if jobs is None else jobs
@@ -269,7 +271,7 @@ def build_report(histograms: dict, *, title: str, producers: dict[str, str] | No
                               bool(hist.one_sided and hist.max > 0),
                               [f"{f.kind}: {f.message}" for f in findings if f.tensor == name]))
     choice = None if range_choice is None else read_range_choice(range_choice, range_choice_source, cache)
-    report = Report(title, rows, meta or {}, choice=choice, plots="none")
+    report = Report(title, rows, meta or {}, choice=choice, steps=dict(quantize_steps or {}), plots="none")
     if not plots:
         return report
     from trtcal.report.plots import draw_tensors, tensor_svg
@@ -404,6 +406,30 @@ def _evaluation_html(report: Report) -> str:
     return "\n".join(out)
 
 
+def _steps_lines(steps: dict) -> list[str]:
+    """One line per step ``trtcal quantize`` recorded after the ranges (its sidecar's records)."""
+    lines = []
+    if "weight_scales" in steps:
+        lines.append(f"weight scales: {steps['weight_scales']}")
+    if "weight_rounding" in steps:
+        lines.append(f"weight rounding: {steps['weight_rounding']}")
+    shift = steps.get("shift")
+    if isinstance(shift, dict):
+        names = ", ".join(shift.get("tensors") or {})
+        before, after = (shift.get("selection_sqnr_db") or [math.nan, math.nan])[:2]
+        lines.append(f"one-sided shift {'kept' if shift.get('kept') else 'not kept'} ({names}): output SQNR "
+                     f"{_num(before)} -> {_num(after)} dB on the selection samples")
+    bias = steps.get("bias_correction")
+    if isinstance(bias, dict):
+        judged = bias.get("sqnr_db") or {}
+        what = (f"{bias.get('layers', 0)} layers, {bias.get('channels', 0)} channels" if "layers" in bias
+                else bias.get("reason", ""))
+        on = (f"; judged on {bias['judged_on']}: {_num(judged.get('before', math.nan))} -> "
+              f"{_num(judged.get('after', math.nan))} dB") if bias.get("judged_on") and judged else ""
+        lines.append(f"bias correction {'kept' if bias.get('kept') else 'not kept'} ({what}){on}")
+    return lines
+
+
 def _choice_html(report: Report) -> str:
     """The range choice trtcal quantize recorded: each range set's output SQNR, every tensor's
     chosen range and why, and the same as JSON (``<script id='range-choice-json'>``)."""
@@ -420,6 +446,10 @@ def _choice_html(report: Report) -> str:
         mark = " &larr; chosen" if label == ch.chosen else ""
         out.append(f"<tr><td class='name'>{esc(label)}{mark}</td><td>{_num(db)}</td></tr>")
     out.append("</table>")
+    steps = _steps_lines(report.steps)
+    if steps:
+        out.append("<p>After the ranges (in the Q/DQ model only; a TensorRT &lt;= 10 cache holds the ranges):</p>"
+                   "<ul id='choice-steps'>" + "".join(f"<li>{esc(line)}</li>" for line in steps) + "</ul>")
     out.append("<table id='choices'><tr><th class='name'>tensor</th><th>method</th><th>amax</th><th>error</th>"
                "<th>entropy2 error</th><th class='why'>why</th></tr>")
     for c in ch.tensors:
