@@ -158,3 +158,31 @@ def test_a_decisive_quick_judge_quantizes_only_the_better_model(tmp_path, monkey
     for _, result in runs:  # the held-out summary of the kept model only
         assert (result.summary is not None) == (result is r)
     assert r.summary["sqnr_db"] == r.summary["sqnr_db"]  # measured (not NaN)
+
+
+def test_a_model_with_constant_weights_is_smoothed_and_recorded_as_given(tmp_path):
+    """Weights in Constant nodes (as paddle2onnx writes them): quantize works on the initializer form,
+    and the Q/DQ model's and the smoothed model's provenance both name the model given."""
+    import hashlib
+
+    from onnx import helper
+
+    m = with_outlier_channel(encoder_block())
+    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
+    del m.graph.initializer[:]
+    body = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes + body)
+    model = tmp_path / "enc.onnx"
+    onnx.save(m, model)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    calib, held = _data(tmp_path / "calib.npz", 48, 0), _data(tmp_path / "eval.npz", 16, 1)
+    out, smoothed = tmp_path / "enc.int8.onnx", tmp_path / "enc.smooth.onnx"
+    r = quantize(model, calib, eval_data=held, output=out, cache=tmp_path / "enc.cache", stats=tmp_path / "s.npz",
+                 select_samples=16, eval_samples=16, batch_size=8, smoothquant=True, smoothed=smoothed, progress=False)
+    assert r.smoothquant["kept"] == "smoothed" and smoothed.exists()
+    for side in (Path(str(out) + ".trtcal.json"), Path(str(smoothed) + ".trtcal.json")):
+        record = json.loads(side.read_text())
+        assert record["model"] == str(model) and record["model_sha256"] == digest, side
+    assert json.loads(Path(str(out) + ".trtcal.json").read_text())["smoothquant"]["original_model"] == str(model)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
