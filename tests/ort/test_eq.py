@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import run_cli
+from constant_weights import as_constant_nodes
 from onnx import TensorProto, helper
 
 from trtcal.ort import eq, layers
@@ -190,19 +191,12 @@ def test_cli_eq_search_choices(tmp_path):
 def test_eq_sees_weights_held_in_constant_nodes(tmp_path):
     """A model whose weights are Constant nodes (paddle2onnx) gets the same EQ as its initializer form."""
     import onnx
-    from onnx import helper
 
     import trtcal
     from trtcal.ort.runner import first_samples
 
     model = EXAMPLES / "fashion_cnn.onnx"
-    m = onnx.load(model)
-    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
-    del m.graph.initializer[:]
-    body = list(m.graph.node)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes + body)
-    onnx.save(m, tmp_path / "consts.onnx")
+    onnx.save(as_constant_nodes(onnx.load(model)), tmp_path / "consts.onnx")
     batches = first_samples(model, EXAMPLES / "fashion_calib.npz", samples=32, batch_size=16)
     amaxes = {n: r.amax for n, r in trtcal.calibrate(model, EXAMPLES / "fashion_calib.npz", progress=False,
                                                        max_batches=2).thresholds.items()}

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from constant_weights import as_constant_nodes
 from onnx import numpy_helper
 
 from trtcal.cache import read
@@ -416,18 +417,8 @@ def test_weights_held_in_constant_nodes_are_quantized_as_initializers(tmp_path):
     outputs and provenance name the model given, which is left as it was."""
     import hashlib
 
-    from onnx import helper
-
-    fp32 = onnx.load(EXAMPLES / "fashion_cnn.onnx")
-    consts = onnx.ModelProto()
-    consts.CopyFrom(fp32)
-    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in consts.graph.initializer]
-    del consts.graph.initializer[:]
-    body = list(consts.graph.node)
-    del consts.graph.node[:]
-    consts.graph.node.extend(nodes + body)
     path = tmp_path / "consts.onnx"
-    onnx.save(consts, path)
+    onnx.save(as_constant_nodes(onnx.load(EXAMPLES / "fashion_cnn.onnx")), path)
     before = path.read_bytes()
     common = dict(eval_data=EXAMPLES / "fashion_eval.npz", progress=False, select_samples=64)
     lines = []

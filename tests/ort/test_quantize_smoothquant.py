@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from constant_weights import as_constant_nodes
 from transformer_models import encoder_block, feed, with_outlier_channel
 
 from trtcal.cache import read
@@ -165,16 +166,8 @@ def test_a_model_with_constant_weights_is_smoothed_and_recorded_as_given(tmp_pat
     and the Q/DQ model's and the smoothed model's provenance both name the model given."""
     import hashlib
 
-    from onnx import helper
-
-    m = with_outlier_channel(encoder_block())
-    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
-    del m.graph.initializer[:]
-    body = list(m.graph.node)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes + body)
     model = tmp_path / "enc.onnx"
-    onnx.save(m, model)
+    onnx.save(as_constant_nodes(with_outlier_channel(encoder_block())), model)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     calib, held = _data(tmp_path / "calib.npz", 48, 0), _data(tmp_path / "eval.npz", 16, 1)
     out, smoothed = tmp_path / "enc.int8.onnx", tmp_path / "enc.smooth.onnx"
