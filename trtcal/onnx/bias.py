@@ -12,30 +12,14 @@ output channel):
   ``N`` values (shape ``[N]`` or ones then ``N``), and is no graph output, that constant becomes a
   new one plus ``delta``; else an ``Add`` of ``delta`` is inserted after it (the MatMul's output
   renamed, the Add writing the old name), placed by the caller (``after``: node index -> nodes to
-  insert after it; :func:`insert_after` does so).
+  insert after it; :func:`insert_nodes` does so).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from trtcal.onnx.model import node_attr
-
-
-class Names:
-    """Fresh tensor names for a model: ``base``, else ``base_1``, ``base_2`` ..."""
-
-    def __init__(self, model):
-        graph = model.graph
-        self.taken = {n for node in graph.node for n in (*node.input, *node.output)} \
-            | {t.name for t in graph.initializer} | {i.name for i in graph.input}
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+from trtcal.onnx.model import Names, node_attr
 
 
 def _bias_add(model, node, inits: dict):
@@ -59,9 +43,10 @@ def _bias_add(model, node, inits: dict):
     return add, other
 
 
-def add_to_bias(model, node, index: int, delta: np.ndarray, inits: dict, fresh, after: dict) -> None:
+def add_to_bias(model, node, index: int, delta: np.ndarray, inits: dict, names: Names, after: dict) -> None:
     """Add ``delta`` to ``node``'s bias (module doc). ``inits``: name -> initializer (kept up to
-    date); ``fresh``: a :class:`Names`; ``index``: the node's index, where an inserted Add goes."""
+    date); ``names``: the model's :class:`trtcal.onnx.model.Names`; ``index``: the node's index,
+    where an inserted Add goes."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -71,9 +56,9 @@ def add_to_bias(model, node, index: int, delta: np.ndarray, inits: dict, fresh, 
         delta = delta / (float(node_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0)
         if bias is not None:  # a new initializer: the old may be shared
             # a Gemm's C may be [N], [1, N], [M, N] or a scalar: the delta broadcasts over its rows
-            new, name = numpy_helper.to_array(inits[bias]).astype(np.float64) + delta, fresh(f"{bias}_adjusted")
+            new, name = numpy_helper.to_array(inits[bias]).astype(np.float64) + delta, names.fresh(f"{bias}_adjusted")
         else:
-            new, name = delta, fresh(f"{node.output[0]}_bias")
+            new, name = delta, names.fresh(f"{node.output[0]}_bias")
         graph.initializer.append(numpy_helper.from_array(new.astype(np.float32), name))
         inits[name] = graph.initializer[-1]
         if len(node.input) > 2:
@@ -83,43 +68,44 @@ def add_to_bias(model, node, index: int, delta: np.ndarray, inits: dict, fresh, 
         return
     if node.op_type == "Conv":  # a computed bias: an Add after the Conv, on the channel axis
         spatial = numpy_helper.to_array(inits[node.input[1]]).ndim - 2 if node.input[1] in inits else 2
-        _add_after(model, node, index, delta.reshape([-1] + [1] * spatial), inits, fresh, after)
+        _add_after(model, node, index, delta.reshape([-1] + [1] * spatial), inits, names, after)
         return
     if node.op_type == "Gemm":  # a computed C: an Add after the Gemm
-        _add_after(model, node, index, delta, inits, fresh, after)
+        _add_after(model, node, index, delta, inits, names, after)
         return
     found = _bias_add(model, node, inits)
     if found is not None:  # MatMul followed by its bias Add: the Add's constant takes the delta
         add, const = found
         b = numpy_helper.to_array(inits[const]).astype(np.float64)
-        name = fresh(f"{const}_adjusted")
+        name = names.fresh(f"{const}_adjusted")
         graph.initializer.append(numpy_helper.from_array((b + delta.reshape(b.shape)).astype(np.float32), name))
         inits[name] = graph.initializer[-1]
         add.input[list(add.input).index(const)] = name
         return
-    _add_after(model, node, index, delta, inits, fresh, after)  # MatMul: an Add after it carries the bias
+    _add_after(model, node, index, delta, inits, names, after)  # MatMul: an Add after it carries the bias
 
 
-def _add_after(model, node, index: int, delta: np.ndarray, inits: dict, fresh, after: dict) -> None:
+def _add_after(model, node, index: int, delta: np.ndarray, inits: dict, names: Names, after: dict) -> None:
     """An ``Add`` of ``delta`` after ``node``: its output renamed, the Add writing the old name."""
     from onnx import helper, numpy_helper
 
     out = node.output[0]
-    name = fresh(f"{out}_bias")
+    name = names.fresh(f"{out}_bias")
     model.graph.initializer.append(numpy_helper.from_array(np.asarray(delta, np.float32), name))
     inits[name] = model.graph.initializer[-1]
-    raw = fresh(f"{out}_unbiased")
+    raw = names.fresh(f"{out}_unbiased")
     node.output[0] = raw
-    after.setdefault(index, []).append(helper.make_node("Add", [raw, name], [out], name=fresh(f"{out}_Add")))
+    after.setdefault(index, []).append(helper.make_node("Add", [raw, name], [out], name=names.fresh(f"{out}_Add")))
 
 
-def insert_after(model, after: dict) -> None:
-    """Insert ``after``'s nodes (node index -> nodes) after those indices, in order."""
-    if not after:
+def insert_nodes(model, before: dict | None = None, after: dict | None = None) -> None:
+    """Insert nodes around existing ones, in order: ``before`` / ``after``, node index -> nodes."""
+    before, after = before or {}, after or {}
+    if not before and not after:
         return
     order = []
     for i, node in enumerate(model.graph.node):
-        order += [node] + after.get(i, [])
+        order += before.get(i, []) + [node] + after.get(i, [])
     del model.graph.node[:]
     model.graph.node.extend(order)
 
@@ -132,8 +118,8 @@ def add_to_biases(model, deltas: dict[int, np.ndarray]):
     m = onnx.ModelProto()
     m.CopyFrom(model)
     inits = {t.name: t for t in m.graph.initializer}
-    fresh, after = Names(m), {}
+    names, after = Names(m), {}
     for index, delta in deltas.items():
-        add_to_bias(m, m.graph.node[index], index, delta, inits, fresh, after)
-    insert_after(m, after)
+        add_to_bias(m, m.graph.node[index], index, delta, inits, names, after)
+    insert_nodes(m, after=after)
     return m

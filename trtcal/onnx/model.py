@@ -168,3 +168,34 @@ def node_attr(node, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+class Names:
+    """Fresh, unique tensor and node names derived from a base name: ``base``, else ``base_1``,
+    ``base_2`` ... (every name the model uses, its subgraphs' too, is taken)."""
+
+    def __init__(self, model):
+        self.used: set[str] = set()
+
+        def walk(graph):
+            for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+                self.used.add(vi.name)
+            for t in graph.initializer:
+                self.used.add(t.name)
+            for node in graph.node:
+                self.used.add(node.name)
+                self.used.update(node.input)
+                self.used.update(node.output)
+                for attr in node.attribute:
+                    for g in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                        walk(g)
+
+        walk(model.graph)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            name = f"{base}_{i}"
+            i += 1
+        self.used.add(name)
+        return name

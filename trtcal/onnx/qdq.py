@@ -77,7 +77,7 @@ from trtcal.core.weight_scales import WEIGHT_METHODS, channel_amax, per_channel_
 from trtcal.onnx.attention import find_attention
 from trtcal.onnx.gemm_shapes import gemv_nodes, shape_derived
 from trtcal.onnx.light import light_view
-from trtcal.onnx.model import node_attr, node_label, refuse_quantized
+from trtcal.onnx.model import Names, node_attr, node_label, refuse_quantized
 
 #: The operators whose inputs are quantized.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -211,36 +211,6 @@ def _convert_opset(model, where: str, need: int = MIN_OPSET, why: str = "per-cha
                           f"version converter cannot convert it ({type(exc).__name__}: {message}); "
                           f"export the model at opset {need} or later") from None
     return converted, opset
-
-
-class _Names:
-    """Fresh, unique tensor and node names derived from a base name."""
-
-    def __init__(self, model):
-        self.used: set[str] = set()
-
-        def walk(graph):
-            for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-                self.used.add(vi.name)
-            for t in graph.initializer:
-                self.used.add(t.name)
-            for node in graph.node:
-                self.used.add(node.name)
-                self.used.update(node.input)
-                self.used.update(node.output)
-                for attr in node.attribute:
-                    for g in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
-                        walk(g)
-
-        walk(model.graph)
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.used:
-            name = f"{base}_{i}"
-            i += 1
-        self.used.add(name)
-        return name
 
 
 def _elem_types(model) -> dict[str, int]:
@@ -624,7 +594,7 @@ def _apply(g: _Graph, plan: _Plan, weight_method: str = "max",
     from onnx import helper, numpy_helper
 
     model, graph = g.model, g.model.graph
-    names = _Names(model)
+    names = Names(model)
     before: dict[int, list] = {}  # node index -> nodes to emit just before it (weight DQs)
     after: dict[int, list] = {}  # node index -> nodes to emit just after it (Q/DQ of its outputs)
     at_start: list = []  # Q/DQ of graph inputs

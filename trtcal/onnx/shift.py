@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtcal.core.errors import TrtcalError
-from trtcal.onnx.bias import Names, add_to_bias
-from trtcal.onnx.model import node_attr
+from trtcal.onnx.bias import add_to_bias, insert_nodes
+from trtcal.onnx.model import Names, node_attr
 
 
 @dataclass
@@ -125,7 +125,7 @@ def apply_shift(model, shifts: dict[str, float], *, weights: dict[str, np.ndarra
     weights = weights or {}
     graph = m.graph
     inits = {t.name: t for t in graph.initializer}
-    fresh = Names(m)
+    names = Names(m)
 
     result = Shifted(m)
     before: dict[int, list] = {}
@@ -134,24 +134,20 @@ def apply_shift(model, shifts: dict[str, float], *, weights: dict[str, np.ndarra
         if not np.isfinite(c):
             raise TrtcalError(f"shift of {name!r}: {c!r} is not a finite number")
         nodes = groups[name]
-        shifted = fresh(f"{name}_shifted")
-        c_name = fresh(f"{name}_shift")
+        shifted = names.fresh(f"{name}_shifted")
+        c_name = names.fresh(f"{name}_shift")
         graph.initializer.append(numpy_helper.from_array(np.array(c, np.float32), c_name))
         before.setdefault(min(nodes), []).append(helper.make_node("Sub", [name, c_name], [shifted],
-                                                                  name=fresh(f"{name}_Sub")))
+                                                                  name=names.fresh(f"{name}_Sub")))
         for i in nodes:
             node = graph.node[i]
             node.input[0] = shifted
             w_name = node.input[1]
             w = np.asarray(weights.get(w_name, numpy_helper.to_array(inits[w_name])), np.float64)
             delta = _input_sums(node, w) * float(np.float32(c))
-            add_to_bias(m, node, i, delta, inits, fresh, after)
+            add_to_bias(m, node, i, delta, inits, names, after)
         result.tensors[name] = shifted
         result.shifts[name] = float(np.float32(c))
-    order = []
-    for i, node in enumerate(graph.node):
-        order += before.get(i, []) + [node] + after.get(i, [])
-    del graph.node[:]
-    graph.node.extend(order)
+    insert_nodes(m, before, after)
     return result
 

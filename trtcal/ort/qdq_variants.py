@@ -294,7 +294,9 @@ class QdqVariants:
                     act_reads[j].setdefault(r[1], r)
                 elif use[0] in inside:
                     first_use[r[1]] = min(first_use.get(r[1], use[0]), use[0])
-        names = Q._Names(self.model)
+        from trtcal.onnx.model import Names
+
+        names = Names(self.model)
         before: dict[int, list] = {}
         after: dict[int, list] = {}
         at_start: list = []
