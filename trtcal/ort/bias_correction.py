@@ -58,10 +58,7 @@ def layer_errors(model_path, inputs: dict[str, InputQuant], batches: list[dict],
     """``{weight initializer: [samples, Cout] mean output errors}`` (module doc). ``progress`` gets
     one update per input tensor."""
     layers = _Layers(model_path, batches, specs, threads, memory_mb)
-    readers: dict[str, int] = {}
-    for group in layers.consumers.values():
-        for layer in group:
-            readers[layer.w] = readers.get(layer.w, 0) + 1
+    readers = layers.readers
     out: dict[str, np.ndarray] = {}
     names = [n for n in inputs if n in layers.consumers and inputs[n].amax > 0]
     for name, x in layers.values(names):

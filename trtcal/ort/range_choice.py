@@ -173,8 +173,10 @@ class _Layers:
         self.model = load_model(model_path, load_weights=True)
         self.specs = list(inputs) if inputs is not None else default_specs(batches[0])
         self.consumers: dict[str, list] = {}
+        self.readers: dict[str, int] = {}  # weight initializer -> the layers that read it
         for layer in weighted_layers(self.model):
             self.consumers.setdefault(layer.x, []).append(layer)
+            self.readers[layer.w] = self.readers.get(layer.w, 0) + 1
 
     def values(self, names: list[str]):
         """``(name, its values over all batches)`` for each of ``names``, in order."""

@@ -56,10 +56,7 @@ def round_weights(model_path, amaxes: dict[str, float], batches: list[dict], *,
     from trtcal.ort.layers import GRAM_BYTES, linear_form
 
     layers = _Layers(model_path, batches, inputs, threads, memory_mb)
-    readers: dict[str, int] = {}
-    for group in layers.consumers.values():
-        for layer in group:
-            readers[layer.w] = readers.get(layer.w, 0) + 1
+    readers = layers.readers
     out = WeightRounding()
     names = [n for n in amaxes if n in layers.consumers and amaxes[n] > 0]
     for name, x in layers.values(names):
