@@ -277,10 +277,11 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     later = _later_samples(model, data, {"select_samples": select_samples, "eval_data": eval_data,
                                          "batch_size": bs, "preprocess": preprocess, **feed}) \
         if weight_rounding == "gptq" or bias_correction != "off" else []
+    judging = _judging(selection, later, specs, fp32, choice_of_outputs, batch_axes)
     if weight_rounding == "gptq":
-        rounding = _round_by_gptq(model, fp32, ranges, tensors, chosen, weights, selection, later, specs, refs,
+        rounding = _round_by_gptq(model, fp32, ranges, tensors, chosen, selection, judging, specs, refs,
                                   choice_of_outputs, scores, target=target, attention=attention, unsigned=unsigned,
-                                  batch_axes=batch_axes, progress=progress, say=say)
+                                  progress=progress, say=say)
         if rounding["kept"]:
             chosen, weights = rounding.pop("label"), {"weight_values": rounding.pop("values")}
     if search_weights and not weights:  # GPTQ's rounding is on the max scales: a search is for nearest rounding
@@ -343,9 +344,9 @@ def _quantize(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     bias_record = None
     if bias_correction != "off":
         final, bias_record = _correct_biases(model, fp32, final, source, source_ranges, shifts, weights, unsigned,
-                                             selection, later, specs, refs, choice_of_outputs, final_db=final_db,
+                                             selection, judging, specs, refs, choice_of_outputs, final_db=final_db,
                                              mode=bias_correction, target=target, attention=attention,
-                                             batch_axes=batch_axes, progress=progress, say=say)
+                                             progress=progress, say=say)
         if bias_record["kept"]:
             final_db = bias_record["selection_sqnr_db"][1]
 
@@ -643,32 +644,66 @@ def smoothquant_mode(value) -> str:
     raise TrtcalError(f"smoothquant {value!r}: choose from {', '.join(SMOOTHQUANT_MODES)}")
 
 
-def _round_by_gptq(model, fp32, ranges, tensors, chosen: str, weights: dict, selection, later, specs, refs, choice,
-                   scores: dict, *, target: str, attention: str, unsigned, batch_axes, progress, say) -> dict:
-    """Step 3's GPTQ rounding, judged on samples it was not fit on: fit on the selection samples
-    and judged on the calibration samples after them (``later``), or, without those, fit on the
-    first half of the selection samples and judged on the second (then refit on all of them).
-    Kept only when it scores better than the current weights both there and on the selection
-    samples. Returns a record: ``kept``, ``judged_on``, ``sqnr_db`` (the two on the judging
-    samples), the rounding's per-layer errors and, when kept, ``label`` and ``values`` (taken by
-    the caller) with ``scores[label]`` set."""
-    from trtcal.core.progress import Progress
+@dataclass
+class _Judging:
+    """The samples quantize's fitted steps (GPTQ, the bias correction) are judged on: the
+    calibration samples after the selection samples (``half`` None: the step is fit on all the
+    selection samples), else the last of the ``total`` selection samples (fit on the first
+    ``half``); their FP32 outputs are computed once, for every step."""
+
+    on: list[dict]
+    described: str
+    half: int | None
+    total: int
+    _outputs: tuple = field(default=(), repr=False)  # (fp32, choice, batch_axes) for reference_outputs
+    _refs: object = field(default=None, repr=False)
+
+    def refs(self):
+        """The FP32 model's scored outputs on :attr:`on` (computed once)."""
+        if self._refs is None:
+            from trtcal.ort.sensitivity import reference_outputs
+
+            fp32, choice, batch_axes = self._outputs
+            self._refs, _ = reference_outputs(fp32, self.on, choice, batch_axes=batch_axes)
+        return self._refs
+
+
+def _judging(selection, later, specs, fp32, choice, batch_axes) -> _Judging | None:
+    """:class:`_Judging` for ``selection`` and ``later`` (:func:`_later_samples`); None with one
+    selection sample and no later ones (nothing to judge on)."""
     from trtcal.data.sources import samples_in
+
+    total = sum(samples_in(b, specs) for b in selection)
+    outputs = (fp32, choice, batch_axes)
+    if later:
+        return _Judging(later, f"{sum(samples_in(b, specs) for b in later)} calibration samples after the selection "
+                        "samples", None, total, outputs)
+    if total >= 2:
+        half = total // 2
+        return _Judging(_samples_after(selection, specs, half),
+                        f"the last {total - half} selection samples (fit on the first {half})", half, total, outputs)
+    return None
+
+
+def _round_by_gptq(model, fp32, ranges, tensors, chosen: str, selection, judging: _Judging | None, specs, refs,
+                   choice, scores: dict, *, target: str, attention: str, unsigned, progress, say) -> dict:
+    """Step 3's GPTQ rounding (before any weight search: on the max scales), judged on samples it
+    was not fit on (``judging``; fit on the first half of the selection samples when it judges on
+    the second, then refit on all of them). Kept only when it scores better than rounding to
+    nearest both there and on the selection samples. Returns a record: ``kept``, ``judged_on``,
+    ``sqnr_db`` (the two on the judging samples), the rounding's per-layer errors and, when kept,
+    ``label`` and ``values`` (taken by the caller) with ``scores[label]`` set."""
+    from trtcal.core.progress import Progress
     from trtcal.onnx.qdq import write_qdq
-    from trtcal.ort.sensitivity import reference_outputs, score_model
+    from trtcal.ort.sensitivity import score_model
     from trtcal.ort.weight_rounding import round_weights
 
     amaxes = {n: ranges[n].amax for n in tensors if n in ranges}
-    label = f"{chosen.removesuffix(' + weights')} + gptq"  # on the max scales, not the searched ones
-    total = sum(samples_in(b, specs) for b in selection)
-    if later:
-        fit_on, judge_on = selection, later
-        judged_on = f"{sum(samples_in(b, specs) for b in later)} calibration samples after the selection samples"
-    elif total >= 2:
-        fit_on, judge_on = _first_samples(selection, specs, total // 2), _samples_after(selection, specs, total // 2)
-        judged_on = f"the last {total - total // 2} selection samples (fit on the first {total // 2})"
-    else:
+    label = f"{chosen} + gptq"
+    if judging is None:
         return {"kept": False, "reason": "one calibration sample: nothing to judge the rounding on"}
+    fit_on = selection if judging.half is None else _first_samples(selection, specs, judging.half)
+    judge_on, judged_on = judging.on, judging.described
 
     def fit(batches):
         with Progress(len(tensors), "rounding weights", enabled=progress) as bar:
@@ -678,12 +713,12 @@ def _round_by_gptq(model, fp32, ranges, tensors, chosen: str, weights: dict, sel
     found = fit(fit_on)
     if not found.values:
         return {"kept": False, "reason": "no layer to round", **found.to_dict()}
-    judge_refs, _ = reference_outputs(fp32, judge_on, choice, batch_axes=batch_axes)
+    judge_refs = judging.refs()
 
     def model_with(**opts):
         return write_qdq(fp32, ranges, target=target, attention=attention, check_onnxruntime=False, **opts).model
 
-    before = score_model(model_with(**weights), judge_on, judge_refs, choice, sqnr_only=True).sqnr_db
+    before = score_model(model_with(), judge_on, judge_refs, choice, sqnr_only=True).sqnr_db
     after = score_model(model_with(weight_values=found.values), judge_on, judge_refs, choice, sqnr_only=True).sqnr_db
     record = {"kept": False, "judged_on": judged_on, "sqnr_db": {chosen: before, label: after}}
     if not _finite(after) > _finite(before):
@@ -772,16 +807,16 @@ def _held_weights(fp32, weights: dict) -> dict:
 
 
 def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dict, weights: dict, unsigned,
-                    selection, later, specs, refs, choice, *, final_db: float, mode: str, target: str,
-                    attention: str, batch_axes, progress, say):
+                    selection, judging: _Judging | None, specs, refs, choice, *, final_db: float, mode: str,
+                    target: str, attention: str, progress, say):
     """Step 4c: layer-wise bias correction (:mod:`trtcal.ort.bias_correction`,
     :func:`trtcal.core.bias_correction.bias_deltas`): each weighted layer's systematic output error
     per channel, its input quantized and its weights held as in the written model, subtracted from
     its bias in the model the Q/DQ model is written from (``source``: the FP32 model, or its
     shifted copy, with ``source_ranges``; ``shifts``: tensor -> (shift, the tensor its layers
-    read)). Judged as GPTQ is: fit on the selection samples and judged on the calibration samples
-    after them (``later``), or fit on the first half of the selection samples and judged on the
-    second (then refit on all); with ``mode="auto"`` kept only when the model scores better both
+    read)). Judged as GPTQ is (``judging``): fit on the selection samples and judged on the
+    calibration samples after them, or fit on the first half of the selection samples and judged
+    on the second (then refit on all); with ``mode="auto"`` kept only when the model scores better both
     there and on the selection samples, with ``"on"`` kept whatever the scores (still measured
     and recorded). Returns ``(the final Q/DQ result, a record)``."""
     import numpy as np
@@ -792,7 +827,7 @@ def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dic
     from trtcal.onnx.bias import add_to_biases
     from trtcal.onnx.qdq import write_qdq
     from trtcal.ort.bias_correction import InputQuant, layer_errors
-    from trtcal.ort.sensitivity import reference_outputs, score_model
+    from trtcal.ort.sensitivity import score_model
 
     reads_as = {new: (x, c) for x, (c, new) in shifts.items()}
     inputs = {}  # per FP32 tensor, how the written model quantizes it
@@ -804,24 +839,14 @@ def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dic
             inputs[name] = InputQuant(r.amax, name in unsigned)
     held = _held_weights(fp32, weights)
     total = sum(samples_in(b, specs) for b in selection)
-
-    def measure(batches):
-        with Progress(len(inputs), "correcting biases", enabled=progress) as bar:
-            return layer_errors(model, inputs, batches, held, specs=specs, progress=bar)
-
-    half = total // 2
-    if later:
-        judge_on = later
-        judged_on = f"{sum(samples_in(b, specs) for b in later)} calibration samples after the selection samples"
-    elif total >= 4:
-        judge_on = _samples_after(selection, specs, half)
-        judged_on = f"the last {total - half} selection samples (fit on the first {half})"
-    else:
+    if judging is None or (judging.half is not None and total < 4):
         return final, {"kept": False, "reason": f"{total} calibration samples: too few to judge a bias correction on"}
-    errors = measure(selection)
-    if not later and any(e.shape[0] != total for e in errors.values()):
+    half, judge_on, judged_on = judging.half, judging.on, judging.described
+    with Progress(len(inputs), "correcting biases", enabled=progress) as bar:
+        errors = layer_errors(model, inputs, selection, held, specs=specs, progress=bar)
+    if half is not None and any(e.shape[0] != total for e in errors.values()):
         return final, {"kept": False, "reason": "the layers' outputs do not hold one sample per row of axis 0"}
-    fit = errors if later else {w: e[:half] for w, e in errors.items()}
+    fit = errors if half is None else {w: e[:half] for w, e in errors.items()}
 
     node_of = {n.input[1]: i for i, n in enumerate(source.graph.node)
                if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
@@ -840,14 +865,14 @@ def _correct_biases(model, fp32, final, source, source_ranges: dict, shifts: dic
     if not deltas:
         say("bias correction: no layer's output error is significant")
         return final, {"kept": False, "reason": "no significant mean error", "judged_on": judged_on}
-    judge_refs, _ = reference_outputs(fp32, judge_on, choice, batch_axes=batch_axes)
+    judge_refs = judging.refs()
     before = score_model(final.model, judge_on, judge_refs, choice, sqnr_only=True).sqnr_db
     after = score_model(trial.model, judge_on, judge_refs, choice, sqnr_only=True).sqnr_db
     record = {"kept": False, "judged_on": judged_on, "sqnr_db": {"before": before, "after": after}}
     if not _finite(after) > _finite(before) and mode == "auto":
         say(f"bias correction: {after:.2f} dB against {before:.2f} on {judged_on}: not kept")
         return final, {**record, "layers": len(deltas), "channels": channels(deltas)}
-    if not later:
+    if half is not None:
         trial, deltas = corrected(errors)
     got = score_model(trial.model, selection, refs, choice, sqnr_only=True).sqnr_db
     kept = _finite(got) > _finite(final_db) or mode == "on"
