@@ -481,11 +481,7 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
 
     force = options.get("force", False)
     # the outputs are named after the original model, whichever model wins
-    default = default_outputs(model)
-    if options.get("cache") is None or options.get("stats") is None:
-        default[1].parent.mkdir(exist_ok=True)
-    for key, path in zip(("output", "cache", "stats"), default):
-        options[key] = Path(options[key]) if options.get(key) is not None else path
+    _resolve_outputs(model, options)
     output = options["output"]
     smoothed = Path(smoothed) if smoothed is not None else output.with_name(Path(model).stem + ".smooth.onnx")
     for p in (smoothed, sidecar_path(smoothed)):
@@ -566,6 +562,17 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
         return winner
 
 
+def _resolve_outputs(model, options: dict) -> None:
+    """Set ``options``' ``output``, ``cache`` and ``stats`` to paths, :func:`default_outputs` of
+    ``model`` where not given (making ``calib_caches/`` for those), so that a quantize of another
+    file (the smoothed or initializer copy) writes where one of ``model`` would."""
+    default = default_outputs(model)
+    if options.get("cache") is None or options.get("stats") is None:
+        default[1].parent.mkdir(exist_ok=True)
+    for key, path in zip(("output", "cache", "stats"), default):
+        options[key] = Path(options[key]) if options.get(key) is not None else path
+
+
 def _with_initializer_weights(model, options: dict, say):
     """Where ``model`` holds weights in Constant nodes (paddle2onnx and other exporters), a context
     manager giving a copy with them as initializers (:func:`trtcal.onnx.model.constants_as_initializers`:
@@ -589,11 +596,7 @@ def _with_initializer_weights(model, options: dict, say):
     converted = constants_as_initializers(loaded)
     if converted is loaded:
         return None
-    default = default_outputs(model)
-    if options.get("cache") is None or options.get("stats") is None:
-        default[1].parent.mkdir(exist_ok=True)
-    for key, path in zip(("output", "cache", "stats"), default):
-        options[key] = Path(options[key]) if options.get(key) is not None else path
+    _resolve_outputs(model, options)
     for path in (options["output"], options["cache"], options["stats"], sidecar_path(options["output"]),
                  sidecar_path(options["cache"])):
         fileio.check_output(path, force=options.get("force", False), inputs=[model])
