@@ -109,6 +109,8 @@ class RangeChoice:
 def read_range_choice(record: dict, source: str, cache=None) -> RangeChoice:
     """The range choice in ``record`` (a sidecar's ``range_choice``, from ``source``); ``cache``:
     the ranges the page shows, to flag tensors whose range was changed since."""
+    from trtcal.ort.choice_record import label_parts
+
     def bad(what: str) -> TrtcalError:
         return TrtcalError(f"{source}: range_choice: {what}")
 
@@ -123,7 +125,7 @@ def read_range_choice(record: dict, source: str, cache=None) -> RangeChoice:
     if not isinstance(record, dict) or not isinstance(record.get("tensors"), dict):
         raise bad("expected an object with a 'tensors' object")
     chosen = str(record.get("chosen", "?"))
-    range_set = chosen.split(" + ")[0]  # quantize appends its steps as " + step"
+    range_set, _steps = label_parts(chosen)  # quantize appends its steps as " + step"
     scores = record.get("scores") or {}
     if not isinstance(scores, dict):
         raise bad("'scores' is not an object")
