@@ -456,15 +456,17 @@ def quantize(model: str | os.PathLike, data: str | os.PathLike, *, smoothquant: 
         smoothquant = FAST["smoothquant"] if smoothquant is None else smoothquant
     mode = requested = smoothquant_mode("auto" if smoothquant is None else smoothquant)
     say = options.get("log") or (lambda line: None)
-    moved = _with_initializer_weights(model, options, say)
+    from trtcal.onnx.model import load_model
+
+    loaded = load_model(model, load_weights=True)  # read once: for Constant weights and for "auto"
+    moved = _with_initializer_weights(model, loaded, options, say)
     if moved is not None:
         with moved as converted:
             return quantize(converted, data, smoothquant=smoothquant, smoothed=smoothed, alphas=alphas, **options)
     if mode == "auto":
-        from trtcal.onnx.model import load_model
         from trtcal.onnx.smooth import transformer_groups
 
-        groups = transformer_groups(load_model(model, load_weights=True))
+        groups = transformer_groups(loaded)
         mode = "on" if groups else "off"
         if groups:
             say(f"smoothquant (auto): a transformer, {len(groups)} activation(s) feed weighted MatMul/Gemm layers: "
@@ -573,8 +575,8 @@ def _resolve_outputs(model, options: dict) -> None:
         options[key] = Path(options[key]) if options.get(key) is not None else path
 
 
-def _with_initializer_weights(model, options: dict, say):
-    """Where ``model`` holds weights in Constant nodes (paddle2onnx and other exporters), a context
+def _with_initializer_weights(model, loaded, options: dict, say):
+    """Where ``model`` (``loaded``: its ModelProto, weights loaded) holds weights in Constant nodes (paddle2onnx and other exporters), a context
     manager giving a copy with them as initializers (:func:`trtcal.onnx.model.constants_as_initializers`:
     the same function), written to a temporary folder under the model's own file name, and
     ``options`` set up so that ``quantize`` of it writes and records as for ``model``: the default
@@ -587,12 +589,11 @@ def _with_initializer_weights(model, options: dict, say):
 
     from trtcal.cache.provenance import sidecar_path
     from trtcal.core import fileio
-    from trtcal.onnx.model import constants_as_initializers, load_model
+    from trtcal.onnx.model import constants_as_initializers
     from trtcal.ort.pipeline import file_sha256
 
     if options.get("_moved_from") is not None:
         return None
-    loaded = load_model(model, load_weights=True)
     converted = constants_as_initializers(loaded)
     if converted is loaded:
         return None
